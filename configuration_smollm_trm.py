@@ -1,0 +1,113 @@
+"""Configuration of SmolLM3+TRM: a decoder-only language model with a Tiny Recursive Model for latent thoughts.
+
+This file is remote code: it is copied into every checkpoint and imports only transformers.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+THOUGHT_WINDOWS = ("append", "slide")
+THOUGHT_MODES = ("trm", "pause", "none")
+
+
+@strict
+class SmolLMTRMConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`SmolLMTRMForCausalLM`].
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the decoder-only backbone (any model type `AutoModelForCausalLM` knows). Defaults to the shape
+            of SmolLM3-3B.
+        think_token_id (`int`, *optional*, defaults to 128002):
+            The token after which thoughts are inserted (`<think>` in SmolLM3's vocabulary).
+        num_latents (`int`, *optional*, defaults to 256):
+            K, the number of thought positions each `<think>` inserts.
+        trm_hidden_size (`int`, *optional*, defaults to 512):
+            Width d of the compressor's output and of the recursive network.
+        trm_num_layers (`int`, *optional*, defaults to 2):
+            Transformer blocks in the recursive network.
+        trm_num_heads (`int`, *optional*, defaults to 8):
+            Attention heads in the compressor and the recursive network; must divide `trm_hidden_size`.
+        trm_expansion (`float`, *optional*, defaults to 4.0):
+            Width of the SwiGLU feed-forward layers relative to `trm_hidden_size`.
+        trm_rms_norm_eps (`float`, *optional*, defaults to 1e-5):
+            Epsilon of the TRM's RMSNorms.
+        n_latent_steps (`int`, *optional*, defaults to 6):
+            n, the updates of z per cycle.
+        n_cycles (`int`, *optional*, defaults to 3):
+            T, the recursion cycles per supervision step; the first T-1 run without gradient.
+        n_supervision_steps (`int`, *optional*, defaults to 1):
+            N_sup, deep-supervision steps; (y, z) are carried and detached between them.
+        halt_loss_weight (`float`, *optional*, defaults to 0.5):
+            Weight of the halting head's BCE loss in the total loss.
+        halt_threshold (`float`, *optional*, defaults to 0.5):
+            At inference, a row stops its supervision steps once its halting probability exceeds this.
+        thought_window (`str`, *optional*, defaults to `"append"`):
+            `"append"`: thoughts are added after `<think>`. `"slide"`: positions after the thoughts no longer attend
+            to the oldest K real tokens of the row (2K after two `<think>`, ...), so the attended window keeps its
+            length; thoughts and the compressor still see the whole context.
+        thought_mode (`str`, *optional*, defaults to `"trm"`):
+            `"trm"`: thoughts come from the recursion. `"pause"`: K learned vectors (the control for experiments).
+            `"none"`: plain backbone, `<think>` is an ordinary token.
+    """
+
+    model_type = "smollm_trm"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="smollm3")}
+
+    text_config: dict | PreTrainedConfig | None = None
+    think_token_id: int = 128002
+    num_latents: int = 256
+    trm_hidden_size: int = 512
+    trm_num_layers: int = 2
+    trm_num_heads: int = 8
+    trm_expansion: float = 4.0
+    trm_rms_norm_eps: float = 1e-5
+    n_latent_steps: int = 6
+    n_cycles: int = 3
+    n_supervision_steps: int = 1
+    halt_loss_weight: float = 0.5
+    halt_threshold: float = 0.5
+    thought_window: str = "append"
+    thought_mode: str = "trm"
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # The LM head is the backbone's, so tying follows the backbone's own setting.
+        self.tie_word_embeddings = self.text_config.tie_word_embeddings
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        text = self.text_config
+        if text.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(text, "is_encoder_decoder", False):
+            raise ValueError(
+                f"text_config: the backbone must be a decoder-only causal LM known to AutoModelForCausalLM, "
+                f"got model_type={text.model_type!r}."
+            )
+        if self.thought_mode not in THOUGHT_MODES:
+            raise ValueError(f"thought_mode must be one of {THOUGHT_MODES}, got {self.thought_mode!r}.")
+        if self.thought_window not in THOUGHT_WINDOWS:
+            raise ValueError(f"thought_window must be one of {THOUGHT_WINDOWS}, got {self.thought_window!r}.")
+        if not 0 <= self.think_token_id < text.vocab_size:
+            raise ValueError(
+                f"think_token_id={self.think_token_id} is outside the backbone's vocabulary "
+                f"(vocab_size={text.vocab_size}); add `<think>` to the tokenizer and pass its id."
+            )
+        for name in ("num_latents", "trm_hidden_size", "trm_num_layers", "trm_num_heads", "n_latent_steps",
+                     "n_cycles", "n_supervision_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.trm_hidden_size % self.trm_num_heads:
+            raise ValueError(
+                f"trm_num_heads={self.trm_num_heads} must divide trm_hidden_size={self.trm_hidden_size}."
+            )
+        if not 0.0 < self.halt_threshold < 1.0:
+            raise ValueError(f"halt_threshold must lie in (0, 1), got {self.halt_threshold}.")
+        if self.halt_loss_weight < 0:
+            raise ValueError(f"halt_loss_weight must be >= 0, got {self.halt_loss_weight}.")
+
+
+__all__ = ["SmolLMTRMConfig"]

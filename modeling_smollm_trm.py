@@ -1,0 +1,759 @@
+"""SmolLM3+TRM: a decoder-only language model that thinks in latent space with a Tiny Recursive Model.
+
+Notation, as in "Less is More: Recursive Reasoning with Tiny Networks" (arXiv 2510.04871):
+
+- K      `num_latents`: thought positions inserted after every `<think>` token.
+- x      [B, K, d] the context, compressed from the backbone's last-layer hidden states by cross-attention.
+- y, z   [B, K, d] the answer and the latent reasoning state; both start from fixed buffers.
+- f      one small network (`TinyRecursiveNetwork`) shared by every update.
+- n      `n_latent_steps`: one cycle is `z = f(x + y + z)` n times, then `y = f(y + z)`.
+- T      `n_cycles`: cycles per supervision step; the first T-1 run without gradient, the last backpropagates.
+- N_sup  `n_supervision_steps`: deep supervision; (y, z) are carried and detached between steps, each step's
+         thoughts are scored by the answer loss, and a halting head on y learns when the answer is right.
+
+The thoughts are y projected into the backbone's embedding space. They become K positions of the sequence right
+after `<think>`, with consecutive position ids, and every later position attends to them. Columns of the backbone's
+stream are of three kinds (`PAD`, `TOKEN`, `THOUGHT`); `ThoughtCache` records them so that masks, positions and the
+compressor's input stay right across `generate()` steps and beam reordering.
+
+A chunk of input (a training batch or a prompt) is cut after each `<think>`: segment j of a row ends with its j-th
+`<think>`. Segments are laid out in blocks of a common width (right-aligned, padding masked), so that block j's
+tokens, then block j's K thoughts, run through the backbone for the whole batch at once while the KV cache keeps
+everything before them: the context is computed once and the answer's gradient reaches the TRM through the cache.
+
+This file is remote code: it is copied into every checkpoint and imports only torch, transformers and its config.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_causal_mask
+from transformers.utils import ModelOutput
+
+try:
+    from .configuration_smollm_trm import SmolLMTRMConfig
+except ImportError:  # imported as a plain module of the installed project
+    from configuration_smollm_trm import SmolLMTRMConfig
+
+PAD, TOKEN, THOUGHT = 0, 1, 2  # kinds of the backbone's stream columns
+THINK_TOKENS = ("<think>", "</think>")
+HALT_BIAS_INIT = -5.0  # as in the TRM reference: the halting head starts by never halting
+IGNORE_INDEX = -100
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The tiny recursive network
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, width: int, expansion: float):
+        super().__init__()
+        inner = int(round(expansion * width))
+        self.gate_up = nn.Linear(width, 2 * inner, bias=False)
+        self.down = nn.Linear(inner, width, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+def split_heads(h: torch.Tensor, num_heads: int) -> torch.Tensor:
+    batch, length, width = h.shape
+    return h.view(batch, length, num_heads, width // num_heads).transpose(1, 2)  # (B, H, L, d/H)
+
+
+def merge_heads(h: torch.Tensor) -> torch.Tensor:
+    batch, heads, length, head_dim = h.shape
+    return h.transpose(1, 2).reshape(batch, length, heads * head_dim)  # (B, L, d)
+
+
+class TransformerBlock(nn.Module):
+    """Non-causal self-attention over the K latents and a SwiGLU, post-norm with RMSNorm as in the TRM."""
+
+    def __init__(self, config: SmolLMTRMConfig):
+        super().__init__()
+        width = config.trm_hidden_size
+        self.num_heads = config.trm_num_heads
+        self.eps = config.trm_rms_norm_eps
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.o_proj = nn.Linear(width, width, bias=False)
+        self.mlp = SwiGLU(width, config.trm_expansion)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(h).chunk(3, dim=-1))
+        attended = merge_heads(F.scaled_dot_product_attention(q, k, v))  # (B, K, d)
+        h = F.rms_norm(h + self.o_proj(attended), (h.shape[-1],), eps=self.eps)
+        return F.rms_norm(h + self.mlp(h), (h.shape[-1],), eps=self.eps)
+
+
+class TinyRecursiveNetwork(nn.Module):
+    """f: the one network that every recursion step shares."""
+
+    def __init__(self, config: SmolLMTRMConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.trm_num_layers))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            h = layer(h)
+        return h
+
+
+class LatentAttentionCompressor(nn.Module):
+    """Perceiver-style: K learned queries cross-attend to the context's hidden states [B, L, D] and give x [B, K, d]."""
+
+    def __init__(self, config: SmolLMTRMConfig):
+        super().__init__()
+        width, backbone_width = config.trm_hidden_size, config.text_config.hidden_size
+        self.num_heads = config.trm_num_heads
+        self.eps = config.trm_rms_norm_eps
+        self.latents = nn.Parameter(torch.empty(config.num_latents, width))
+        self.context_norm = nn.RMSNorm(backbone_width, eps=config.trm_rms_norm_eps)
+        self.q_proj = nn.Linear(width, width, bias=False)
+        self.kv_proj = nn.Linear(backbone_width, 2 * width, bias=False)
+        self.o_proj = nn.Linear(width, width, bias=False)
+        self.mlp = SwiGLU(width, config.trm_expansion)
+
+    def forward(self, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        batch = context.shape[0]
+        # A row with no visible column (all padding) would give NaN; its thoughts are never used, so let it see all.
+        context_mask = context_mask | ~context_mask.any(dim=-1, keepdim=True)
+        queries = self.q_proj(self.latents).expand(batch, -1, -1)  # (B, K, d)
+        keys, values = self.kv_proj(self.context_norm(context)).chunk(2, dim=-1)  # (B, L, d) each
+        attended = F.scaled_dot_product_attention(
+            split_heads(queries, self.num_heads),
+            split_heads(keys, self.num_heads),
+            split_heads(values, self.num_heads),
+            attn_mask=context_mask[:, None, None, :],
+        )
+        x = F.rms_norm(self.latents + self.o_proj(merge_heads(attended)), (queries.shape[-1],), eps=self.eps)
+        return F.rms_norm(x + self.mlp(x), (x.shape[-1],), eps=self.eps)  # (B, K, d)
+
+
+@dataclass
+class TRMCarry:
+    y: torch.Tensor  # (B, K, d) the current answer
+    z: torch.Tensor  # (B, K, d) the latent reasoning
+
+    def detach(self) -> "TRMCarry":
+        return TRMCarry(self.y.detach(), self.z.detach())
+
+    def where(self, keep: torch.Tensor, other: "TRMCarry") -> "TRMCarry":
+        """Rows where `keep` is True keep this carry, the others take `other`."""
+        keep = keep[:, None, None]
+        return TRMCarry(torch.where(keep, self.y, other.y), torch.where(keep, self.z, other.z))
+
+
+class HiddenStateTRM(nn.Module):
+    """Compressor, recursion and the projection of y into K thought vectors in the backbone's embedding space."""
+
+    def __init__(self, config: SmolLMTRMConfig):
+        super().__init__()
+        width = config.trm_hidden_size
+        self.compressor = LatentAttentionCompressor(config)
+        self.net = TinyRecursiveNetwork(config)
+        # Fixed starting points, as in the TRM reference code (buffers, not parameters; saved with the weights).
+        self.register_buffer("y_init", torch.empty(width))
+        self.register_buffer("z_init", torch.empty(width))
+        self.out_proj = nn.Linear(width, config.text_config.hidden_size, bias=False)
+        # Its weight puts the thoughts on the scale of the token embeddings (set by the model's init and `from_base`).
+        self.out_norm = nn.RMSNorm(config.text_config.hidden_size, eps=config.trm_rms_norm_eps)
+        self.halt_head = nn.Linear(width, 1)
+
+    def initial_carry(self, x: torch.Tensor) -> TRMCarry:
+        return TRMCarry(self.y_init.expand_as(x), self.z_init.expand_as(x))
+
+    def latent_recursion(self, x: torch.Tensor, carry: TRMCarry, n: int) -> TRMCarry:
+        y, z = carry.y, carry.z
+        for _ in range(n):
+            z = self.net(x + y + z)
+        y = self.net(y + z)
+        return TRMCarry(y, z)
+
+    def deep_recursion(self, x: torch.Tensor, carry: TRMCarry, n: int, T: int) -> TRMCarry:
+        # The first T-1 cycles only improve the starting point; backpropagating through all of them costs memory
+        # for little gain, while the full gradient through the last cycle matters (the paper's ablation).
+        with torch.no_grad():
+            for _ in range(T - 1):
+                carry = self.latent_recursion(x, carry, n)
+        return self.latent_recursion(x, carry, n)
+
+    def thoughts(self, y: torch.Tensor) -> torch.Tensor:
+        return self.out_norm(self.out_proj(y))  # (B, K, D)
+
+    def halt_logit(self, y: torch.Tensor) -> torch.Tensor:
+        return self.halt_head(y.mean(dim=1)).squeeze(-1).float()  # (B,)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cache: the KV cache plus what the thoughts need to survive generate() and beam search
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ThoughtCache(DynamicCache):
+    """A `DynamicCache` that also records, per row and column of the backbone's stream, the column's kind (`PAD`,
+    `TOKEN`, `THOUGHT`) and its last-layer hidden state (the compressor's input at a later `<think>`).
+
+    Positions and thought counts derive from the kinds, so beam search's reordering keeps everything consistent.
+    With `replay=True` (activation checkpointing, where layers drop the KV cache) it keeps the inputs instead and the
+    backbone recomputes the whole stream at each segment.
+    """
+
+    def __init__(self, *args, replay: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kinds: torch.Tensor | None = None  # (B, C) long
+        self.hidden: torch.Tensor | None = None  # (B, C, D)
+        self.replay = replay
+        self.replay_embeds: torch.Tensor | None = None  # (B, C, D), replay only
+        self.replay_drops: torch.Tensor | None = None  # (B, C), replay only: tokens hidden from each query column
+
+    @property
+    def num_columns(self) -> int:
+        return 0 if self.kinds is None else self.kinds.shape[1]
+
+    def record(self, kinds: torch.Tensor, hidden: torch.Tensor | None, embeds: torch.Tensor, drops: torch.Tensor):
+        def grow(old, new):
+            return new if old is None else torch.cat([old, new], dim=1)
+
+        self.kinds = grow(self.kinds, kinds)
+        if hidden is not None:
+            self.hidden = grow(self.hidden, hidden)
+        if self.replay:
+            self.replay_embeds = grow(self.replay_embeds, embeds)
+            self.replay_drops = grow(self.replay_drops, drops)
+
+    def _map_rows(self, fn) -> None:
+        for name in ("kinds", "hidden", "replay_embeds", "replay_drops"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, fn(value))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        super().reorder_cache(beam_idx)
+        self._map_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor):
+        super().batch_select_indices(indices)
+        self._map_rows(lambda t: t[indices.to(t.device)])
+
+    def batch_repeat_interleave(self, repeats: int):
+        super().batch_repeat_interleave(repeats)
+        self._map_rows(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError(f"ThoughtCache.crop takes a negative count of columns to remove, got {tokens_to_remove}.")
+        if not self.replay:
+            super().crop(tokens_to_remove)
+        if tokens_to_remove:
+            self._map_rows(lambda t: t[:, :tokens_to_remove])
+
+    def reset(self):
+        super().reset()
+        self._map_rows(lambda t: None)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.num_columns if self.replay else super().get_seq_length(layer_idx)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SmolLMTRMOutput(ModelOutput):
+    """`logits` [B, L, V] are aligned with `input_ids` (thought positions are not returned): `logits[:, i]` predicts
+    `input_ids[:, i + 1]`, so the column of `<think>` predicts the first token after its thoughts."""
+
+    loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    halt_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache: ThoughtCache | None = None
+    halt_probability: torch.Tensor | None = None
+    supervision_steps: torch.Tensor | None = None
+    thought_norm: torch.Tensor | None = None
+
+
+@dataclass
+class ChunkLayout:
+    """Where each column of a chunk of new tokens goes in the block layout (see the module docstring)."""
+
+    ids: torch.Tensor  # (B, C) token ids in the layout (pad columns hold 0)
+    kinds: torch.Tensor  # (B, C) PAD / TOKEN / THOUGHT
+    out_columns: torch.Tensor  # (B, L) layout column whose hidden state gives each input column's logits
+    block_starts: list[int]  # first column of block j's tokens
+    block_widths: list[int]  # width of block j's tokens; block j's thoughts follow them
+    think_rows: torch.Tensor  # (S, B) bool: row has a j-th `<think>` in this chunk
+    answer_index: torch.Tensor  # (B, L) which `<think>`'s answer each input column predicts (-1: none)
+
+
+@dataclass
+class LossParts:
+    """Per-token and per-step terms of the loss, gathered while the chunk runs."""
+
+    aux_ce_sum: torch.Tensor  # CE summed over the answers scored with the thoughts of earlier supervision steps
+    halt_logits: list[torch.Tensor]  # (B,) per (think, step)
+    halt_targets: list[torch.Tensor | None]  # (B,) bool per (think, step); None: from the main pass, filled later
+    halt_think: list[int]  # which `<think>` each entry belongs to
+
+
+class SmolLMTRMPreTrainedModel(PreTrainedModel):
+    config_class = SmolLMTRMConfig
+    config: SmolLMTRMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    # flex attention would need the block masks below rebuilt as BlockMasks; not done yet.
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.text_config.initializer_range
+        if isinstance(module, LatentAttentionCompressor):
+            init.trunc_normal_(module.latents, std=1.0)
+        elif isinstance(module, HiddenStateTRM):
+            init.trunc_normal_(module.y_init, std=1.0)
+            init.trunc_normal_(module.z_init, std=1.0)
+            init.zeros_(module.halt_head.weight)
+            init.constant_(module.halt_head.bias, HALT_BIAS_INIT)
+            # Random token embeddings are drawn with std `initializer_range`, so that is their RMS too.
+            init.constant_(module.out_norm.weight, std)
+        elif isinstance(module, SmolLMTRMForCausalLM) and module.pause_thoughts is not None:
+            init.normal_(module.pause_thoughts, std=std)
+
+
+class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SmolLMTRMConfig):
+        super().__init__(config)
+        text = config.text_config
+        self.model = AutoModel.from_config(text)
+        self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        self.trm = HiddenStateTRM(config) if config.thought_mode == "trm" else None
+        self.pause_thoughts = (
+            nn.Parameter(torch.empty(config.num_latents, text.hidden_size)) if config.thought_mode == "pause" else None
+        )
+        self._no_split_modules = list(self.model._no_split_modules or []) + ["TransformerBlock"]
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Building from a pretrained backbone
+    # ------------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_base(cls, base, tokenizer=None, **settings) -> "SmolLMTRMForCausalLM":
+        """Wrap pretrained backbone weights and initialise the TRM.
+
+        `base` is a Hub id, a local folder, or a loaded `*ForCausalLM` model. Loading arguments (`gguf_file`, `dtype`,
+        `revision`, `attn_implementation`, ...) go to `AutoModelForCausalLM.from_pretrained`; the other settings are
+        `SmolLMTRMConfig` fields. `<think>` and `</think>` are added to `tokenizer` (loaded from `base` when not given
+        and `base` is a path) when it lacks them, and the embeddings are resized. The tokenizer is returned on
+        `model.tokenizer` so that callers can save it beside the model.
+        """
+        config_fields = set(SmolLMTRMConfig.__dataclass_fields__) - {"text_config"}
+        trm_settings = {k: settings.pop(k) for k in list(settings) if k in config_fields}
+        if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
+            if tokenizer is None:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(base, gguf_file=settings.get("gguf_file"))
+            base = AutoModelForCausalLM.from_pretrained(base, **settings)
+        elif settings:
+            raise TypeError(f"from_base got loading arguments {sorted(settings)} with an already loaded model.")
+        if tokenizer is not None:
+            add_think_tokens(tokenizer, base)
+            trm_settings.setdefault("think_token_id", tokenizer.convert_tokens_to_ids(THINK_TOKENS[0]))
+        config = SmolLMTRMConfig(text_config=base.config, **trm_settings)
+        with torch.device("meta"):
+            model = cls(config)
+        model.model = getattr(base, base.base_model_prefix)
+        model.lm_head = base.get_output_embeddings()
+        model.generation_config = base.generation_config
+        model._materialize_thought_modules(base.device, base.dtype)
+        model.tokenizer = tokenizer
+        return model
+
+    def _materialize_thought_modules(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Allocate and initialise the TRM (or pause vectors) built on the meta device by `from_base`."""
+        for name in ("trm", "pause_thoughts"):
+            part = getattr(self, name)
+            if isinstance(part, nn.Module):
+                part.to_empty(device=device).to(dtype)
+                part.apply(self._init_weights)
+            elif part is not None:
+                setattr(self, name, nn.Parameter(torch.empty_like(part, device=device, dtype=dtype)))
+                self._init_weights(self)
+        if self.trm is not None:
+            embeddings = self.get_input_embeddings().weight
+            with torch.no_grad():
+                self.trm.out_norm.weight.fill_(embeddings.float().pow(2).mean().sqrt().item())
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Forward
+    # ------------------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: ThoughtCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        n_cycles: int | None = None,
+        n_supervision_steps: int | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> SmolLMTRMOutput:
+        """`position_ids` are derived from `attention_mask` and the thoughts; ones passed in are checked for packing
+        (unsupported) and otherwise ignored. `n_cycles` / `n_supervision_steps` override the config for this call."""
+        if output_attentions or output_hidden_states:
+            raise NotImplementedError("SmolLMTRM does not return attentions or hidden states.")
+        if input_ids is None or inputs_embeds is not None:
+            raise ValueError("SmolLMTRM needs `input_ids` (to find `<think>`), not `inputs_embeds`.")
+        reject_packed_positions(position_ids, attention_mask)
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
+        cache = self._stream_cache(cache, use_cache)
+        if valid.shape[1] > input_ids.shape[1]:  # generate() passes the mask of the whole sequence so far
+            valid = valid[:, -input_ids.shape[1] :]
+        depth = (n_cycles or self.config.n_cycles, n_supervision_steps or self.config.n_supervision_steps)
+        layout = self._plan_chunk(input_ids, valid)
+        parts = LossParts(aux_ce_sum=torch.zeros((), device=input_ids.device), halt_logits=[], halt_targets=[],
+                          halt_think=[])
+        hidden, stats = self._run_chunk(cache, layout, labels, depth, parts)
+        if labels is None and logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = lm_loss = halt_loss = None
+        if labels is not None:
+            lm_loss, halt_loss = self._loss(logits, labels, layout, parts, depth[1], kwargs.get("num_items_in_batch"))
+            loss = lm_loss + self.config.halt_loss_weight * halt_loss
+        return SmolLMTRMOutput(
+            loss=loss, lm_loss=lm_loss, halt_loss=halt_loss, logits=logits, cache=cache if use_cache else None, **stats
+        )
+
+    def _stream_cache(self, cache, use_cache: bool) -> ThoughtCache:
+        replay = self.model.is_activation_checkpointing and self.training and torch.is_grad_enabled()
+        if cache is None:
+            return ThoughtCache(config=self.config.get_text_config(decoder=True), replay=replay)
+        if not isinstance(cache, ThoughtCache):
+            raise TypeError(
+                f"SmolLMTRM needs a ThoughtCache (it records where the thoughts are), got {type(cache).__name__}; "
+                "let generate() create it, or pass `ThoughtCache(config=model.config.text_config)`."
+            )
+        if replay and cache.num_columns:
+            raise ValueError("Continuing a cache with activation checkpointing on is not supported; call `.eval()`.")
+        return cache
+
+    def _plan_chunk(self, input_ids: torch.Tensor, valid: torch.Tensor) -> ChunkLayout:
+        """Cut each row after every `<think>` and place the segments in blocks of a common width."""
+        batch, length = input_ids.shape
+        K = self.config.num_latents
+        if self.config.thought_mode == "none":
+            is_think = torch.zeros_like(valid)
+        else:
+            is_think = (input_ids == self.config.think_token_id) & valid
+        thinks_through = is_think.long().cumsum(dim=1)  # (B, L) thinks up to and including each column
+        segment = thinks_through - is_think.long()  # (B, L) segment index: a `<think>` ends its segment
+        num_blocks = int(thinks_through[:, -1].max()) + 1 if length else 1
+        seg_len = torch.zeros(batch, num_blocks, dtype=torch.long, device=input_ids.device)
+        seg_len.scatter_add_(1, segment, torch.ones_like(segment))  # (B, S+1)
+        widths = seg_len.max(dim=0).values.tolist()
+        starts, column = [], 0
+        for j, width in enumerate(widths):
+            starts.append(column)
+            column += width + (K if j < num_blocks - 1 else 0)
+        starts_t = torch.tensor(starts, device=input_ids.device)
+        widths_t = torch.tensor(widths, device=input_ids.device)
+        index_in_segment = torch.arange(length, device=input_ids.device) - (seg_len.cumsum(1) - seg_len).gather(1, segment)
+        # Right-aligned in its block, so each `<think>` sits just before its block's thought columns.
+        layout_col = starts_t[segment] + widths_t[segment] - seg_len.gather(1, segment) + index_in_segment
+        ids = input_ids.new_zeros(batch, column)
+        kinds = torch.full((batch, column), PAD, dtype=torch.long, device=input_ids.device)
+        ids.scatter_(1, layout_col, input_ids)
+        kinds.scatter_(1, layout_col, torch.where(valid, TOKEN, PAD))
+        think_rows = torch.stack([thinks_through[:, -1] > j for j in range(num_blocks - 1)]) if num_blocks > 1 else (
+            torch.zeros(0, batch, dtype=torch.bool, device=input_ids.device))
+        for j in range(num_blocks - 1):
+            first = starts[j] + widths[j]
+            kinds[:, first : first + K] = torch.where(think_rows[j], THOUGHT, PAD)[:, None]
+        last_thought_col = starts_t[segment] + widths_t[segment] + K - 1
+        out_columns = torch.where(is_think, last_thought_col, layout_col)
+        return ChunkLayout(ids, kinds, out_columns, starts, widths, think_rows, thinks_through - 1)
+
+    def _run_chunk(self, cache: ThoughtCache, layout: ChunkLayout, labels, depth, parts: LossParts):
+        """Run the blocks of a chunk in order: tokens, then the thoughts they end with. Returns the hidden states
+        behind each input column's logits, and TRM statistics."""
+        K = self.config.num_latents
+        prior_thinks = self._thinks_so_far(cache, layout.kinds.shape[0])
+        targets = self._layout_targets(labels, layout) if labels is not None else None
+        hidden_blocks, stats = [], []
+        num_blocks = len(layout.block_widths)
+        for j in range(num_blocks):
+            start, width = layout.block_starts[j], layout.block_widths[j]
+            if width:
+                ids = layout.ids[:, start : start + width]
+                drop = (prior_thinks + j) * K
+                hidden_blocks.append(self._extend(cache, self.get_input_embeddings()(ids),
+                                                  layout.kinds[:, start : start + width], drop))
+            if j == num_blocks - 1:
+                break
+            thoughts, step_stats = self._think(cache, layout, j, targets, depth, parts, prior_thinks)
+            stats.append(step_stats)
+            thought_kinds = layout.kinds[:, start + width : start + width + K]
+            hidden_blocks.append(self._extend(cache, thoughts, thought_kinds, torch.zeros_like(prior_thinks)))
+        hidden = torch.cat(hidden_blocks, dim=1)  # (B, C, D) the chunk in layout order
+        index = layout.out_columns[..., None].expand(-1, -1, hidden.shape[-1])
+        return hidden.gather(1, index), self._mean_stats(stats)
+
+    def _thinks_so_far(self, cache: ThoughtCache, batch: int) -> torch.Tensor:
+        if cache.kinds is None:
+            return torch.zeros(batch, dtype=torch.long, device=self.device)
+        return (cache.kinds == THOUGHT).sum(dim=1) // self.config.num_latents
+
+    def _extend(self, cache: ThoughtCache, embeds: torch.Tensor, kinds: torch.Tensor, drop: torch.Tensor):
+        """Run the backbone on new columns after everything in `cache`; `drop` (B,) is how many of each row's oldest
+        tokens these columns may not see (`thought_window="slide"`). Returns their last-layer hidden states."""
+        seen = cache.kinds if cache.kinds is not None else kinds[:, :0]
+        all_kinds = torch.cat([seen, kinds], dim=1)
+        positions = ((all_kinds != PAD).long().cumsum(dim=1) - 1).clamp(min=0)[:, seen.shape[1] :]
+        if self.config.thought_window != "slide":
+            drop = torch.zeros_like(drop)
+        drops = drop[:, None].expand_as(kinds)
+        if cache.replay:
+            hidden = self._replay_backbone(cache, embeds, all_kinds, drops)
+        else:
+            mask = visible_keys(all_kinds, drop[:, None])  # (B, C): every query of this call shares the row's drop
+            out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
+                             use_cache=True)
+            hidden = out.last_hidden_state
+        cache.record(kinds, hidden if self.trm is not None else None, embeds, drops)
+        return hidden
+
+    def _replay_backbone(self, cache: ThoughtCache, embeds, all_kinds, drops) -> torch.Tensor:
+        """Activation checkpointing drops the KV cache inside layers: recompute the whole stream instead, with a
+        per-query mask so that earlier columns see exactly what they saw when they were first computed."""
+        all_embeds = embeds if cache.replay_embeds is None else torch.cat([cache.replay_embeds, embeds], dim=1)
+        all_drops = drops if cache.replay_drops is None else torch.cat([cache.replay_drops, drops], dim=1)
+        positions = ((all_kinds != PAD).long().cumsum(dim=1) - 1).clamp(min=0)
+        mask = all_kinds != PAD
+        if self.config.thought_window == "slide":
+            ranks = token_ranks(all_kinds)
+
+            def slide(batch_idx, head_idx, q_idx, kv_idx):
+                return ranks[batch_idx, kv_idx] > all_drops[batch_idx, q_idx]
+
+            mask = create_causal_mask(config=self.model.config, inputs_embeds=all_embeds, attention_mask=mask,
+                                      cache=None, position_ids=positions, and_mask_function=slide)
+        out = self.model(inputs_embeds=all_embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+        return out.last_hidden_state[:, -embeds.shape[1] :]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Thoughts
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _think(self, cache, layout: ChunkLayout, j: int, targets, depth, parts: LossParts, prior_thinks):
+        """The K thought vectors for the j-th `<think>` of the chunk, (B, K, D), and statistics."""
+        batch, K = layout.kinds.shape[0], self.config.num_latents
+        if self.trm is None:  # pause: the same learned vectors, whatever the context and depth
+            thoughts = self.pause_thoughts.expand(batch, -1, -1)
+            return thoughts, {"thought_norm": thoughts.float().norm(dim=-1).mean()}
+        n_cycles, n_sup = depth
+        x = self.trm.compressor(cache.hidden, cache.kinds != PAD)  # (B, K, d)
+        carry = self.trm.initial_carry(x)
+        halted = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        steps_used = torch.zeros(batch, device=x.device)
+        for step in range(n_sup):
+            new = self.trm.deep_recursion(x, carry, self.config.n_latent_steps, n_cycles)
+            carry = carry.where(halted, new)  # rows that halted keep their thoughts
+            steps_used += (~halted).float()
+            halt_logit = self.trm.halt_logit(carry.y)
+            if targets is not None:
+                parts.halt_logits.append(halt_logit)
+                parts.halt_think.append(j)
+                last = step == n_sup - 1
+                parts.halt_targets.append(None if last else self._score_answer(
+                    cache, layout, j, self.trm.thoughts(carry.y), targets, parts, prior_thinks))
+            else:
+                halted = halted | (torch.sigmoid(halt_logit) > self.config.halt_threshold)
+                if bool(halted[layout.think_rows[j]].all()):
+                    break
+            if step < n_sup - 1:
+                carry = carry.detach()
+        thoughts = self.trm.thoughts(carry.y)
+        stats = {
+            "halt_probability": torch.sigmoid(halt_logit).mean(),
+            "supervision_steps": steps_used.mean(),
+            "thought_norm": thoughts.float().norm(dim=-1).mean(),
+        }
+        return thoughts, stats
+
+    def _score_answer(self, cache, layout: ChunkLayout, j, thoughts, targets, parts: LossParts, prior_thinks):
+        """Deep supervision: the loss of the j-th `<think>`'s answer given an intermediate step's thoughts, through a
+        pass over [thoughts; answer] on the context's cache, which is then cut back. Returns per-row correctness."""
+        K = self.config.num_latents
+        start = layout.block_starts[j] + layout.block_widths[j]
+        width = layout.block_widths[j + 1]
+        columns = slice(start, start + K + width)
+        hidden = self._extend(cache, thoughts, layout.kinds[:, start : start + K], torch.zeros_like(prior_thinks))
+        if width:
+            answer_ids = layout.ids[:, start + K : start + K + width]
+            answer_drop = (prior_thinks + j + 1) * K
+            hidden = torch.cat([hidden, self._extend(cache, self.get_input_embeddings()(answer_ids),
+                                                     layout.kinds[:, start + K : start + K + width], answer_drop)], 1)
+        cache.crop(-(K + width))
+        step_targets = targets[:, columns]
+        scored = step_targets != IGNORE_INDEX
+        logits = self.lm_head(hidden[scored])  # only the answer's columns: (N, V)
+        parts.aux_ce_sum = parts.aux_ce_sum + F.cross_entropy(logits.float(), step_targets[scored], reduction="sum")
+        wrong = torch.zeros_like(step_targets, dtype=torch.bool)
+        wrong[scored] = logits.argmax(-1) != step_targets[scored]
+        return ~wrong.any(dim=1)
+
+    @staticmethod
+    def _layout_targets(labels: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+        """The next-token target of every layout column (-100 where a column predicts nothing)."""
+        shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, L): what each input column predicts
+        targets = torch.full_like(layout.ids, IGNORE_INDEX)
+        return targets.scatter(1, layout.out_columns, shifted)
+
+    @staticmethod
+    def _mean_stats(stats: list[dict]) -> dict:
+        if not stats:
+            return {}
+        return {key: torch.stack([s[key] for s in stats]).mean() for key in stats[0]}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loss
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _loss(self, logits, labels, layout: ChunkLayout, parts: LossParts, n_sup: int, num_items_in_batch):
+        """Token-weighted CE, averaged over supervision steps for answer tokens, plus the halting BCE."""
+        shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(logits.device)
+        scored = shifted != IGNORE_INDEX
+        token_ce = torch.zeros_like(shifted, dtype=torch.float)
+        token_ce[scored] = F.cross_entropy(logits[scored].float(), shifted[scored], reduction="none")
+        in_answer = layout.answer_index >= 0
+        step_weight = torch.where(in_answer, 1.0 / n_sup, 1.0)
+        ce_sum = (token_ce * step_weight).sum() + parts.aux_ce_sum / n_sup
+        denominator = num_items_in_batch if num_items_in_batch is not None else scored.sum().clamp(min=1)
+        lm_loss = ce_sum / denominator
+        return lm_loss, self._halt_loss(logits, shifted, scored, layout, parts)
+
+    @staticmethod
+    def _halt_loss(logits, shifted, scored, layout: ChunkLayout, parts: LossParts) -> torch.Tensor:
+        """BCE of the halting head against "every answer token is predicted correctly under teacher forcing"."""
+        if not parts.halt_logits:
+            return logits.new_zeros((), dtype=torch.float)
+        wrong = scored & (logits.argmax(-1) != shifted)
+        losses = []
+        for logit, target, j in zip(parts.halt_logits, parts.halt_targets, parts.halt_think):
+            answer = scored & (layout.answer_index == j)
+            if target is None:
+                target = ~(wrong & answer).any(dim=1)
+            rows = layout.think_rows[j] & answer.any(dim=1)
+            losses.append(F.binary_cross_entropy_with_logits(logit[rows], target[rows].float(), reduction="none"))
+        losses = torch.cat(losses)
+        return losses.mean() if losses.numel() else logits.new_zeros((), dtype=torch.float)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Generation
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        if generation_config.cache_implementation not in (None, "dynamic"):
+            raise ValueError(
+                f"SmolLMTRM generates with its ThoughtCache only; cache_implementation="
+                f"{generation_config.cache_implementation!r} is not supported."
+            )
+        if model_kwargs.get("cache") is None and generation_config.use_cache is not False:
+            model_kwargs["cache"] = ThoughtCache(config=self.config.get_text_config(decoder=True))
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        """`generate()` of transformers; also takes `n_cycles` / `n_supervision_steps` for this call. Greedy,
+        sampling and beam search are supported; methods that re-run or roll back the cache are refused."""
+        for unsupported in ("assistant_model", "prompt_lookup_num_tokens", "penalty_alpha"):
+            if kwargs.get(unsupported) is not None:
+                raise NotImplementedError(f"SmolLMTRM does not support `{unsupported}` in generate().")
+        if kwargs.get("use_cache") is False and self.config.thought_mode != "none":
+            raise NotImplementedError("SmolLMTRM generates with the cache; `use_cache=False` is not supported.")
+        return super().generate(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def token_ranks(kinds: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each TOKEN column among its row's tokens; other columns get a rank that is never dropped."""
+    ranks = (kinds == TOKEN).long().cumsum(dim=1)
+    return torch.where(kinds == TOKEN, ranks, torch.iinfo(torch.long).max)
+
+
+def visible_keys(kinds: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """(B, C) keys a query may attend to: not padding, and not among the row's `drop` oldest tokens."""
+    return (kinds != PAD) & (token_ranks(kinds) > drop)
+
+
+def reject_packed_positions(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
+    """Padding-free / packed batches mark sequence starts with position resets; thoughts would cross them."""
+    if position_ids is None or attention_mask is not None or position_ids.shape[-1] < 2:
+        return
+    if (position_ids[..., 1:] - position_ids[..., :-1] != 1).any():
+        raise ValueError(
+            "Packed or padding-free batches (position_ids that restart inside a row) are not supported by SmolLMTRM: "
+            "use padded batches with an attention_mask (TRL: packing=False, padding_free=False)."
+        )
+
+
+def add_think_tokens(tokenizer, model: PreTrainedModel | None = None) -> list[str]:
+    """Add `<think>` and `</think>` as special tokens to a tokenizer that lacks them; resize `model`'s embeddings."""
+    missing = [t for t in THINK_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
+    if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return missing
+
+
+SmolLMTRMConfig.register_for_auto_class()
+SmolLMTRMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "HiddenStateTRM",
+    "LatentAttentionCompressor",
+    "SmolLMTRMForCausalLM",
+    "SmolLMTRMPreTrainedModel",
+    "ThoughtCache",
+    "TinyRecursiveNetwork",
+    "TransformerBlock",
+]

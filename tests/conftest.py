@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random SmolLM3 backbones wrapped with a TRM, built in code, offline."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers import SmolLM3Config  # noqa: E402
+
+from configuration_smollm_trm import SmolLMTRMConfig  # noqa: E402
+from modeling_smollm_trm import SmolLMTRMForCausalLM  # noqa: E402
+
+VOCAB = 96
+THINK = 5
+PAD_ID = 0
+EOS = 2
+
+
+def tiny_text_config(**overrides) -> SmolLM3Config:
+    settings = dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=EOS,
+        no_rope_layer_interval=2,
+    )
+    settings.update(overrides)
+    return SmolLM3Config(**settings)
+
+
+def tiny_config(**overrides) -> SmolLMTRMConfig:
+    settings = dict(
+        text_config=tiny_text_config(), think_token_id=THINK, num_latents=4, trm_hidden_size=16, trm_num_layers=2,
+        trm_num_heads=2, n_latent_steps=2, n_cycles=2,
+    )
+    settings.update(overrides)
+    return SmolLMTRMConfig(**settings)
+
+
+def tiny_model(seed: int = 0, attn_implementation: str = "eager", **overrides) -> SmolLMTRMForCausalLM:
+    torch.manual_seed(seed)
+    config = tiny_config(**overrides)
+    config._attn_implementation = attn_implementation
+    model = SmolLMTRMForCausalLM(config).eval()
+    return model
+
+
+@pytest.fixture
+def model() -> SmolLMTRMForCausalLM:
+    return tiny_model()
