@@ -1,0 +1,480 @@
+"""Turn a user's dataset into TRL `SFTTrainer` rows that teach the model to answer after latent thoughts.
+
+Every usable source row becomes one conversational prompt/completion row:
+
+    {"prompt": [..., {"role": "user", "content": QUESTION}],
+     "completion": [{"role": "assistant", "content": "<think>" + R + "</think>" + ANSWER}]}
+
+When the model meets `<think>` it inserts K = `num_latents` latent thought positions after it, so R (written
+reasoning, empty by default) follows the thoughts. Three source forms are understood:
+
+    qa        {"question": ..., "answer": ..., "reasoning": optional written reasoning}
+    messages  {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}; the final assistant turn
+              may hold "<think>REASONING</think>ANSWER" (SmolLM3's format); earlier turns are the prompt
+    gsm8k     {"question": ..., "answer": "worked solution with <<a*b=c>> annotations\\n#### N"}
+
+Rows that cannot be converted, or that would not fit in `max_length` positions once thoughts are counted, are
+reported by index and reason, then skipped or raised on (`on_bad_row`); nothing is truncated silently.
+
+    python sft_data.py --dataset_name /work/shared/data/gsm8k --tokenizer_name HuggingFaceTB/SmolLM3-3B
+    python sft_data.py --dataset_name openai/gsm8k --dataset_config main --reasoning latent+text --num_latents 8
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+THINK_TOKEN = "<think>"
+END_THINK_TOKEN = "</think>"
+# The one place the completion text is spelled out. No whitespace around the tags: the thoughts are inserted right
+# after `<think>`, written reasoning (if any) follows them, and the answer starts right after `</think>`. Reasoning and
+# answer are stripped of surrounding whitespace before filling in, so `latent` gives exactly "<think></think>72".
+COMPLETION_FORMAT = THINK_TOKEN + "{reasoning}" + END_THINK_TOKEN + "{answer}"
+
+DataFormat = Literal["auto", "qa", "messages", "gsm8k"]
+ReasoningMode = Literal["latent", "latent+text"]
+OnBadRow = Literal["skip", "error"]
+Rows = list[dict[str, Any]] | datasets.Dataset
+
+JSON_SUFFIXES = (".json", ".jsonl")
+EVAL_SPLITS = ("validation", "test")  # preferred order: keep a `test` split for final evaluation when both exist
+CHAT_ROLES = ("system", "user", "assistant")
+SHOWN_BAD_ROWS = 5  # how many offenders an error message or log summary lists
+GSM8K_ANNOTATION = re.compile(r"<<[^>]*>>")
+GSM8K_FINAL_MARK = "####"
+GSM8K_FINAL_LINE = re.compile(r"^####", re.MULTILINE)
+FORMAT_SAMPLE_ROWS = 100  # rows looked at to detect the form; a few bad ones must not flip it
+
+
+@dataclass
+class SFTDataArguments:
+    """Where the data comes from and how it becomes prompt/completion rows (parse with `HfArgumentParser`)."""
+
+    dataset_name: str = field(
+        metadata={"help": "A .json/.jsonl file, a folder of them (train.jsonl, test.jsonl, ...), or a Hub dataset."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub config name, e.g. `main` for gsm8k."})
+    data_format: DataFormat = field(default="auto", metadata={"help": "Row form; `auto` detects it per dataset."})
+    reasoning: ReasoningMode = field(
+        default="latent",
+        metadata={"help": "`latent`: answer from the latent thoughts alone; `latent+text`: written reasoning too."},
+    )
+    on_bad_row: OnBadRow = field(default="skip", metadata={"help": "Skip (and report) or raise on unusable rows."})
+    train_split: str = field(default="train", metadata={"help": "Source split to train on."})
+    eval_fraction: float = field(
+        default=0.05, metadata={"help": "Share of train rows held out when the source has no validation/test split."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the train/eval split."})
+
+    def __post_init__(self) -> None:
+        choices = {"data_format": DataFormat, "reasoning": ReasoningMode, "on_bad_row": OnBadRow}
+        for name, kind in choices.items():
+            if getattr(self, name) not in kind.__args__:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {kind.__args__}.")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction={self.eval_fraction} must be in [0, 1).")
+
+
+@dataclass
+class PreparedData:
+    """Trainer-ready rows plus what was left out: `skipped[split]` lists `(row index in that source split, reason)`."""
+
+    train: datasets.Dataset
+    eval: datasets.Dataset | None
+    skipped: dict[str, list[tuple[int, str]]]
+
+
+class BadRowError(ValueError):
+    """A row that cannot become a prompt/completion conversation; the message is the reason reported."""
+
+
+# ---------------------------------------------------------------------------------------------------- think tokens
+
+
+def ensure_think_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Add `<think>`/`</think>` as special tokens where missing; return those added (resize the embeddings if any)."""
+    missing = [token for token in (THINK_TOKEN, END_THINK_TOKEN) if token not in tokenizer.get_added_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    return missing
+
+
+def think_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """Ids of `<think>` and `</think>`; they must be added tokens, else text would split them into pieces."""
+    added = tokenizer.get_added_vocab()
+    missing = [token for token in (THINK_TOKEN, END_THINK_TOKEN) if token not in added]
+    if missing:
+        raise ValueError(
+            f"Tokenizer {tokenizer.name_or_path!r} lacks {missing} as single tokens; call "
+            "`ensure_think_tokens(tokenizer)` and resize the model's embeddings first."
+        )
+    return added[THINK_TOKEN], added[END_THINK_TOKEN]
+
+
+# --------------------------------------------------------------------------------------------------------- loading
+
+
+def load_rows(dataset_name: str, split: str | None = None, config_name: str | None = None) -> dict[str, Rows]:
+    """Rows of every split (or only `split`) of a local JSON file or folder, or of a Hub dataset."""
+    path = Path(dataset_name)
+    if path.is_dir():
+        splits = _read_json_folder(path)
+    elif path.is_file():
+        splits = {"train": _read_json_file(path)}
+    elif path.suffix in JSON_SUFFIXES:
+        raise FileNotFoundError(f"No such data file: {dataset_name!r}.")
+    else:
+        return _load_hub(dataset_name, split, config_name)
+    if split is None:
+        return splits
+    if split not in splits:
+        raise ValueError(f"{dataset_name!r} has no split {split!r}; it has {sorted(splits)}.")
+    return {split: splits[split]}
+
+
+def _load_hub(dataset_name: str, split: str | None, config_name: str | None) -> dict[str, Rows]:
+    try:
+        loaded = datasets.load_dataset(dataset_name, config_name, split=split)
+    except datasets.exceptions.DatasetNotFoundError as err:
+        raise FileNotFoundError(
+            f"{dataset_name!r} is neither a local file or folder nor a dataset found on the Hub ({err})."
+        ) from err
+    return {split: loaded} if split is not None else dict(loaded)
+
+
+def _read_json_folder(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """One split per `.json`/`.jsonl` file, named after the file's stem (train.jsonl -> `train`)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in JSON_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"Folder {str(folder)!r} holds no .json or .jsonl file.")
+    splits: dict[str, list[dict[str, Any]]] = {}
+    for path in files:
+        if path.stem in splits:
+            raise ValueError(f"Folder {str(folder)!r} has two files for split {path.stem!r}; keep one.")
+        splits[path.stem] = _read_json_file(path)
+    return splits
+
+
+def _read_json_file(path: Path) -> list[dict[str, Any]]:
+    """A JSON list of objects (`.json` whose text starts with `[`) or JSON lines (one object per line)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}.") from err
+        for index, row in enumerate(rows):
+            _check_is_object(row, f"{path}: item {index}")
+        return rows
+    rows = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path}: invalid JSON at line {line_number}, column {err.colno}: {err.msg}. Expected a JSON list "
+                "of objects or one JSON object per line."
+            ) from err
+        _check_is_object(row, f"{path}: line {line_number}")
+        rows.append(row)
+    return rows
+
+
+def _check_is_object(row: Any, where: str) -> None:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} is a JSON {type(row).__name__}, expected an object (one row).")
+
+
+# ---------------------------------------------------------------------------------------------- rows -> conversation
+
+
+def detect_format(rows: Rows) -> str:
+    """`messages`, `gsm8k` (question/answer whose answers end in a `#### N` line) or `qa`, from the first rows."""
+    sample = [rows[index] for index in range(min(len(rows), FORMAT_SAMPLE_ROWS))]
+    keys = set().union(*(row.keys() for row in sample))
+    if "messages" in keys:
+        return "messages"
+    if {"question", "answer"} <= keys:
+        answers = [row.get("answer") for row in sample]
+        is_gsm8k = any(isinstance(answer, str) and GSM8K_FINAL_LINE.search(answer) for answer in answers)
+        return "gsm8k" if is_gsm8k and "reasoning" not in keys else "qa"
+    raise ValueError(
+        f"Cannot tell the row form from the fields {sorted(keys)}: expected `messages`, or `question` and `answer`. "
+        "Rename the fields or pass data_format explicitly."
+    )
+
+
+def to_conversation(row: dict[str, Any], data_format: str, reasoning_mode: ReasoningMode) -> dict[str, list]:
+    """One source row as a prompt/completion conversation; raises `BadRowError` with the reason it cannot be."""
+    if data_format == "messages":
+        prompt, reasoning, answer = _split_messages(row)
+    else:
+        prompt = [{"role": "user", "content": _text_field(row, "question")}]
+        reasoning, answer = _split_gsm8k(row) if data_format == "gsm8k" else _split_qa(row)
+    for message in prompt:
+        _reject_think_tags(message["content"], f"{message['role']} turn")
+    _reject_think_tags(reasoning, "reasoning")
+    _reject_think_tags(answer, "answer")
+    if reasoning_mode == "latent":
+        reasoning = ""
+    content = COMPLETION_FORMAT.format(reasoning=reasoning, answer=answer)
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": content}]}
+
+
+def _text_field(row: dict[str, Any], name: str) -> str:
+    """A required non-empty text field; JSON numbers are accepted for answers like `72`."""
+    value = row.get(name)
+    if value is None:
+        raise BadRowError(f"missing {name!r} (fields: {sorted(row)})")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise BadRowError(f"{name!r} is a {type(value).__name__}, expected a string")
+    if not value.strip():
+        raise BadRowError(f"empty {name!r}")
+    return value.strip()
+
+
+def _split_qa(row: dict[str, Any]) -> tuple[str, str]:
+    reasoning = row.get("reasoning")
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise BadRowError(f"'reasoning' is a {type(reasoning).__name__}, expected a string")
+    return (reasoning or "").strip(), _text_field(row, "answer")
+
+
+def _split_gsm8k(row: dict[str, Any]) -> tuple[str, str]:
+    """The worked solution without `<<a*b=c>>` annotations becomes the reasoning, N of `#### N` the answer."""
+    solution = _text_field(row, "answer")
+    worked, mark, final = solution.rpartition(GSM8K_FINAL_MARK)
+    if not mark:
+        raise BadRowError("gsm8k 'answer' has no final '#### N' line")
+    final = final.strip()
+    if not final:
+        raise BadRowError("gsm8k 'answer' has nothing after '####'")
+    if "\n" in final:
+        raise BadRowError(f"gsm8k '#### N' is not the last line of 'answer' (after it: {final!r})")
+    return GSM8K_ANNOTATION.sub("", worked).strip(), final
+
+
+def _split_messages(row: dict[str, Any]) -> tuple[list[dict[str, str]], str, str]:
+    """Earlier turns are the prompt; the final assistant turn holds `<think>REASONING</think>ANSWER` or `ANSWER`."""
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRowError(f"'messages' is {type(messages).__name__}, expected a non-empty list of turns")
+    for position, message in enumerate(messages):
+        is_turn = isinstance(message, dict) and message.get("role") in CHAT_ROLES
+        if not (is_turn and isinstance(message.get("content"), str)):
+            expected = f"{{'role': one of {CHAT_ROLES}, 'content': str}}"
+            raise BadRowError(f"turn {position} is not {expected}: {message!r:.80}")
+    if messages[-1]["role"] != "assistant":
+        raise BadRowError(f"no final assistant turn (the last turn is {messages[-1]['role']!r})")
+    if len(messages) < 2 or messages[-2]["role"] != "user" or not messages[-2]["content"].strip():
+        raise BadRowError("the final assistant turn must follow a non-empty user turn")
+    reasoning, answer = _split_think_block(messages[-1]["content"])
+    prompt = [{"role": message["role"], "content": message["content"]} for message in messages[:-1]]
+    return prompt, reasoning, answer
+
+
+def _split_think_block(content: str) -> tuple[str, str]:
+    before, opened, rest = content.partition(THINK_TOKEN)
+    if not opened:
+        reasoning, answer = "", content
+    elif before.strip():
+        raise BadRowError(f"final assistant turn has text before {THINK_TOKEN!r}: {before.strip()!r:.80}")
+    else:
+        reasoning, closed, answer = rest.partition(END_THINK_TOKEN)
+        if not closed:
+            raise BadRowError(f"final assistant turn opens {THINK_TOKEN!r} but never closes it")
+    if not answer.strip():
+        raise BadRowError("final assistant turn has no answer")
+    return reasoning.strip(), answer.strip()
+
+
+def _reject_think_tags(text: str, where: str) -> None:
+    """A stray tag would be tokenized as the thought trigger and insert latents where none belong."""
+    for tag in (THINK_TOKEN, END_THINK_TOKEN):
+        if tag in text:
+            raise BadRowError(f"{where} contains {tag!r}, which only the completion's thought block may hold")
+
+
+# ----------------------------------------------------------------------------------------------------------- length
+
+
+def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], **kwargs: Any) -> list[int]:
+    # The call TRL 1.16 makes in `SFTTrainer._prepare_dataset` (via `trl.data_utils._tokenize`), so our count
+    # matches what it trains on: the default chat template, tokenize=True, return_dict=True.
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
+
+
+def sequence_length(
+    tokenizer: PreTrainedTokenizerBase, conversation: dict[str, list], num_latents: int, think_id: int
+) -> int:
+    """Positions the model runs over: TRL's ids for prompt + completion plus K thoughts per `<think>` token."""
+    ids = _chat_ids(tokenizer, conversation["prompt"] + conversation["completion"])
+    return len(ids) + num_latents * ids.count(think_id)
+
+
+def _check_length(
+    tokenizer: PreTrainedTokenizerBase, conversation: dict[str, list], num_latents: int, think_id: int, max_length: int
+) -> None:
+    length = sequence_length(tokenizer, conversation, num_latents, think_id)
+    if length > max_length:
+        raise BadRowError(
+            f"{length} positions ({num_latents} thoughts per {THINK_TOKEN} counted) exceed max_length={max_length}"
+        )
+
+
+def check_chat_template(tokenizer: PreTrainedTokenizerBase, think_id: int) -> None:
+    """Fail early if the chat template drops `<think>` from the completion: the model would never get thoughts."""
+    prompt = [{"role": "user", "content": "What is 1 + 1?"}]
+    completion = [{"role": "assistant", "content": COMPLETION_FORMAT.format(reasoning="", answer="2")}]
+    prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+    full_ids = _chat_ids(tokenizer, prompt + completion)
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        logger.warning("The prompt rendered alone is not a prefix of prompt + completion; TRL then starts the "
+                       "completion loss where they diverge.")
+    if think_id not in full_ids[len(prompt_ids):]:
+        raise ValueError(
+            f"The chat template of {tokenizer.name_or_path!r} drops {THINK_TOKEN!r} from the assistant turn (it "
+            f"renders {tokenizer.decode(full_ids[len(prompt_ids):])!r}); use a template that keeps it verbatim."
+        )
+
+
+# ------------------------------------------------------------------------------------------------------ preparation
+
+
+def prepare_sft_data(
+    args: SFTDataArguments, tokenizer: PreTrainedTokenizerBase, num_latents: int, max_length: int
+) -> PreparedData:
+    """Load, convert and validate `args.dataset_name` into train (and eval) prompt/completion datasets."""
+    think_id, _ = think_token_ids(tokenizer)
+    check_chat_template(tokenizer, think_id)
+    splits = load_rows(args.dataset_name, None, args.dataset_config)
+    if args.train_split not in splits:
+        raise ValueError(f"{args.dataset_name!r} has no split {args.train_split!r}; it has {sorted(splits)}.")
+    data_format = detect_format(splits[args.train_split]) if args.data_format == "auto" else args.data_format
+    logger.info("Reading %r as %s rows (reasoning=%s).", args.dataset_name, data_format, args.reasoning)
+    prepared: dict[str, datasets.Dataset] = {}
+    skipped: dict[str, list[tuple[int, str]]] = {}
+    for part, (split_name, rows, indices) in _plan_parts(splits, args).items():
+        conversations, bad = [], []
+        for index in indices:
+            try:
+                conversation = to_conversation(rows[index], data_format, args.reasoning)
+                _check_length(tokenizer, conversation, num_latents, think_id, max_length)
+            except BadRowError as err:
+                bad.append((index, str(err)))
+                continue
+            conversations.append(conversation)
+        where = f"{part} rows of split {split_name!r} of {args.dataset_name!r}"
+        _report_bad_rows(where, len(indices), len(conversations), bad, args.on_bad_row)
+        skipped.setdefault(split_name, []).extend(bad)
+        prepared[part] = datasets.Dataset.from_list(conversations)
+    if args.reasoning == "latent+text":
+        _warn_missing_reasoning(prepared["train"])
+    return PreparedData(train=prepared["train"], eval=prepared.get("eval"), skipped=skipped)
+
+
+def _plan_parts(splits: dict[str, Rows], args: SFTDataArguments) -> dict[str, tuple[str, Rows, list[int]]]:
+    """Source split and row indices behind train and eval: a validation/test split when present, else a seeded
+    held-out share of train. Held out by source index, so the eval rows do not change with max_length or K."""
+    train_rows = splits[args.train_split]
+    plan = {"train": (args.train_split, train_rows, list(range(len(train_rows))))}
+    eval_name = next((name for name in EVAL_SPLITS if name in splits and name != args.train_split), None)
+    if eval_name is not None:
+        plan["eval"] = (eval_name, splits[eval_name], list(range(len(splits[eval_name]))))
+    elif args.eval_fraction > 0:
+        train_indices, eval_indices = split_indices(len(train_rows), args.eval_fraction, args.seed)
+        plan["train"] = (args.train_split, train_rows, train_indices)
+        plan["eval"] = (args.train_split, train_rows, eval_indices)
+    return plan
+
+
+def split_indices(num_rows: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Sorted train and eval row indices; the same arguments always give the same split."""
+    num_eval = max(1, round(num_rows * eval_fraction))
+    if num_eval >= num_rows:
+        raise ValueError(
+            f"eval_fraction={eval_fraction} of {num_rows} rows leaves no training row; lower it or set it to 0."
+        )
+    order = list(range(num_rows))
+    random.Random(seed).shuffle(order)
+    return sorted(order[num_eval:]), sorted(order[:num_eval])
+
+
+def _report_bad_rows(
+    where: str, num_rows: int, num_good: int, bad: list[tuple[int, str]], on_bad_row: OnBadRow
+) -> None:
+    """Raise when nothing is usable or when `on_bad_row='error'` meets a bad row; else log what is skipped."""
+    shown = "; ".join(f"row {index}: {reason}" for index, reason in bad[:SHOWN_BAD_ROWS])
+    if num_good == 0:
+        raise ValueError(f"No usable row among the {num_rows} {where}. First problems: {shown or 'none, it is empty'}.")
+    if bad and on_bad_row == "error":
+        raise ValueError(
+            f"{len(bad)} of the {num_rows} {where} cannot be used (on_bad_row='error'): {shown}. Fix them, or pass "
+            "on_bad_row='skip' to leave them out."
+        )
+    if bad:
+        logger.warning("Skipped %d of the %d %s (see PreparedData.skipped): %s.", len(bad), num_rows, where, shown)
+
+
+def _warn_missing_reasoning(train: datasets.Dataset) -> None:
+    empty_block = COMPLETION_FORMAT.format(reasoning="", answer="")
+    num_latent_only = sum(row[0]["content"].startswith(empty_block) for row in train["completion"])
+    if num_latent_only:
+        logger.warning("reasoning='latent+text', but %d of %d train rows have no written reasoning; they train as "
+                       "latent-only rows.", num_latent_only, len(train))
+
+
+# ------------------------------------------------------------------------------------------------------ command line
+
+
+@dataclass
+class PreviewArguments:
+    """What the dry run needs besides the data: the tokenizer TRL will template with, and the model's sizes."""
+
+    tokenizer_name: str = field(metadata={"help": "Tokenizer (Hub name or folder) whose chat template TRL applies."})
+    num_latents: int = field(metadata={"help": "Latent thought positions the model inserts after each <think>."})
+    max_length: int = field(metadata={"help": "Longest sequence in positions, thoughts included."})
+    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside tokenizer_name to read it from."})
+
+
+def make_parser() -> "HfArgumentParser":
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser((SFTDataArguments, PreviewArguments))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dry run: prepare the data as training would, print the counts, the first row and what was skipped."""
+    from transformers import AutoTokenizer
+
+    data_args, preview = make_parser().parse_args_into_dataclasses(args=argv)
+    tokenizer = AutoTokenizer.from_pretrained(preview.tokenizer_name, gguf_file=preview.gguf_file)
+    print(f"added to the tokenizer: {ensure_think_tokens(tokenizer)}")
+    prepared = prepare_sft_data(data_args, tokenizer, preview.num_latents, preview.max_length)
+    print(f"train rows: {len(prepared.train)}, eval rows: {len(prepared.eval) if prepared.eval else 0}")
+    print(f"first train row: {json.dumps(prepared.train[0], ensure_ascii=False)}")
+    for split_name, bad in prepared.skipped.items():
+        print(f"skipped in {split_name!r}: {len(bad)}")
+        for index, reason in bad:
+            print(f"  row {index}: {reason}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()
