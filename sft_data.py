@@ -16,8 +16,11 @@ reasoning, empty by default) follows the thoughts. Three source forms are unders
 Rows that cannot be converted, or that would not fit in `max_length` positions once thoughts are counted, are
 reported by index and reason, then skipped or raised on (`on_bad_row`); nothing is truncated silently.
 
-    python sft_data.py --dataset_name /work/shared/data/gsm8k --tokenizer_name HuggingFaceTB/SmolLM3-3B
-    python sft_data.py --dataset_name openai/gsm8k --dataset_config main --reasoning latent+text --num_latents 8
+A dry run prepares the data as training would and prints what it kept and skipped:
+
+    python sft_data.py --dataset_name data/ --tokenizer_name HuggingFaceTB/SmolLM3-3B --num_latents 8 --max_length 1024
+    python sft_data.py --dataset_name openai/gsm8k --dataset_config main --reasoning latent+text \
+        --tokenizer_name HuggingFaceTB/SmolLM3-3B --num_latents 8 --max_length 1024
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import json
 import logging
 import random
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -366,6 +368,8 @@ def prepare_sft_data(
     splits = load_rows(args.dataset_name, None, args.dataset_config)
     if args.train_split not in splits:
         raise ValueError(f"{args.dataset_name!r} has no split {args.train_split!r}; it has {sorted(splits)}.")
+    if len(splits[args.train_split]) == 0:
+        raise ValueError(f"No usable row: split {args.train_split!r} of {args.dataset_name!r} is empty.")
     data_format = detect_format(splits[args.train_split]) if args.data_format == "auto" else args.data_format
     logger.info("Reading %r as %s rows (reasoning=%s).", args.dataset_name, data_format, args.reasoning)
     prepared: dict[str, datasets.Dataset] = {}
@@ -382,7 +386,7 @@ def prepare_sft_data(
             conversations.append(conversation)
         where = f"{part} rows of split {split_name!r} of {args.dataset_name!r}"
         _report_bad_rows(where, len(indices), len(conversations), bad, args.on_bad_row)
-        skipped.setdefault(split_name, []).extend(bad)
+        skipped[split_name] = sorted(skipped.get(split_name, []) + bad)
         prepared[part] = datasets.Dataset.from_list(conversations)
     if args.reasoning == "latent+text":
         _warn_missing_reasoning(prepared["train"])

@@ -289,6 +289,8 @@ def test_dataset_without_usable_row(tokenizer, tmp_path):
     rows = [{"question": "Q?", "answer": ""}, {"question": "", "answer": "1"}]
     with pytest.raises(ValueError, match="No usable row among the 2 train rows"):
         prepare(write_jsonl(tmp_path / "data.jsonl", rows), tokenizer)
+    with pytest.raises(ValueError, match="No usable row: split 'train' of .* is empty"):
+        prepare(write_jsonl(tmp_path / "empty.jsonl", []), tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------------- eval split
@@ -308,8 +310,8 @@ def test_eval_split_from_train_is_deterministic(tokenizer, tmp_path):
     first, second = (prepare(path, tokenizer, eval_fraction=0.25, seed=7) for _ in range(2))
     assert (len(first.train), len(first.eval)) == (15, 5)
     assert first.eval.to_list() == second.eval.to_list() and first.train.to_list() == second.train.to_list()
-    questions = {row["prompt"][0]["content"] for row in first.train} | {row["prompt"][0]["content"] for row in first.eval}
-    assert len(questions) == 20
+    questions = [row["prompt"][0]["content"] for row in first.train.to_list() + first.eval.to_list()]
+    assert len(set(questions)) == 20
 
 
 def test_arguments_reject_unknown_choices():
