@@ -1,0 +1,205 @@
+"""Task loading: the local GSM8K split, GSM8K/MATH parsing, the arith generator checked by re-computation."""
+
+import json
+import operator
+import re
+
+import pytest
+
+from eval.tasks import (
+    ARITH_MAX_VALUE,
+    GSM8K_DIR,
+    TASK_KINDS,
+    arith_split_of,
+    load_task,
+    make_arith,
+    parse_depth,
+)
+
+GSM8K_ROWS = [
+    {"question": "Ann has 2 bags of 617 nuts. How many nuts?", "answer": "2 * 617 = <<2*617=1234>>1,234 nuts.\n#### 1,234"},
+    {"question": "What is 3 - 3?", "answer": "3 - 3 = <<3-3=0>>0\n#### 0"},
+]
+_OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+_STEP = re.compile(r"(Add|Subtract|Multiply by|Divide by) (\d+)\.")
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def solve_arith(question: str) -> tuple[int, int]:
+    """Independent re-computation of an arith question: (result, number of operations)."""
+    value = int(re.match(r"Start with (\d+)\.", question).group(1))
+    steps = _STEP.findall(question)
+    for operation, operand in steps:
+        operand = int(operand)
+        if operation == "Divide by":
+            assert value % operand == 0, f"{question!r} divides {value} by {operand} with a remainder"
+        value = {"Add": value + operand, "Subtract": value - operand, "Multiply by": value * operand}.get(
+            operation, value // operand
+        )
+        assert 0 <= value <= ARITH_MAX_VALUE, f"{question!r} leaves [0, {ARITH_MAX_VALUE}]: {value}"
+    return value, len(steps)
+
+
+@pytest.mark.skipif(not GSM8K_DIR.is_dir(), reason=f"no local GSM8K copy at {GSM8K_DIR}")
+def test_gsm8k_local_test_split():
+    task = load_task("gsm8k")
+    assert (task.name, task.kind, len(task.examples)) == ("gsm8k", "number", 1319)
+    first = task.examples[0]
+    assert first["question"].startswith("Janet")
+    assert first["answer"] == "18"
+    assert first["reasoning"] == (
+        "Janet sells 16 - 3 - 4 = 9 duck eggs a day.\nShe makes 9 * 2 = $18 every day at the farmer\u2019s market."
+    )
+    assert all(re.fullmatch(r"-?\d+", ex["answer"]) for ex in task.examples)  # "1,600" became "1600"
+    assert not any("<<" in ex["reasoning"] or "####" in ex["reasoning"] for ex in task.examples)
+    assert len({ex["id"] for ex in task.examples}) == 1319
+
+
+def test_gsm8k_parsing_from_file_and_folder(tmp_path):
+    write_jsonl(tmp_path / "test.jsonl", GSM8K_ROWS)
+    for path in (tmp_path, tmp_path / "test.jsonl"):
+        examples = load_task("gsm8k", path=path).examples
+        assert [ex["answer"] for ex in examples] == ["1234", "0"]
+        assert examples[0]["reasoning"] == "2 * 617 = 1,234 nuts."
+        assert examples[0]["question"] == GSM8K_ROWS[0]["question"]
+
+
+def test_gsm8k_row_without_final_line_names_the_row(tmp_path):
+    rows = [GSM8K_ROWS[0], {"question": "q", "answer": "no final line here"}]
+    with pytest.raises(ValueError, match=r"gsm8k row 1 .*#### N"):
+        load_task("gsm8k", path=write_jsonl(tmp_path / "bad.jsonl", rows))
+
+
+def test_gsm8k_row_missing_a_field(tmp_path):
+    with pytest.raises(ValueError, match=r"row 0 lacks field\(s\) \['answer'\]"):
+        load_task("gsm8k", path=write_jsonl(tmp_path / "bad.jsonl", [{"question": "q"}]))
+
+
+def test_gsm8k_missing_split_and_missing_path(tmp_path):
+    write_jsonl(tmp_path / "test.jsonl", GSM8K_ROWS)
+    with pytest.raises(FileNotFoundError, match="no validation.jsonl"):
+        load_task("gsm8k", path=tmp_path, split="validation")
+    with pytest.raises(FileNotFoundError, match="no file or folder"):
+        load_task("gsm8k", path=tmp_path / "absent.jsonl")
+
+
+def test_hub_name_offline_error(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match=r"'openai/gsm8k' is not a local file or folder.*config 'main'"):
+        load_task("gsm8k", path="openai/gsm8k")
+
+
+def test_math_answer_from_boxed_or_field(tmp_path):
+    rows = [
+        {"problem": "Half of 1?", "solution": "It is $\\boxed{\\dfrac{1}{2}}$."},
+        {"problem": "Set?", "solution": "...", "answer": "\\left\\{ 1, 2 \\right\\}", "unique_id": "test/x/1.json"},
+    ]
+    task = load_task("math", path=write_jsonl(tmp_path / "math.jsonl", rows))
+    assert task.kind == "latex"
+    assert [ex["answer"] for ex in task.examples] == ["\\frac{1}{2}", "\\{1,2\\}"]
+    assert [ex["id"] for ex in task.examples] == ["math-test-0", "test/x/1.json"]
+    assert task.examples[0]["reasoning"] == rows[0]["solution"]
+
+
+def test_math_original_folder_layout(tmp_path):
+    (tmp_path / "test" / "algebra").mkdir(parents=True)
+    for i, answer in enumerate(["3", "4"]):
+        row = {"problem": f"p{i}", "solution": f"\\boxed{{{answer}}}"}
+        (tmp_path / "test" / "algebra" / f"{i}.json").write_text(json.dumps(row))
+    assert [ex["answer"] for ex in load_task("math", path=tmp_path).examples] == ["3", "4"]
+
+
+def test_math_errors(tmp_path):
+    with pytest.raises(ValueError, match="needs path="):
+        load_task("math")
+    rows = [{"problem": "p", "solution": "no box"}]
+    with pytest.raises(ValueError, match="math row 0 .*neither an 'answer' nor"):
+        load_task("math", path=write_jsonl(tmp_path / "m.jsonl", rows))
+
+
+def test_sample_task():
+    task = load_task("sample")
+    assert (task.kind, len(task.examples)) == ("number", 10)
+    assert all(re.fullmatch(r"\d+", ex["answer"]) for ex in task.examples)
+    assert len({ex["question"] for ex in task.examples}) == 10
+    assert task.examples[0] == {"id": "sample-0", "question": "What is 38 + 47?", "answer": "85", "reasoning": None}
+    with pytest.raises(ValueError, match="only the 'test' split"):
+        load_task("sample", split="train")
+
+
+def test_arith_is_deterministic_per_seed():
+    assert make_arith(50, (1, 4), seed=3, split="train") == make_arith(50, (1, 4), seed=3, split="train")
+    assert make_arith(50, (1, 4), seed=3, split="train") != make_arith(50, (1, 4), seed=4, split="train")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_arith_gold_answers_and_reasoning_are_correct(split):
+    for ex in make_arith(300, (1, 6), seed=0, split=split):
+        result, _ = solve_arith(ex["question"])
+        assert ex["answer"] == str(result), ex
+        lines = ex["reasoning"].split("\n")
+        assert lines[-1].endswith(f"={result}")
+        for line in lines:  # every worked step is true arithmetic
+            a, symbol, b, c = re.fullmatch(r"(\d+)([-+*/])(\d+)=(\d+)", line).groups()
+            assert _OPERATORS[symbol](int(a), int(b)) == int(c), line
+
+
+def test_arith_splits_are_disjoint_across_seeds_and_depths():
+    train = {ex["question"] for seed in range(3) for ex in make_arith(300, (1, 3), seed, "train")}
+    test = {ex["question"] for seed in range(3) for ex in make_arith(100, (1, 3), seed, "test")}
+    assert not train & test
+    assert all(arith_split_of(q) == "test" for q in test)
+    assert len(make_arith(150, 1, seed=0, split="test")) == 150  # distinct within a split
+
+
+def test_arith_depth_is_honoured():
+    assert {solve_arith(ex["question"])[1] for ex in make_arith(40, 3, seed=0, split="test")} == {3}
+    depths = {solve_arith(ex["question"])[1] for ex in make_arith(200, (2, 4), seed=0, split="train")}
+    assert depths == {2, 3, 4}
+    task = load_task("arith", split="train", limit=20, depth="5")
+    assert len(task.examples) == 20 and all(solve_arith(ex["question"])[1] == 5 for ex in task.examples)
+
+
+@pytest.mark.parametrize("depth, expected", [(3, (3, 3)), ((1, 4), (1, 4)), ("2", (2, 2)), ("1-4", (1, 4))])
+def test_parse_depth(depth, expected):
+    assert parse_depth(depth) == expected
+
+
+@pytest.mark.parametrize("depth", ["0", "4-1", "a-b", (0, 2), "1-"])
+def test_parse_depth_rejects(depth):
+    with pytest.raises(ValueError, match="depth"):
+        parse_depth(depth)
+
+
+def test_arith_errors():
+    with pytest.raises(ValueError, match="split must be one of"):
+        make_arith(5, 2, seed=0, split="validation")
+    with pytest.raises(ValueError, match=r"found only \d+ distinct test questions of depth 1-1"):
+        make_arith(1000, 1, seed=0, split="test")
+
+
+def test_load_task_limit_takes_the_first_examples(tmp_path):
+    path = write_jsonl(tmp_path / "g.jsonl", GSM8K_ROWS)
+    assert load_task("gsm8k", path=path, limit=1).examples == load_task("gsm8k", path=path).examples[:1]
+    with pytest.raises(ValueError, match="limit must be a positive"):
+        load_task("gsm8k", path=path, limit=0)
+
+
+def test_load_task_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'; known tasks: " + ", ".join(TASK_KINDS)):
+        load_task("gsm9k")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="has no examples"):
+        load_task("gsm8k", path=tmp_path / "empty.jsonl")
+    with pytest.raises(ValueError, match="depth only applies to the arith task"):
+        load_task("gsm8k", depth=3)
+    with pytest.raises(ValueError, match="path only applies"):
+        load_task("arith", path=tmp_path)
