@@ -445,15 +445,17 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
             valid = valid[:, -input_ids.shape[1] :]
         depth = (n_cycles or self.config.n_cycles, n_supervision_steps or self.config.n_supervision_steps)
         layout = self._plan_chunk(input_ids, valid)
+        self._check_length(cache, layout)
         parts = LossParts(aux_ce_sum=torch.zeros((), device=input_ids.device), halt_logits=[], halt_targets=[],
                           halt_think=[])
-        hidden, stats = self._run_chunk(cache, layout, labels, depth, parts)
+        targets = next_token_targets(labels, valid) if labels is not None else None
+        hidden, stats = self._run_chunk(cache, layout, targets, depth, parts)
         if labels is None and logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss = lm_loss = halt_loss = None
         if labels is not None:
-            lm_loss, halt_loss = self._loss(logits, labels, layout, parts, depth[1], kwargs.get("num_items_in_batch"))
+            lm_loss, halt_loss = self._loss(logits, targets, layout, parts, depth[1], kwargs.get("num_items_in_batch"))
             loss = lm_loss + self.config.halt_loss_weight * halt_loss
         return SmolLMTRMOutput(
             loss=loss, lm_loss=lm_loss, halt_loss=halt_loss, logits=logits, cache=cache if use_cache else None, **stats
@@ -508,12 +510,23 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         out_columns = torch.where(is_think, last_thought_col, layout_col)
         return ChunkLayout(ids, kinds, out_columns, starts, widths, think_rows, thinks_through - 1)
 
-    def _run_chunk(self, cache: ThoughtCache, layout: ChunkLayout, labels, depth, parts: LossParts):
+    def _check_length(self, cache: ThoughtCache, layout: ChunkLayout) -> None:
+        """Refuse positions beyond what the backbone was built for: they would be silently wrong, not an error."""
+        seen = 0 if cache.kinds is None else (cache.kinds != PAD).sum(dim=1)
+        longest = int(((layout.kinds != PAD).sum(dim=1) + seen).max())
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if limit is not None and longest > limit:
+            raise ValueError(
+                f"A row needs {longest} positions (tokens plus {self.config.num_latents} per `<think>`), more than the "
+                f"backbone's max_position_embeddings={limit}; shorten it or use fewer `<think>` / num_latents."
+            )
+
+    def _run_chunk(self, cache: ThoughtCache, layout: ChunkLayout, targets, depth, parts: LossParts):
         """Run the blocks of a chunk in order: tokens, then the thoughts they end with. Returns the hidden states
         behind each input column's logits, and TRM statistics."""
         K = self.config.num_latents
         prior_thinks = self._thinks_so_far(cache, layout.kinds.shape[0])
-        targets = self._layout_targets(labels, layout) if labels is not None else None
+        targets = self._layout_targets(targets, layout) if targets is not None else None
         hidden_blocks, stats = [], []
         num_blocks = len(layout.block_widths)
         for j in range(num_blocks):
@@ -638,11 +651,9 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         return ~wrong.any(dim=1)
 
     @staticmethod
-    def _layout_targets(labels: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    def _layout_targets(targets: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
         """The next-token target of every layout column (-100 where a column predicts nothing)."""
-        shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, L): what each input column predicts
-        targets = torch.full_like(layout.ids, IGNORE_INDEX)
-        return targets.scatter(1, layout.out_columns, shifted)
+        return torch.full_like(layout.ids, IGNORE_INDEX).scatter(1, layout.out_columns, targets)
 
     @staticmethod
     def _mean_stats(stats: list[dict]) -> dict:
@@ -654,9 +665,8 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
     # Loss
     # ------------------------------------------------------------------------------------------------------------
 
-    def _loss(self, logits, labels, layout: ChunkLayout, parts: LossParts, n_sup: int, num_items_in_batch):
+    def _loss(self, logits, shifted, layout: ChunkLayout, parts: LossParts, n_sup: int, num_items_in_batch):
         """Token-weighted CE, averaged over supervision steps for answer tokens, plus the halting BCE."""
-        shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(logits.device)
         scored = shifted != IGNORE_INDEX
         token_ce = torch.zeros_like(shifted, dtype=torch.float)
         token_ce[scored] = F.cross_entropy(logits[scored].float(), shifted[scored], reduction="none")
@@ -711,6 +721,13 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def next_token_targets(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, L) the label each input column predicts: the next label, or -100. A padding column predicts nothing,
+    so a left-padded row scores exactly the tokens it scores alone."""
+    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    return shifted.masked_fill(~valid, IGNORE_INDEX)
 
 
 def token_ranks(kinds: torch.Tensor) -> torch.Tensor:

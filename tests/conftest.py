@@ -52,3 +52,30 @@ def tiny_model(seed: int = 0, attn_implementation: str = "eager", **overrides) -
 @pytest.fixture
 def model() -> SmolLMTRMForCausalLM:
     return tiny_model()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over the tiny vocabulary: "w7" is id 7, `<think>` is id THINK."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = {"<pad>": PAD_ID, "<s>": 1, "</s>": EOS, "<unk>": 3, "</think>": 4, "<think>": THINK}
+    vocab = {**{f"w{i}": i for i in range(VOCAB) if i not in specials.values()}, **specials}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        additional_special_tokens=["<think>", "</think>"],
+    )
+
+
+def pad_batch(rows: list[list[int]], sides: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad rows to a common length, each on its own side ("left" or "right")."""
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), PAD_ID, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (row, side) in enumerate(zip(rows, sides)):
+        span = slice(0, len(row)) if side == "right" else slice(length - len(row), length)
+        ids[i, span] = torch.tensor(row)
+        mask[i, span] = 1
+    return ids, mask

@@ -1,0 +1,282 @@
+"""The model proved against references: rows alone, an uncached pass, a recomputing decoder, a reloaded copy."""
+
+import pytest
+import torch
+from conftest import EOS, PAD_ID, THINK, pad_batch, tiny_model, tiny_text_config
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from modeling_smollm_trm import THOUGHT, ThoughtCache
+
+# Rows cover: `<think>` at different columns, two in one row, none, at the start, and fewer real tokens than K=4.
+ROWS = [
+    [7, 8, 9, THINK, 10, 11, 12],
+    [7, THINK, 12, 13, THINK, 14],
+    [20, 21, 22, 23, 24, 25, 26, 27],
+    [THINK, 30],
+    [40, 41, 42, 43, 44, 45, THINK, 46, 47],
+]
+SIDES = ["right", "left", "right", "left", "right"]
+# Larger random weights than the default make tokens and logits depend visibly on the thoughts, while the
+# recursion stays stable enough that float32 reorderings stay far below the tolerances.
+VIVID = dict(text_config=tiny_text_config(initializer_range=0.15))
+
+
+def real_span(mask_row: torch.Tensor) -> torch.Tensor:
+    return mask_row.nonzero().squeeze(-1)
+
+
+@pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"thought_mode": "pause"},
+                                      {"n_supervision_steps": 3}, {"attn_implementation": "sdpa"}])
+def test_padded_batch_equals_rows_alone(settings):
+    model = tiny_model(**VIVID, **settings)
+    ids, mask = pad_batch(ROWS, SIDES)
+    labels = ids.masked_fill(mask == 0, -100)
+    batch = model(input_ids=ids, attention_mask=mask, labels=labels)
+    token_loss_sum, token_count = 0.0, 0
+    for i, row in enumerate(ROWS):
+        alone = model(input_ids=torch.tensor([row]), labels=torch.tensor([row]))
+        torch.testing.assert_close(batch.logits[i, real_span(mask[i])], alone.logits[0], atol=1e-4, rtol=0)
+        token_loss_sum += alone.lm_loss.item() * (len(row) - 1)
+        token_count += len(row) - 1
+    assert batch.lm_loss.item() == pytest.approx(token_loss_sum / token_count, abs=1e-5)
+
+
+def test_num_items_in_batch_sets_the_denominator(model):
+    ids = torch.tensor([[7, 8, THINK, 9, 10]])
+    mean = model(input_ids=ids, labels=ids).lm_loss
+    summed = model(input_ids=ids, labels=ids, num_items_in_batch=torch.tensor(8)).lm_loss
+    torch.testing.assert_close(summed, mean * 4 / 8)
+
+
+def test_segmented_forward_equals_one_uncached_pass_over_context_thoughts_rest():
+    model = tiny_model(**VIVID)
+    context, rest = [7, 8, 9, THINK], [10, 11, 12]
+    logits = model(input_ids=torch.tensor([context + rest])).logits
+    with torch.no_grad():
+        embed = model.get_input_embeddings()
+        hidden = model.model(input_ids=torch.tensor([context])).last_hidden_state
+        x = model.trm.compressor(hidden, torch.ones(1, len(context), dtype=torch.bool))
+        carry = model.trm.deep_recursion(x, model.trm.initial_carry(x), model.config.n_latent_steps,
+                                         model.config.n_cycles)
+        thoughts = model.trm.thoughts(carry.y)
+        stream = torch.cat([embed(torch.tensor([context])), thoughts, embed(torch.tensor([rest]))], dim=1)
+        reference = model.lm_head(model.model(inputs_embeds=stream).last_hidden_state)
+    K = model.config.num_latents
+    torch.testing.assert_close(logits[0, : len(context) - 1], reference[0, : len(context) - 1], atol=1e-5, rtol=0)
+    # The `<think>` column predicts from the last thought; the rest follows the thoughts.
+    torch.testing.assert_close(logits[0, len(context) - 1 :], reference[0, len(context) - 1 + K :], atol=1e-5,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"n_supervision_steps": 2}])
+def test_activation_checkpointing_fallback_gives_the_same_loss_and_gradients(settings):
+    model = tiny_model(**VIVID, **settings).train()
+    ids, mask = pad_batch(ROWS, SIDES)
+    labels = ids.masked_fill(mask == 0, -100)
+    cached = model(input_ids=ids, attention_mask=mask, labels=labels)
+    cached.loss.backward()
+    cached_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    replayed = model(input_ids=ids, attention_mask=mask, labels=labels)
+    replayed.loss.backward()
+    torch.testing.assert_close(replayed.logits, cached.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(replayed.loss, cached.loss, atol=1e-6, rtol=0)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, cached_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation against a decoder that recomputes the whole sequence without cache at every step
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ForceThinkAt(LogitsProcessor):
+    """Makes the given rows generate `<think>` at one decoding step, so `<think>` also appears mid-decode."""
+
+    def __init__(self, prompt_length: int, step: int, rows: list[int]):
+        self.prompt_length, self.step, self.rows = prompt_length, step, rows
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] - self.prompt_length == self.step:
+            scores[self.rows] = -1e9
+            scores[self.rows, THINK] = 0.0
+        return scores
+
+
+def recompute_greedy(model, ids, mask, steps, processor, **depth):
+    scores = []
+    for _ in range(steps):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **depth).logits[:, -1]
+        logits = processor(ids, logits.clone())
+        scores.append(logits)
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return ids, scores
+
+
+# `<think>` ends row 0's prompt, stands inside row 1's, is generated by rows 1-2, and row 3 has both.
+PROMPTS = [[7, 8, 9, THINK], [11, THINK, 12, 13, 14], [15, 16], [17, THINK, 18, THINK]]
+
+
+@pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"thought_mode": "pause"},
+                                      {"n_supervision_steps": 2}])
+@pytest.mark.parametrize("depth", [{}, {"n_cycles": 4}])
+def test_cached_greedy_generation_equals_recompute(settings, depth):
+    model = tiny_model(**VIVID, **settings)
+    model.generation_config.update(pad_token_id=PAD_ID, eos_token_id=None)
+    ids, mask = pad_batch(PROMPTS, ["left"] * len(PROMPTS))
+    processor = ForceThinkAt(ids.shape[1], step=2, rows=[1, 2, 3])
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                         logits_processor=LogitsProcessorList([processor]), output_scores=True,
+                         return_dict_in_generate=True, **depth)
+    reference_ids, reference_scores = recompute_greedy(model, ids, mask, 6, processor, **depth)
+    assert torch.equal(out.sequences, reference_ids)
+    for step, (score, reference) in enumerate(zip(out.scores, reference_scores)):
+        torch.testing.assert_close(score, reference, atol=1e-4, rtol=0, msg=f"step {step}")
+    assert (out.sequences[:, ids.shape[1]:] == THINK).any(), "the test must exercise a generated <think>"
+
+
+def test_generation_depth_override_changes_the_answer():
+    model = tiny_model(**VIVID)
+    model.generation_config.update(pad_token_id=PAD_ID, eos_token_id=None)
+    prompt = torch.tensor([[7, 8, 9, THINK]])
+    shallow = model.generate(prompt, max_new_tokens=4, do_sample=False, n_cycles=1, output_scores=True,
+                             return_dict_in_generate=True)
+    deep = model.generate(prompt, max_new_tokens=4, do_sample=False, n_cycles=6, output_scores=True,
+                          return_dict_in_generate=True)
+    assert (shallow.scores[0] - deep.scores[0]).abs().max() > 1e-3
+
+
+def sequence_log_prob(model, sequence: torch.Tensor, prompt_length: int) -> float:
+    logits = model(input_ids=sequence[None], use_cache=False).logits[0].log_softmax(-1)
+    generated = sequence[prompt_length:]
+    return logits[prompt_length - 1 : -1].gather(1, generated[:, None]).sum().item()
+
+
+def test_beam_search_scores_match_recompute_with_think_in_some_beams_only():
+    model = tiny_model(**VIVID)
+    with torch.no_grad():  # make `<think>` a likely but not certain continuation
+        model.lm_head.weight[THINK] *= 4
+    model.generation_config.update(pad_token_id=PAD_ID, eos_token_id=None)
+    prompt = torch.tensor([[11, 12]])
+    out = model.generate(prompt, max_new_tokens=5, num_beams=4, num_return_sequences=4, do_sample=False,
+                         length_penalty=0.0, output_scores=True, return_dict_in_generate=True)
+    generated = out.sequences[:, prompt.shape[1]:]
+    has_think = (generated == THINK).any(dim=1)
+    assert has_think.any() and not has_think.all(), f"beams must differ in thinking: {generated.tolist()}"
+    for sequence, score in zip(out.sequences, out.sequences_scores):
+        assert score.item() == pytest.approx(sequence_log_prob(model, sequence, prompt.shape[1]), abs=1e-4)
+
+
+def test_sampling_runs_and_is_reproducible(model):
+    model.generation_config.update(pad_token_id=PAD_ID, eos_token_id=EOS)
+    ids, mask = pad_batch(PROMPTS, ["left"] * len(PROMPTS))
+    torch.manual_seed(0)
+    first = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=True, top_k=20)
+    torch.manual_seed(0)
+    second = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=True, top_k=20)
+    assert torch.equal(first, second)
+
+
+def test_cache_records_thought_columns(model):
+    cache = ThoughtCache(config=model.config.text_config)
+    model(input_ids=torch.tensor([[7, THINK, 8]]), cache=cache, use_cache=True)
+    kinds = cache.kinds[0].tolist()
+    K = model.config.num_latents
+    assert kinds.count(THOUGHT) == K and cache.get_seq_length() == 3 + K
+    assert kinds.index(THOUGHT) == 2  # right after `<think>`
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gradients and what the thoughts change
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings", [{}, {"thought_mode": "pause"}, {"n_supervision_steps": 2}])
+def test_every_trainable_parameter_gets_a_finite_nonzero_gradient(settings):
+    model = tiny_model(**settings).train()
+    ids, mask = pad_batch(ROWS, SIDES)
+    model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_only_the_last_cycle_carries_gradient():
+    model = tiny_model(n_latent_steps=3, n_cycles=4).train()
+    calls = []
+    model.trm.net.register_forward_hook(lambda module, args, out: calls.append(out.requires_grad))
+    model(input_ids=torch.tensor([[7, 8, THINK, 9]]), labels=torch.tensor([[7, 8, THINK, 9]]))
+    n, T = 3, 4
+    assert calls == [False] * (T - 1) * (n + 1) + [True] * (n + 1)
+
+
+def test_depth_changes_logits_at_and_after_think_only():
+    model = tiny_model(**VIVID)
+    ids = torch.tensor([[7, 8, 9, THINK, 10, 11]])
+    shallow = model(input_ids=ids, n_cycles=1).logits
+    deep = model(input_ids=ids, n_cycles=5).logits
+    torch.testing.assert_close(shallow[0, :3], deep[0, :3], atol=0, rtol=0)
+    assert ((shallow[0, 3:] - deep[0, 3:]).abs().amax(-1) > 1e-4).all()
+
+
+def test_slide_equals_append_before_the_first_think_and_differs_after():
+    ids = torch.tensor([[7, 8, 9, 10, 11, THINK, 12, 13]])
+    append = tiny_model(**VIVID)(input_ids=ids).logits
+    slide = tiny_model(**VIVID, thought_window="slide")(input_ids=ids).logits
+    think = 5
+    # Up to `<think>` and the thoughts (its column predicts from the last thought, which sees everything) agree.
+    torch.testing.assert_close(append[0, : think + 1], slide[0, : think + 1], atol=1e-6, rtol=0)
+    assert ((append[0, think + 1 :] - slide[0, think + 1 :]).abs().amax(-1) > 1e-4).all()
+
+
+def test_pause_does_not_depend_on_depth():
+    model = tiny_model(**VIVID, thought_mode="pause")
+    ids = torch.tensor([[7, 8, THINK, 9]])
+    torch.testing.assert_close(model(input_ids=ids, n_cycles=1).logits, model(input_ids=ids, n_cycles=7).logits,
+                               atol=0, rtol=0)
+
+
+def test_none_mode_is_the_plain_backbone():
+    model = tiny_model(thought_mode="none")
+    ids = torch.tensor([[7, 8, THINK, 9]])
+    plain = model.lm_head(model.model(input_ids=ids).last_hidden_state)
+    torch.testing.assert_close(model(input_ids=ids).logits, plain)
+    assert model.trm is None and model.pause_thoughts is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_packed_positions_are_refused(model):
+    with pytest.raises(ValueError, match="Packed or padding-free"):
+        model(input_ids=torch.tensor([[7, 8, 9, 10]]), position_ids=torch.tensor([[0, 1, 0, 1]]))
+
+
+def test_inputs_embeds_are_refused(model):
+    with pytest.raises(ValueError, match="needs `input_ids`"):
+        model(inputs_embeds=torch.zeros(1, 3, 32))
+
+
+def test_a_plain_dynamic_cache_is_refused(model):
+    from transformers import DynamicCache
+
+    with pytest.raises(TypeError, match="ThoughtCache"):
+        model(input_ids=torch.tensor([[7, THINK]]), cache=DynamicCache(), use_cache=True)
+
+
+def test_unsupported_generation_methods_are_refused(model):
+    with pytest.raises(NotImplementedError, match="penalty_alpha"):
+        model.generate(torch.tensor([[7, 8]]), penalty_alpha=0.5, top_k=4, max_new_tokens=2)
+    with pytest.raises(ValueError, match="cache_implementation"):
+        model.generate(torch.tensor([[7, 8]]), cache_implementation="static", max_new_tokens=2)
+
+
+def test_a_sequence_longer_than_the_position_limit_is_refused():
+    model = tiny_model(text_config=tiny_text_config(max_position_embeddings=10))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(input_ids=torch.tensor([[7, 8, THINK, 9, 10, 11, 12]]))  # 7 tokens + 4 thoughts = 11 > 10
