@@ -77,7 +77,7 @@ def test_activation_checkpointing_fallback_gives_the_same_loss_and_gradients(set
     cached.loss.backward()
     cached_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     replayed = model(input_ids=ids, attention_mask=mask, labels=labels)
     replayed.loss.backward()
     torch.testing.assert_close(replayed.logits, cached.logits, atol=1e-5, rtol=0)
