@@ -209,7 +209,9 @@ def make_arith(n: int, depth: int | tuple[int, int], seed: int, split: str) -> l
     )
 
 
-def _examples(name: str, split: str, limit: int | None, path: str | Path | None, seed: int, depth) -> list[dict]:
+def _examples(
+    name: str, split: str, limit: int | None, path: str | Path | None, seed: int, depth: int | tuple[int, int] | str | None
+) -> list[dict]:
     if name == "arith":
         return make_arith(limit or ARITH_DEFAULT_SIZE, ARITH_DEFAULT_DEPTH if depth is None else depth, seed, split)
     if name == "sample":
