@@ -1,0 +1,95 @@
+"""Save, then load in a fresh isolated process through the Auto classes with trust_remote_code, offline."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PAD_ID, THINK, tiny_model, tiny_text_config, tiny_tokenizer
+from safetensors.torch import load_file
+
+PROMPTS = [[7, 8, 9, THINK], [11, THINK, 12, 13]]
+
+# Runs with `python -I`: the project is not importable, so the class must come from the checkpoint's own code.
+LOAD_AND_COMPARE = r"""
+import json, sys, torch
+from transformers import AutoConfig, AutoModelForCausalLM, pipeline
+folder, expected = sys.argv[1], torch.load(sys.argv[2])
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+# The reference ran with eager attention; the same kernels make the comparison exact.
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, attn_implementation="eager").eval()
+assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+assert type(config).__name__ == "SmolLMTRMConfig"
+logits = model(input_ids=expected["ids"], attention_mask=expected["mask"]).logits
+generated = model.generate(input_ids=expected["ids"], attention_mask=expected["mask"], max_new_tokens=5,
+                           do_sample=False)
+generator = pipeline("text-generation", model=folder, trust_remote_code=True)
+text = generator("w7 w8 <think>", max_new_tokens=3, do_sample=False)[0]["generated_text"]
+for dtype, attn in [(torch.bfloat16, "sdpa"), (torch.float32, "eager")]:
+    other = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=dtype,
+                                                 attn_implementation=attn, device_map="auto")
+    assert other.dtype == dtype and other.model.config._attn_implementation == attn
+    assert torch.isfinite(other(input_ids=expected["ids"]).logits).all()
+print("RESULT", json.dumps({"max_logit_diff": (logits - expected["logits"]).abs().max().item(),
+                  "same_generation": bool(torch.equal(generated, expected["generated"])), "text": text}))
+"""
+
+
+def run_isolated(script: str, *args: str, cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(cwd / "hf_home"))
+    result = subprocess.run([sys.executable, "-I", "-c", script, *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results, result.stdout[-3000:] + result.stderr[-3000:]
+    return results[-1].removeprefix("RESULT ")
+
+
+@pytest.mark.parametrize("settings", [{}, {"thought_mode": "pause", "thought_window": "slide"}])
+def test_reload_in_a_fresh_process_gives_identical_logits_and_generations(tmp_path, settings):
+    model = tiny_model(text_config=tiny_text_config(initializer_range=0.15), **settings)
+    model.generation_config.update(pad_token_id=PAD_ID, eos_token_id=None)
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    ids = torch.tensor(PROMPTS)
+    mask = torch.ones_like(ids)
+    expected = {"ids": ids, "mask": mask, "logits": model(input_ids=ids, attention_mask=mask).logits,
+                "generated": model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False)}
+    torch.save(expected, tmp_path / "expected.pt")
+    report = json.loads(run_isolated(LOAD_AND_COMPARE, str(folder), str(tmp_path / "expected.pt"), cwd=tmp_path))
+    assert report["max_logit_diff"] == 0.0
+    assert report["same_generation"]
+    assert report["text"].startswith("w7 w8 <think>")
+
+
+def test_checkpoint_is_safetensors_with_auto_map_and_both_code_files(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "configuration_smollm_trm.py", "modeling_smollm_trm.py"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "configuration_smollm_trm.SmolLMTRMConfig",
+                                  "AutoModelForCausalLM": "modeling_smollm_trm.SmolLMTRMForCausalLM"}
+    weights = load_file(tmp_path / "model.safetensors")
+    assert "trm.y_init" in weights and "trm.compressor.latents" in weights
+
+
+def test_remote_code_imports_only_torch_transformers_and_its_config():
+    root = Path(__file__).resolve().parent.parent
+    for name in ("modeling_smollm_trm.py", "configuration_smollm_trm.py"):
+        source = (root / name).read_text()
+        imports = {line.split()[1].split(".")[0] for line in source.splitlines()
+                   if line.startswith(("import ", "from ")) or line.startswith(("    from ", "    import "))
+                   and "configuration_smollm_trm" in line}
+        assert imports <= {"torch", "transformers", "huggingface_hub", "dataclasses", "configuration_smollm_trm", ""}, (
+            name, imports)
+        for risky in (r"pickle", r"torch\.load", r"(?<![.\w])eval\(", r"(?<![.\w])exec\(", r"subprocess", r"urllib",
+                      r"requests", r"hf_hub_download", r"snapshot_download"):
+            assert not re.search(risky, source), (name, risky)
