@@ -78,7 +78,8 @@ class SFTDataArguments:
     eval_fraction: float = field(
         default=0.05, metadata={"help": "Share of train rows held out when the source has no validation/test split."}
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the train/eval split."})
+    # Not `seed`: train_sft.py parses these beside SFTConfig, whose `seed` is the training seed.
+    split_seed: int = field(default=0, metadata={"help": "Seed of the train/eval split."})
 
     def __post_init__(self) -> None:
         choices = {"data_format": DataFormat, "reasoning": ReasoningMode, "on_bad_row": OnBadRow}
@@ -402,7 +403,7 @@ def _plan_parts(splits: dict[str, Rows], args: SFTDataArguments) -> dict[str, tu
     if eval_name is not None:
         plan["eval"] = (eval_name, splits[eval_name], list(range(len(splits[eval_name]))))
     elif args.eval_fraction > 0:
-        train_indices, eval_indices = split_indices(len(train_rows), args.eval_fraction, args.seed)
+        train_indices, eval_indices = split_indices(len(train_rows), args.eval_fraction, args.split_seed)
         plan["train"] = (args.train_split, train_rows, train_indices)
         plan["eval"] = (args.train_split, train_rows, eval_indices)
     return plan

@@ -307,7 +307,7 @@ def test_eval_split_is_seeded_disjoint_and_complete():
 
 def test_eval_split_from_train_is_deterministic(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "data.jsonl", qa_rows(20))
-    first, second = (prepare(path, tokenizer, eval_fraction=0.25, seed=7) for _ in range(2))
+    first, second = (prepare(path, tokenizer, eval_fraction=0.25, split_seed=7) for _ in range(2))
     assert (len(first.train), len(first.eval)) == (15, 5)
     assert first.eval.to_list() == second.eval.to_list() and first.train.to_list() == second.train.to_list()
     questions = [row["prompt"][0]["content"] for row in first.train.to_list() + first.eval.to_list()]
