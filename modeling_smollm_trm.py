@@ -754,9 +754,10 @@ def reject_packed_positions(position_ids: torch.Tensor | None, attention_mask: t
 
 def add_think_tokens(tokenizer, model: PreTrainedModel | None = None) -> list[str]:
     """Add `<think>` and `</think>` as special tokens to a tokenizer that lacks them; resize `model`'s embeddings."""
-    missing = [t for t in THINK_TOKENS if t not in tokenizer.get_vocab()]
+    # They must be added tokens: as plain text they would split into pieces and never trigger the thoughts.
+    missing = [t for t in THINK_TOKENS if t not in tokenizer.get_added_vocab()]
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
+        tokenizer.add_tokens(missing, special_tokens=True)
     if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     return missing
