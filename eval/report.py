@@ -105,11 +105,20 @@ def markdown_table(task: dict, summaries: list[dict], runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _depth_lines(runs: list[Run]) -> dict[str, list[Run]]:
+    """TRM runs grouped into plot lines: one per model and N_sup, so that T=2,N_sup=1 and T=1,N_sup=2 (the same
+    effective depth) stay apart; each line sorted by depth."""
+    lines: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.depth is not None:
+            lines.setdefault(f"{run.model.name} (N_sup={run.depth.n_supervision_steps})", []).append(run)
+    return {label: sorted(line, key=lambda r: r.depth.n_cycles) for label, line in lines.items()}
+
+
 def plot_depth(runs: list[Run], path: Path) -> bool:
-    """Accuracy (with CI bars) against effective TRM depth, a line per TRM model, baselines as dashed levels.
-    Draws nothing and returns False unless some model ran at two or more depths."""
-    swept = {run.model.name for run in runs if run.depth is not None}
-    if not any(sum(run.model.name == name for run in runs) >= 2 for name in swept):
+    """Accuracy (with CI bars) against effective TRM depth, a line per TRM model and N_sup, baselines as dashed
+    levels. Draws nothing and returns False unless some model ran at two or more depths."""
+    if not any(sum(r.model.name == run.model.name for r in runs) >= 2 for run in runs if run.depth is not None):
         return False
     import matplotlib
 
@@ -117,17 +126,18 @@ def plot_depth(runs: list[Run], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
-    for name in sorted(swept):
-        points = sorted((r.depth.effective(r.model.config), r.metrics) for r in runs if r.model.name == name)
-        x = [depth for depth, _ in points]
-        y = [m["accuracy"] for _, m in points]
-        errors = [[m["accuracy"] - m["ci_low"] for _, m in points], [m["ci_high"] - m["accuracy"] for _, m in points]]
-        axes.errorbar(x, y, yerr=errors, marker="o", capsize=3, label=name)
+    for label, line in _depth_lines(runs).items():
+        accuracy = [r.metrics["accuracy"] for r in line]
+        # max(0, .): at 0% or 100% the Wilson bound equals the accuracy up to rounding, which may go negative
+        below = [max(0.0, r.metrics["accuracy"] - r.metrics["ci_low"]) for r in line]
+        above = [max(0.0, r.metrics["ci_high"] - r.metrics["accuracy"]) for r in line]
+        depths = [r.depth.effective(r.model.config) for r in line]
+        axes.errorbar(depths, accuracy, yerr=[below, above], marker="o", capsize=3, label=label)
     for run in runs:
         if run.depth is None:
             axes.axhline(run.metrics["accuracy"], linestyle="--", color="grey", linewidth=1)
-            axes.annotate(f"{run.model.name} (baseline)", (0.01, run.metrics["accuracy"]), xycoords=("axes fraction", "data"),
-                          fontsize=8, color="grey", va="bottom")
+            axes.annotate(f"{run.model.name} (baseline)", (0.01, run.metrics["accuracy"]),
+                          xycoords=("axes fraction", "data"), fontsize=8, color="grey", va="bottom")
     axes.set_xscale("log", base=2)
     axes.set_xlabel("TRM effective depth  N_sup * T * (n+1) * layers")
     axes.set_ylabel("accuracy (95% CI)")
@@ -146,10 +156,10 @@ def write_outputs(output_dir: Path, task: dict, settings: dict, runs: list[Run])
     for run, file in zip(runs, files):
         write_jsonl(output_dir / file, run.records)
     summaries = [run_summary(run, file) for run, file in zip(runs, files)]
-    results = {"task": task, "settings": settings, "versions": versions(), "runs": summaries}
+    plot = PLOT_FILE if plot_depth(runs, output_dir / PLOT_FILE) else None
+    results = {"task": task, "settings": settings, "versions": versions(), "runs": summaries, "plot": plot}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (output_dir / "results.md").write_text(markdown_table(task, summaries, runs))
-    results["plot"] = PLOT_FILE if plot_depth(runs, output_dir / PLOT_FILE) else None
     return results
 
 
