@@ -1,4 +1,4 @@
-"""Evaluate SmolLM-TRM models and baselines on math tasks; write per-example JSONL, results.json/.md and a plot.
+r"""Evaluate SmolLM-TRM models and baselines on math tasks; write per-example JSONL, results.json/.md and a plot.
 
     # the embedded SmolLM2-135M baseline on the shipped sample questions
     python -m eval --model embedded:smollm2 --task sample --output_dir runs/eval-sample
