@@ -28,8 +28,9 @@ holding a readable trainer_state.json, the file the Trainer writes last), and `-
 no WANDB_API_KEY is set; tensorboard and trackio log locally).
 
 Choices made for this model, not TRL's defaults:
-- `gradient_checkpointing` defaults to False: the model supports it only through a replay path that recomputes the
-  stream at every `<think>` (same results, slower); the TRM and K thoughts are small next to the backbone.
+- `activation_checkpointing` (TRL's `gradient_checkpointing`, True there) defaults to False: the model supports
+  it only through a replay path that recomputes the stream at every `<think>` (same results, slower); the TRM
+  and K thoughts are small next to the backbone.
 - TRL's fused LM head is removed: it runs the backbone alone and would train without thoughts. The loss is the
   model's own (answer CE with deep supervision + halting BCE).
 - `packing` and `padding_free` are refused: thoughts would cross the packed sequences.
@@ -626,7 +627,7 @@ def make_parser(subparsers=None):
         parser = TrlParser(dataclass_types)
     # Replay (the checkpointing path) recomputes the stream at each <think>: slower, and rarely needed; see above.
     # TRL defaults bf16 to True, which TrainingArguments refuses on a CPU-only machine: use it where it is supported.
-    parser.set_defaults(gradient_checkpointing=False, bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    parser.set_defaults(activation_checkpointing=False, bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return parser
 
 
