@@ -200,14 +200,15 @@ class ThoughtCache(DynamicCache):
     `TOKEN`, `THOUGHT`) and its last-layer hidden state (the compressor's input at a later `<think>`).
 
     Positions and thought counts derive from the kinds, so beam search's reordering keeps everything consistent.
-    With `replay=True` (activation checkpointing, where layers drop the KV cache) it keeps the inputs instead and the
-    backbone recomputes the whole stream at each segment.
+    Hidden states are kept as the chunks that produced them and joined only when a `<think>` needs them, so that a
+    decoding step does not copy the whole history. With `replay=True` (activation checkpointing, where layers drop
+    the KV cache) it keeps the inputs instead and the backbone recomputes the whole stream at each segment.
     """
 
     def __init__(self, *args, replay: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.kinds: torch.Tensor | None = None  # (B, C) long
-        self.hidden: torch.Tensor | None = None  # (B, C, D)
+        self.hidden_chunks: list[torch.Tensor] = []  # (B, c, D) each, along C
         self.replay = replay
         self.replay_embeds: torch.Tensor | None = None  # (B, C, D), replay only
         self.replay_drops: torch.Tensor | None = None  # (B, C), replay only: tokens hidden from each query column
@@ -216,19 +217,27 @@ class ThoughtCache(DynamicCache):
     def num_columns(self) -> int:
         return 0 if self.kinds is None else self.kinds.shape[1]
 
+    @property
+    def hidden(self) -> torch.Tensor:
+        """(B, C, D) the last-layer hidden states of every column so far."""
+        if len(self.hidden_chunks) > 1:
+            self.hidden_chunks = [torch.cat(self.hidden_chunks, dim=1)]
+        return self.hidden_chunks[0]
+
     def record(self, kinds: torch.Tensor, hidden: torch.Tensor | None, embeds: torch.Tensor, drops: torch.Tensor):
         def grow(old, new):
             return new if old is None else torch.cat([old, new], dim=1)
 
         self.kinds = grow(self.kinds, kinds)
         if hidden is not None:
-            self.hidden = grow(self.hidden, hidden)
+            self.hidden_chunks.append(hidden)
         if self.replay:
             self.replay_embeds = grow(self.replay_embeds, embeds)
             self.replay_drops = grow(self.replay_drops, drops)
 
     def _map_rows(self, fn) -> None:
-        for name in ("kinds", "hidden", "replay_embeds", "replay_drops"):
+        self.hidden_chunks = [fn(chunk) for chunk in self.hidden_chunks]
+        for name in ("kinds", "replay_embeds", "replay_drops"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, fn(value))
@@ -251,11 +260,17 @@ class ThoughtCache(DynamicCache):
         if not self.replay:
             super().crop(tokens_to_remove)
         if tokens_to_remove:
-            self._map_rows(lambda t: t[:, :tokens_to_remove])
+            if self.hidden_chunks:
+                self.hidden_chunks = [self.hidden[:, :tokens_to_remove]]
+            for name in ("kinds", "replay_embeds", "replay_drops"):
+                value = getattr(self, name)
+                if value is not None:
+                    setattr(self, name, value[:, :tokens_to_remove])
 
     def reset(self):
         super().reset()
-        self._map_rows(lambda t: None)
+        self.kinds = self.replay_embeds = self.replay_drops = None
+        self.hidden_chunks = []
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.num_columns if self.replay else super().get_seq_length(layer_idx)
@@ -483,8 +498,12 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         else:
             is_think = (input_ids == self.config.think_token_id) & valid
         thinks_through = is_think.long().cumsum(dim=1)  # (B, L) thinks up to and including each column
-        segment = thinks_through - is_think.long()  # (B, L) segment index: a `<think>` ends its segment
         num_blocks = int(thinks_through[:, -1].max()) + 1 if length else 1
+        if num_blocks == 1:  # no `<think>`: the chunk is one block as it stands (most decoding steps)
+            columns = torch.arange(length, device=input_ids.device).expand(batch, -1)
+            return ChunkLayout(input_ids, torch.where(valid, TOKEN, PAD), columns, [0], [length],
+                               is_think.new_zeros(0, batch), thinks_through - 1)
+        segment = thinks_through - is_think.long()  # (B, L) segment index: a `<think>` ends its segment
         seg_len = torch.zeros(batch, num_blocks, dtype=torch.long, device=input_ids.device)
         seg_len.scatter_add_(1, segment, torch.ones_like(segment))  # (B, S+1)
         widths = seg_len.max(dim=0).values.tolist()
