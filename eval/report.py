@@ -139,6 +139,9 @@ def plot_depth(runs: list[Run], path: Path) -> bool:
             axes.annotate(f"{run.model.name} (baseline)", (0.01, run.metrics["accuracy"]),
                           xycoords=("axes fraction", "data"), fontsize=8, color="grey", va="bottom")
     axes.set_xscale("log", base=2)
+    depths = sorted({r.depth.effective(r.model.config) for r in runs if r.depth is not None})
+    axes.set_xticks(depths, [str(depth) for depth in depths])  # the depths that ran, not powers of two
+    axes.minorticks_off()
     axes.set_xlabel("TRM effective depth  N_sup * T * (n+1) * layers")
     axes.set_ylabel("accuracy (95% CI)")
     axes.set_ylim(-0.02, 1.02)
