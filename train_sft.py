@@ -560,7 +560,6 @@ print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_to
 
 def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool | None = None) -> str:
     """Create the Hub repo if needed and upload `folder`; without network the folder is kept and the error says so."""
-    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -568,12 +567,21 @@ def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = Non
     try:
         api.create_repo(repo_id, exist_ok=True, private=private)
         commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload SmolLM+TRM")
-    except (OSError, httpx.HTTPError, HfHubHTTPError) as err:
+    except (OSError, HfHubHTTPError, _http_client_error()) as err:
         raise RuntimeError(
             f"Could not push {folder} to the Hub repo {repo_id!r} ({type(err).__name__}: {err}). The folder is kept; "
             f"push it later with `hf upload {repo_id} {folder}` once the Hub is reachable."
         ) from err
     return str(getattr(commit, "commit_url", commit))
+
+
+def _http_client_error() -> type[Exception]:
+    """The HTTP client's base error (connection refused, DNS, timeouts): httpx2 from huggingface_hub 2.x, else httpx."""
+    try:
+        import httpx2 as client
+    except ImportError:
+        import httpx as client
+    return client.HTTPError
 
 
 # ----------------------------------------------------------------------------------------------------------- demo
@@ -633,12 +641,15 @@ def make_parser(subparsers=None):
 
 def build_trainer(data_args, training_args, model_args, trm_args):
     """(trainer, prepared data): the model loaded or wrapped, LoRA applied, the data validated at max_length."""
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, set_seed
 
     from sft_data import prepare_sft_data
 
     check_training_args(training_args)
     configure_reporting(training_args.report_to)
+    # Seeded before the model is built: the new TRM, the new think-token rows (frozen under LoRA, only their delta
+    # trains) and LoRA's init must come out the same when a resumed run rebuilds the model.
+    set_seed(training_args.seed)
     model, tokenizer, added = load_model(model_args, trm_args)
     data = prepare_sft_data(resolve_dataset(data_args, training_args.output_dir), tokenizer,
                             model.config.num_latents, training_args.max_length)
