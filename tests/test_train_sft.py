@@ -105,7 +105,7 @@ def run_isolated(code: str, timeout: int = 120) -> str:
 
 @pytest.mark.parametrize("form", ["qa", "messages", "gsm8k"])
 def test_training_lowers_the_loss_and_trains_exactly_the_trainable_weights(backbone, tmp_path, form):
-    trainer, data = trainer_for(cli(backbone, write_data(tmp_path, form), tmp_path / "out"))
+    trainer, data = trainer_for(cli(backbone, write_data(tmp_path, form), tmp_path / "out", "--max_steps", "12"))
     assert len(data.train) == 9 and len(data.eval) == 3
     batch = first_batch(trainer)
     loss_before = batch_loss(trainer, batch)
