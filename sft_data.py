@@ -36,10 +36,11 @@ from typing import Any, Literal
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from modeling_smollm_trm import THINK_TOKENS, add_think_tokens
+
 logger = logging.getLogger(__name__)
 
-THINK_TOKEN = "<think>"
-END_THINK_TOKEN = "</think>"
+THINK_TOKEN, END_THINK_TOKEN = THINK_TOKENS
 # The one place the completion text is spelled out. No whitespace around the tags: the thoughts are inserted right
 # after `<think>`, written reasoning (if any) follows them, and the answer starts right after `</think>`. Reasoning and
 # answer are stripped of surrounding whitespace before filling in, so `latent` gives exactly "<think></think>72".
@@ -106,14 +107,6 @@ class BadRowError(ValueError):
 # ---------------------------------------------------------------------------------------------------- think tokens
 
 
-def ensure_think_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """Add `<think>`/`</think>` as special tokens where missing; return those added (resize the embeddings if any)."""
-    missing = [token for token in (THINK_TOKEN, END_THINK_TOKEN) if token not in tokenizer.get_added_vocab()]
-    if missing:
-        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
-    return missing
-
-
 def think_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
     """Ids of `<think>` and `</think>`; they must be added tokens, else text would split them into pieces."""
     added = tokenizer.get_added_vocab()
@@ -121,7 +114,7 @@ def think_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
     if missing:
         raise ValueError(
             f"Tokenizer {tokenizer.name_or_path!r} lacks {missing} as single tokens; call "
-            "`ensure_think_tokens(tokenizer)` and resize the model's embeddings first."
+            "`add_think_tokens(tokenizer)` (modeling_smollm_trm) and resize the model's embeddings first."
         )
     return added[THINK_TOKEN], added[END_THINK_TOKEN]
 
@@ -470,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
 
     data_args, preview = make_parser().parse_args_into_dataclasses(args=argv)
     tokenizer = AutoTokenizer.from_pretrained(preview.tokenizer_name, gguf_file=preview.gguf_file)
-    print(f"added to the tokenizer: {ensure_think_tokens(tokenizer)}")
+    print(f"added to the tokenizer: {add_think_tokens(tokenizer)}")
     prepared = prepare_sft_data(data_args, tokenizer, preview.num_latents, preview.max_length)
     print(f"train rows: {len(prepared.train)}, eval rows: {len(prepared.eval) if prepared.eval else 0}")
     print(f"first train row: {json.dumps(prepared.train[0], ensure_ascii=False)}")

@@ -146,21 +146,20 @@ def load_model(model_args, trm_args: TRMArguments):
     """(model, tokenizer, think tokens added to the tokenizer): a saved SmolLM+TRM, or a backbone wrapped."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from modeling_smollm_trm import SmolLMTRMForCausalLM
-    from sft_data import ensure_think_tokens
+    from modeling_smollm_trm import SmolLMTRMForCausalLM, add_think_tokens
 
     source, gguf_file = resolve_model_source(model_args.model_name_or_path, trm_args.gguf_file)
     loading = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
                "revision": model_args.model_revision}
     loading = {key: value for key, value in loading.items() if value is not None}
     if is_smollm_trm_folder(source):
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
         model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True, **loading,
                                                      **trm_args.trm_settings())
         return model, tokenizer, []
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, revision=model_args.model_revision)
     # Added here rather than in from_base, so that we know which rows are new and must train.
-    added = ensure_think_tokens(tokenizer)
+    added = add_think_tokens(tokenizer)
     model = SmolLMTRMForCausalLM.from_base(source, tokenizer=tokenizer, gguf_file=gguf_file, **loading,
                                            **trm_args.trm_settings())
     return model, tokenizer, added
@@ -537,7 +536,7 @@ backbone{f" (`{base_model}`)" if base_model else ""} attends to before it answer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 model = AutoModelForCausalLM.from_pretrained("MODEL", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("MODEL")
+tokenizer = AutoTokenizer.from_pretrained("MODEL", trust_remote_code=True)
 messages = [{{"role": "user", "content": "{widget_questions[0]}"}}]
 prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + "<think>"
 inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
@@ -594,7 +593,7 @@ def demo_answers(folder: str | os.PathLike, prompts: list[list[dict]], max_new_t
     from sft_data import THINK_TOKEN
 
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     answers = []
     for prompt in prompts:
         # Start the assistant turn with `<think>`, as in training, so that the thoughts are inserted.

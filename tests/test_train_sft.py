@@ -251,7 +251,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 for folder in {[str(final), str(checkpoint)]!r}:
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     ids = tokenizer("user w10 w11 </s> assistant <think>", return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=3, do_sample=False)
     print(folder, out.shape[1] - ids["input_ids"].shape[1])
