@@ -165,6 +165,12 @@ class HiddenStateTRM(nn.Module):
         self.out_norm = nn.RMSNorm(config.text_config.hidden_size, eps=config.trm_rms_norm_eps)
         self.halt_head = nn.Linear(width, 1)
 
+    def forward(self, context: torch.Tensor, context_mask: torch.Tensor, n: int, T: int) -> torch.Tensor:
+        """K thought vectors [B, K, D] from the context's hidden states [B, L, D]: one supervision step from the
+        initial carry (the model runs the steps itself, to score and halt them)."""
+        x = self.compressor(context, context_mask)
+        return self.thoughts(self.deep_recursion(x, self.initial_carry(x), n, T).y)
+
     def initial_carry(self, x: torch.Tensor) -> TRMCarry:
         return TRMCarry(self.y_init.expand_as(x), self.z_init.expand_as(x))
 

@@ -55,10 +55,8 @@ def test_segmented_forward_equals_one_uncached_pass_over_context_thoughts_rest()
     with torch.no_grad():
         embed = model.get_input_embeddings()
         hidden = model.model(input_ids=torch.tensor([context])).last_hidden_state
-        x = model.trm.compressor(hidden, torch.ones(1, len(context), dtype=torch.bool))
-        carry = model.trm.deep_recursion(x, model.trm.initial_carry(x), model.config.n_latent_steps,
-                                         model.config.n_cycles)
-        thoughts = model.trm.thoughts(carry.y)
+        thoughts = model.trm(hidden, torch.ones(1, len(context), dtype=torch.bool), model.config.n_latent_steps,
+                             model.config.n_cycles)
         stream = torch.cat([embed(torch.tensor([context])), thoughts, embed(torch.tensor([rest]))], dim=1)
         reference = model.lm_head(model.model(inputs_embeds=stream).last_hidden_state)
     K = model.config.num_latents
