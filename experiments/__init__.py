@@ -1,0 +1,49 @@
+r"""Experiment harness of the results issue: does thinking in latent space help, and does deeper recursion help more?
+
+Experiment 1, `depth` (controlled depth). Generated multi-step arithmetic (`eval.tasks.make_arith`): train on
+problems of 1-4 operations, test on held-out problems (a disjoint hash split) at each depth 1..5, one beyond
+training. The backbone is a small SmolLM3-shaped model trained FROM SCRATCH: `SmolLM3ForCausalLM` with random
+weights (one init per seed, shared by the arms of that seed) and the SmolLM2 tokenizer taken from the embedded
+GGUF, saved as a plain backbone folder, so that `train_sft.py` wraps it with `from_base` (which adds `<think>`).
+The TRM arm is also evaluated at inference depths n_cycles = 1 .. 2x its training value.
+
+Experiment 2, `gsm8k`. The embedded SmolLM2-135M-Instruct fine-tuned (LoRA, thoughts trained in full) on GSM8K
+train, evaluated on GSM8K test with accuracy and time to answer (`mean_latency_s`, `mean_tokens_generated`).
+
+Arms. Within an experiment the arms share the data rows, K, steps, learning rate, seed and backbone init; only
+`thought_mode` and the completion text differ. Every completion has the form `<think>{reasoning}</think>{answer}`
+(`sft_data.COMPLETION_FORMAT`), and every arm is prompted as it was trained: the chat prompt ends with `<think>`
+(`eval --prompt_style think` for all). eval's default would prompt a `thought_mode == "none"` folder without
+`<think>` (a "baseline"), so that model would first have to write `<think>` itself; forcing `think` makes the
+prompts identical token for token, and the arms differ only in the K positions inserted after `<think>`.
+
+    arm      thought_mode  reasoning      the completion trained on      what it tests
+    none     none          latent         <think></think>72              depth only: no thoughts, answer at once
+    answer   none          latent         <think></think>72              gsm8k: same as `none`, answer only
+    pause    pause         latent         <think>[K pause]</think>72      K learned vectors, no recursion (control)
+    trm      trm           latent         <think>[K TRM]</think>72        K recursive latent thoughts
+    cot      none          latent+text    <think>Natalia sold ...</think>72   gsm8k: written chain of thought
+
+`cot` is "written CoT, no TRM": with `thought_mode none`, `<think>` is an ordinary token (no positions inserted)
+and the reasoning is the GSM8K solution text (calculator notes removed) between the tags, which the model writes
+at test time before `</think>`; eval scores what follows the last `</think>`. `answer` keeps the same tags with
+nothing between them (the reasoning dropped, `--reasoning latent`).
+
+Real runs (GPU; the configs in `experiments/configs/`; rerunning resumes: finished models and evals are kept):
+
+    python -m experiments depth --seeds 0,1,2 --output_dir experiments/results/depth
+    python -m experiments gsm8k --seeds 0,1,2 --output_dir experiments/results/gsm8k
+
+Smoke runs (CPU, under a minute each; tiny model and data, a few steps; the accuracies mean nothing):
+
+    python -m experiments depth --smoke --output_dir runs/experiments/depth-smoke
+    python -m experiments gsm8k --smoke --output_dir runs/experiments/gsm8k-smoke
+
+Other flags: `--steps N` (max_steps of every arm), `--arms trm,none` (a subset), `--config FILE.yaml`; any further
+flag goes to `train_sft.py` for every arm (e.g. `--learning_rate 3e-4 --per_device_train_batch_size 32`).
+
+Written to `--output_dir`: `results.json` (every arm x seed x test depth x n_cycles: accuracy with its 95% Wilson
+interval, tokens, seconds per answer; plus mean and std over seeds), `results.md` (mean +- std over seeds),
+`accuracy_vs_depth.png` (depth), `trm_n_cycles.png` (accuracy against inference n_cycles), `accuracy_vs_time.png`
+(gsm8k), `train_config.yaml` (the train_sft settings every arm ran with), and `models/`, `evals/`, `data/`.
+"""

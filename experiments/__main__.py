@@ -1,0 +1,71 @@
+"""`python -m experiments {depth,gsm8k}`: see the package docstring (`experiments/__init__.py`) for the commands."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import platform
+from pathlib import Path
+
+import experiments
+from experiments.settings import EXPERIMENTS, config_path, load_config, select_arms
+
+
+def seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like '0,1,2', got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds like '0,1,2', got {text!r}")
+    return seeds
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments", description=experiments.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=EXPERIMENTS, help="depth: Experiment 1 (arith); gsm8k: Experiment 2.")
+    parser.add_argument("--smoke", action="store_true", help="Tiny sizes and a few steps (CPU, under a minute).")
+    parser.add_argument("--config", type=Path,
+                        help="YAML with `experiment` and `train` sections; default experiments/configs/<exp>[_smoke].yaml.")
+    parser.add_argument("--seeds", type=seed_list, default=None, help="Training seeds, e.g. 0,1,2 (default: 0).")
+    parser.add_argument("--arms", type=lambda text: [a for a in text.split(",") if a], help="A subset of the arms.")
+    parser.add_argument("--steps", type=int, help="max_steps of every arm (replaces the config's steps or epochs).")
+    parser.add_argument("--output_dir", type=Path, help="Default: experiments/results/<exp>[-smoke].")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse the flags (unknown ones go to train_sft.py, which rejects what it does not know), run, report."""
+    from experiments.report import write_report
+    from experiments.run import run_experiment
+
+    parser = make_parser()
+    args, train_flags = parser.parse_known_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    name = f"{args.experiment}{'-smoke' if args.smoke else ''}"
+    output_dir = args.output_dir or Path(experiments.__file__).parent / "results" / name
+    seeds = args.seeds or [0]
+    try:
+        settings, train = load_config(args.config or config_path(args.experiment, args.smoke))
+        arms = select_arms(args.experiment, args.arms)
+    except ValueError as error:
+        parser.error(str(error))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    entries = run_experiment(args.experiment, settings, train, arms, seeds, output_dir, args.steps, train_flags)
+    header = {"experiment": args.experiment, "smoke": args.smoke, "seeds": seeds, "arms": [a.name for a in arms],
+              "arm_definitions": [dataclasses.asdict(a) for a in arms], "settings": dataclasses.asdict(settings),
+              "train_config": (output_dir / "train_config.yaml").read_text(), "train_flags": train_flags,
+              "python": platform.python_version()}
+    results = write_report(output_dir, args.experiment, entries, header)
+    print((output_dir / "results.md").read_text())
+    return results
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

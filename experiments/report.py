@@ -1,0 +1,162 @@
+"""Collect the runs of an experiment: `results.json` (every entry plus mean and std over seeds), `results.md`
+(mean +- std over seeds) and plots, all in the experiment's output_dir."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+DEPTH_PLOT = "accuracy_vs_depth.png"
+N_CYCLES_PLOT = "trm_n_cycles.png"
+TIME_PLOT = "accuracy_vs_time.png"
+METRICS = ("accuracy", "mean_tokens_generated", "mean_latency_s")
+GROUP_KEYS = ("arm", "test_depth", "n_cycles")
+
+
+def summarize(entries: list[dict]) -> list[dict]:
+    """Mean and std over seeds of each metric, per (arm, test depth, inference n_cycles); std is the sample
+    standard deviation (0 with one seed)."""
+    groups: dict[tuple, list[dict]] = {}
+    for entry in entries:
+        groups.setdefault(tuple(entry[key] for key in GROUP_KEYS), []).append(entry)
+    summary = []
+    for key, group in groups.items():
+        row = {**dict(zip(GROUP_KEYS, key)), "primary": group[0]["primary"], "seeds": [e["seed"] for e in group]}
+        for metric in METRICS:
+            values = [e[metric] for e in group]
+            row[f"{metric}_mean"] = statistics.fmean(values)
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary.append(row)
+    return summary
+
+
+def percent(row: dict) -> str:
+    return f"{100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f}"
+
+
+def depth_tables(summary: list[dict], arms: list[str], train_depth: str) -> list[str]:
+    """Arms x test depths at the training depth, then the trm arm's n_cycles x test depths."""
+    depths = sorted({row["test_depth"] for row in summary})
+    primary = {(row["arm"], row["test_depth"]): row for row in summary if row["primary"]}
+    header = [f"depth {d}" for d in depths]
+    lines = [f"Accuracy (%) on held-out problems, mean ± std over seeds; trained on depths {train_depth}.", "",
+             "| arm | " + " | ".join(header) + " |", "|---" * (len(depths) + 1) + "|"]
+    lines += [f"| {arm} | " + " | ".join(percent(primary[arm, d]) if (arm, d) in primary else "-" for d in depths)
+              + " |" for arm in arms]
+    sweep = {(row["n_cycles"], row["test_depth"]): row for row in summary if row["n_cycles"] is not None}
+    if sweep:
+        lines += ["", "trm arm at inference depth n_cycles (training value marked *):", "",
+                  "| n_cycles | " + " | ".join(header) + " |", "|---" * (len(depths) + 1) + "|"]
+        trained = {row["n_cycles"] for row in summary if row["n_cycles"] is not None and row["primary"]}
+        for t in sorted({t for t, _ in sweep}):
+            cells = " | ".join(percent(sweep[t, d]) if (t, d) in sweep else "-" for d in depths)
+            lines.append(f"| {t}{'*' if t in trained else ''} | {cells} |")
+    return lines
+
+
+def gsm8k_table(summary: list[dict], arms: list[str]) -> list[str]:
+    lines = ["Accuracy (%), tokens generated and seconds per answer on GSM8K test, mean ± std over seeds "
+             "(trm at its training n_cycles; its sweep below).", "",
+             "| arm | n_cycles | accuracy (%) | tokens / answer | s / answer |", "|---|---|---|---|---|"]
+    order = {arm: i for i, arm in enumerate(arms)}
+    rows = sorted(summary, key=lambda r: (not r["primary"], order[r["arm"]], r["n_cycles"] or 0))
+    for row in rows:
+        cycles = "-" if row["n_cycles"] is None else f"{row['n_cycles']}{'*' if row['primary'] else ''}"
+        lines.append(f"| {row['arm']} | {cycles} | {percent(row)} | {row['mean_tokens_generated_mean']:.1f} | "
+                     f"{row['mean_latency_s_mean']:.3f} ± {row['mean_latency_s_std']:.3f} |")
+    return lines
+
+
+def markdown(experiment: str, summary: list[dict], arms: list[str], seeds: list[int], train_depth: str) -> str:
+    title = {"depth": "Experiment 1: controlled depth (arith)", "gsm8k": "Experiment 2: GSM8K"}[experiment]
+    body = depth_tables(summary, arms, train_depth) if experiment == "depth" else gsm8k_table(summary, arms)
+    note = ("Every run's accuracy with its 95% Wilson interval, and each example's generation, are in results.json "
+            "and evals/.")
+    return "\n".join([f"# {title}", "", f"Arms: {', '.join(arms)}; seeds: {seeds}.", "", *body, "", note]) + "\n"
+
+
+def _axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(6, 4))
+
+
+def plot_depth(summary: list[dict], arms: list[str], train_depth: str, path: Path) -> None:
+    """Accuracy against the test depth, a line per arm (std over seeds as bars), the training depths shaded."""
+    plt, figure, axes = _axes()
+    for arm in arms:
+        rows = sorted((r for r in summary if r["arm"] == arm and r["primary"]), key=lambda r: r["test_depth"])
+        axes.errorbar([r["test_depth"] for r in rows], [r["accuracy_mean"] for r in rows],
+                      yerr=[r["accuracy_std"] for r in rows], marker="o", capsize=3, label=arm)
+    low, _, high = train_depth.partition("-")
+    axes.axvspan(int(low) - 0.5, int(high or low) + 0.5, color="grey", alpha=0.15, label="training depths")
+    axes.set(xlabel="operations per problem (test depth)", ylabel="accuracy", ylim=(0, 1))
+    axes.set_xticks(sorted({r["test_depth"] for r in summary}))
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_n_cycles(summary: list[dict], path: Path) -> None:
+    """trm accuracy against inference n_cycles, a line per test depth (one line for gsm8k); arms without recursion
+    as dashed levels when there is a single test set."""
+    plt, figure, axes = _axes()
+    depths = sorted({r["test_depth"] for r in summary if r["n_cycles"] is not None}, key=lambda d: d or 0)
+    for depth in depths:
+        rows = sorted((r for r in summary if r["n_cycles"] is not None and r["test_depth"] == depth),
+                      key=lambda r: r["n_cycles"])
+        axes.errorbar([r["n_cycles"] for r in rows], [r["accuracy_mean"] for r in rows],
+                      yerr=[r["accuracy_std"] for r in rows], marker="o", capsize=3,
+                      label="trm" if depth is None else f"trm, depth {depth}")
+    if depths == [None]:
+        for color, row in enumerate((r for r in summary if r["n_cycles"] is None), start=1):
+            axes.axhline(row["accuracy_mean"], linestyle="--", color=f"C{color}", label=row["arm"])
+    trained = [r["n_cycles"] for r in summary if r["n_cycles"] is not None and r["primary"]]
+    if trained:
+        axes.axvline(trained[0], color="grey", linestyle=":", label="training n_cycles")
+    axes.set(xlabel="inference n_cycles (T)", ylabel="accuracy", ylim=(0, 1))
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_time(summary: list[dict], path: Path) -> None:
+    """Accuracy against seconds per answer, a point per arm (and per trm n_cycles)."""
+    plt, figure, axes = _axes()
+    for row in summary:
+        label = row["arm"] if row["n_cycles"] is None else f"trm T={row['n_cycles']}"
+        axes.errorbar(row["mean_latency_s_mean"], row["accuracy_mean"], xerr=row["mean_latency_s_std"],
+                      yerr=row["accuracy_std"], marker="o", capsize=3, label=label)
+    axes.set(xlabel="seconds per answer (batched generate time / rows)", ylabel="accuracy", xscale="log")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(output_dir: Path, experiment: str, entries: list[dict], header: dict[str, Any]) -> dict:
+    """results.json, results.md and the plots; returns the results.json content."""
+    arms, seeds = header["arms"], header["seeds"]
+    summary = summarize(entries)
+    train_depth = header["settings"]["train_depth"]
+    plots = []
+    if experiment == "depth":
+        plot_depth(summary, arms, train_depth, output_dir / DEPTH_PLOT)
+        plots.append(DEPTH_PLOT)
+    else:
+        plot_time(summary, output_dir / TIME_PLOT)
+        plots.append(TIME_PLOT)
+    if any(row["n_cycles"] is not None for row in summary):
+        plot_n_cycles(summary, output_dir / N_CYCLES_PLOT)
+        plots.append(N_CYCLES_PLOT)
+    results = {**header, "results": entries, "summary": summary, "plots": plots}
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output_dir / "results.md").write_text(markdown(experiment, summary, arms, seeds, train_depth))
+    return results

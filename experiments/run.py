@@ -1,0 +1,230 @@
+"""Run one experiment: build the data and backbone of each seed, train every arm with train_sft.py, evaluate it with
+eval's in-process API, and hand the collected results to `experiments.report`.
+
+Layout of `output_dir` (a rerun keeps what is finished: a model folder with its card, an eval with results.json):
+
+    train_config.yaml                         the train_sft.py settings every arm ran with
+    data/seed<S>/train.jsonl                  arith: generated per seed; gsm8k: data/gsm8k/train.jsonl, shared
+    backbones/seed<S>/                        from-scratch SmolLM3 + SmolLM2 tokenizer (one init per seed)
+    models/<arm>/seed<S>/final/               the trained SmolLM+TRM folder (checkpoints beside it)
+    evals/<arm>/seed<S>/<test>/results.json   eval's outputs; <test> is depth<D> (arith) or test (gsm8k)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from experiments.settings import TASKS, Arm, ExperimentSettings
+
+logger = logging.getLogger(__name__)
+
+PROMPT_STYLE = "think"  # every arm is prompted as it was trained, ending with <think>; see the package docstring
+
+
+# ------------------------------------------------------------------------------------------------------ backbone
+
+
+@functools.cache
+def embedded_tokenizer():
+    """The SmolLM2-135M-Instruct tokenizer, read from the embedded GGUF (the package is found, never imported)."""
+    from transformers import AutoTokenizer
+
+    from train_sft import embedded_smollm2
+
+    folder, gguf_file = embedded_smollm2()
+    return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+
+
+def build_backbone(shape: dict[str, Any], folder: Path, seed: int) -> Path:
+    """A plain backbone folder: `SmolLM3ForCausalLM` with random weights (seeded) and the SmolLM2 tokenizer."""
+    import torch
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    if (folder / "config.json").is_file():
+        return folder
+    tokenizer = embedded_tokenizer()
+    special = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+               "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    clash = sorted(set(shape) & set(special))
+    if clash:
+        raise ValueError(f"backbone settings {clash} come from the tokenizer; remove them from the config.")
+    torch.manual_seed(seed)
+    model = SmolLM3ForCausalLM(SmolLM3Config(**shape, **special))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    logger.info("built a from-scratch backbone (%.1fM parameters) in %s", model.num_parameters() / 1e6, folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def arith_train_data(settings: ExperimentSettings, folder: Path, seed: int) -> Path:
+    """`train.jsonl` of generated problems (qa rows with written reasoning, dropped by `--reasoning latent`)."""
+    from eval.tasks import ARITH_DEFAULT_SIZE, make_arith
+
+    if not (folder / "train.jsonl").is_file():
+        write_jsonl(folder / "train.jsonl",
+                    make_arith(settings.train_size or ARITH_DEFAULT_SIZE, settings.train_depth, seed, "train"))
+    return folder
+
+
+def gsm8k_train_data(settings: ExperimentSettings, folder: Path) -> Path:
+    """`train.jsonl` with the first `train_size` GSM8K train rows, and no test split: the eval loss comes from a
+    held-out share of train (`eval_fraction`), so GSM8K test is only ever seen by the final evaluation."""
+    from eval.tasks import GSM8K_DIR
+
+    if not (folder / "train.jsonl").is_file():
+        lines = (GSM8K_DIR / "train.jsonl").read_text().splitlines()
+        write_jsonl(folder / "train.jsonl", [json.loads(line) for line in lines[: settings.train_size]])
+    return folder
+
+
+def arith_test_size(depth: int, seed: int, wanted: int) -> int:
+    """The largest n <= wanted for which make_arith finds n distinct held-out problems of this depth (depth 1 has
+    only a few hundred); n problems are a prefix of n + 1, so every arm and seed sees the same ones."""
+    from eval.tasks import make_arith
+
+    low, high = 1, wanted
+    while low < high:  # binary search on "make_arith(n) succeeds", which holds for every n up to the limit
+        middle = (low + high + 1) // 2
+        try:
+            make_arith(middle, depth, seed, "test")
+            low = middle
+        except ValueError:
+            high = middle - 1
+    return low
+
+
+# --------------------------------------------------------------------------------------------------------- train
+
+
+def train_arm(arm: Arm, seed: int, run_dir: Path, train_config: Path, backbone: Path | None, data: Path,
+              extra_args: list[str]) -> Path:
+    """Train one arm with train_sft.main (in-process) unless its final folder is complete; returns that folder."""
+    import train_sft
+
+    final = run_dir / train_sft.FINAL_FOLDER
+    if (final / "README.md").is_file():  # the model card is the last file save_final writes
+        logger.info("%s exists; not retraining %s seed %d", final, arm.name, seed)
+        return final
+    args = ["--config", str(train_config), "--dataset_name", str(data), "--output_dir", str(run_dir),
+            "--seed", str(seed), "--split_seed", str(seed), "--thought_mode", arm.thought_mode,
+            "--reasoning", arm.reasoning]
+    if backbone is not None:
+        args += ["--model_name_or_path", str(backbone)]
+    logger.info("training %s seed %d: train_sft.py %s", arm.name, seed, " ".join(args + extra_args))
+    return train_sft.main(*train_sft.make_parser().parse_args_and_config(args + extra_args))
+
+
+# ---------------------------------------------------------------------------------------------------------- eval
+
+
+def test_tasks(experiment: str, settings: ExperimentSettings) -> list[tuple[str, dict[str, Any]]]:
+    """(folder name, eval.tasks.load_task arguments) of every test set of the experiment."""
+    if TASKS[experiment] == "gsm8k":
+        return [("test", {"name": "gsm8k", "split": "test", "limit": settings.test_size})]
+    wanted = settings.test_size or 500
+    return [(f"depth{depth}", {"name": "arith", "split": "test", "seed": settings.test_seed, "depth": str(depth),
+                               "limit": arith_test_size(depth, settings.test_seed, wanted)})
+            for depth in settings.test_depths]
+
+
+def evaluate_arm(model_dir: Path, eval_dir: Path, tasks: list[tuple[str, dict]], settings: ExperimentSettings,
+                 seed: int) -> dict[str, dict]:
+    """eval's results.json of every test set, {folder name: content}; the model loads once, sets already
+    evaluated are read back. The trm arm runs at every inference n_cycles."""
+    from eval.report import write_outputs
+    from eval.runner import GenerationSettings, depths_for, load_model, run_model, warm_up
+    from eval.tasks import load_task
+
+    done = {name: eval_dir / name / "results.json" for name, _ in tasks}
+    results = {name: json.loads(path.read_text()) for name, path in done.items() if path.is_file()}
+    todo = [(name, spec) for name, spec in tasks if name not in results]
+    if not todo:
+        return results
+    generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, batch_size=settings.eval_batch_size,
+                                    seed=seed, prompt_style=PROMPT_STYLE)
+    loaded = load_model(str(model_dir))
+    n_cycles = settings.trm_n_cycles or list(range(1, 2 * loaded.config.n_cycles + 1))
+    for name, spec in todo:
+        task = load_task(**spec)
+        warm_up(loaded, task, generation)
+        runs = [run_model(loaded, task, generation, depth) for depth in depths_for(loaded, n_cycles, [])]
+        task_info = {**spec, "kind": task.kind, "path": None, "n": len(task.examples)}
+        results[name] = write_outputs(eval_dir / name, task_info, {**asdict(generation), "model": str(model_dir)}, runs)
+    loaded.model = None
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------- run
+
+
+def write_train_config(train: dict[str, Any], path: Path, steps: int | None) -> Path:
+    """The train section as a train_sft.py YAML file; `--steps` replaces any step or epoch count."""
+    import yaml
+
+    if steps is not None:
+        train = {**{k: v for k, v in train.items() if k != "num_train_epochs"}, "max_steps": steps}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(train, sort_keys=False))
+    return path
+
+
+def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[str, Any], arms: tuple[Arm, ...],
+                   seeds: list[int], output_dir: Path, steps: int | None = None,
+                   extra_args: list[str] | None = None) -> list[dict]:
+    """Train and evaluate every arm for every seed; returns one entry per (arm, seed, test set, n_cycles)."""
+    train_config = write_train_config(train, output_dir / "train_config.yaml", steps)
+    tasks = test_tasks(experiment, settings)
+    entries = []
+    for seed in seeds:
+        if TASKS[experiment] == "arith":
+            data = arith_train_data(settings, output_dir / "data" / f"seed{seed}", seed)
+        else:
+            data = gsm8k_train_data(settings, output_dir / "data" / "gsm8k")
+        backbone = (None if settings.backbone is None
+                    else build_backbone(settings.backbone, output_dir / "backbones" / f"seed{seed}", seed))
+        for arm in arms:
+            model_dir = train_arm(arm, seed, output_dir / "models" / arm.name / f"seed{seed}", train_config,
+                                  backbone, data, list(extra_args or []))
+            eval_dir = output_dir / "evals" / arm.name / f"seed{seed}"
+            trained_n_cycles = json.loads((model_dir / "config.json").read_text())["n_cycles"]
+            for name, results in evaluate_arm(model_dir, eval_dir, tasks, settings, seed).items():
+                entries += result_entries(arm, seed, name, results, eval_dir / name, trained_n_cycles)
+    return entries
+
+
+def result_entries(arm: Arm, seed: int, test_name: str, results: dict, folder: Path, trained_n_cycles: int
+                   ) -> list[dict]:
+    """One flat entry per eval run: the arm, seed, test depth (arith) and inference n_cycles (trm) with the metrics.
+    `primary` marks the run at the training depth (every run of an arm without recursion), the one compared across
+    arms; the others are the trm arm's inference-depth sweep."""
+    task = results["task"]
+    entries = []
+    for run in results["runs"]:
+        depth = run["depth"]
+        entries.append({
+            "arm": arm.name, "thought_mode": arm.thought_mode, "reasoning": arm.reasoning, "seed": seed,
+            "test": test_name, "test_depth": int(task["depth"]) if task.get("depth") else None,
+            "n_cycles": depth["n_cycles"] if depth else None,
+            "n_supervision_steps": depth["n_supervision_steps"] if depth else None,
+            "primary": depth is None or depth["n_cycles"] == trained_n_cycles,
+            **{key: run[key] for key in ("n", "accuracy", "ci_low", "ci_high", "mean_tokens_generated",
+                                         "mean_latency_s")},
+            "eval_dir": str(folder),
+        })
+    return entries
+
+
+__all__ = ["build_backbone", "run_experiment"]

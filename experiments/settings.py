@@ -1,0 +1,93 @@
+"""What an experiment runs: its arms, and its settings read from a YAML file in `experiments/configs/`.
+
+A config file has two sections: `experiment` (the `ExperimentSettings` fields below) and `train` (train_sft.py
+flags shared by every arm: model shape, K, steps, learning rate, ...). Unknown keys are errors in both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+EXPERIMENTS = ("depth", "gsm8k")
+TASKS = {"depth": "arith", "gsm8k": "gsm8k"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: the thought mode of the model and the `--reasoning` mode of its training rows."""
+
+    name: str
+    thought_mode: str  # SmolLMTRMConfig.thought_mode
+    reasoning: str  # sft_data.SFTDataArguments.reasoning
+
+
+ARMS = {
+    "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent")),
+    "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
+              Arm("cot", "none", "latent+text")),
+}
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """Data, backbone and evaluation settings of one experiment (training settings are the `train` section)."""
+
+    backbone: dict[str, Any] | None = field(
+        default=None, metadata={"help": "SmolLM3Config shape of a from-scratch backbone; None: embedded SmolLM2-135M."})
+    train_size: int | None = field(
+        default=None, metadata={"help": "arith: problems generated; gsm8k: first N train rows (None: all)."})
+    train_depth: str = field(default="1-4", metadata={"help": "arith: operations per training problem."})
+    test_depths: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5],
+                                   metadata={"help": "arith: depths tested, each on its own held-out problems."})
+    test_size: int | None = field(
+        default=None, metadata={"help": "arith: problems per depth (fewer where fewer exist); gsm8k: first N."})
+    test_seed: int = field(default=0, metadata={"help": "arith: generator seed of the test problems, fixed over seeds."})
+    trm_n_cycles: list[int] | None = field(
+        default=None, metadata={"help": "Inference n_cycles of the trm arm; None: 1 .. 2x its training n_cycles."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Prompts per generate() call."})
+    max_new_tokens: int = field(default=16, metadata={"help": "Generation limit of every arm."})
+
+    def __post_init__(self) -> None:
+        positive = {"train_size": self.train_size, "test_size": self.test_size,
+                    "eval_batch_size": self.eval_batch_size, "max_new_tokens": self.max_new_tokens}
+        bad = {name: value for name, value in positive.items() if value is not None and value < 1}
+        if bad:
+            raise ValueError(f"these settings must be >= 1 (or null where allowed): {bad}.")
+        if not self.test_depths or min(self.test_depths) < 1:
+            raise ValueError(f"test_depths must list depths >= 1, got {self.test_depths}.")
+        if self.trm_n_cycles is not None and (not self.trm_n_cycles or min(self.trm_n_cycles) < 1):
+            raise ValueError(f"trm_n_cycles must list values >= 1 or be null, got {self.trm_n_cycles}.")
+
+
+def config_path(experiment: str, smoke: bool) -> Path:
+    return CONFIG_DIR / f"{experiment}{'_smoke' if smoke else ''}.yaml"
+
+
+def load_config(path: str | Path) -> tuple[ExperimentSettings, dict[str, Any]]:
+    """(experiment settings, train_sft settings) from a YAML file with exactly the sections `experiment`, `train`."""
+    import yaml
+
+    content = yaml.safe_load(Path(path).read_text())
+    if not isinstance(content, dict) or set(content) != {"experiment", "train"}:
+        found = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise ValueError(f"{path} must hold the two mappings `experiment` and `train`, found {found}.")
+    known = {f.name for f in dataclasses.fields(ExperimentSettings)}
+    unknown = sorted(set(content["experiment"]) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown experiment setting(s) {unknown}; known: {sorted(known)}.")
+    return ExperimentSettings(**content["experiment"]), dict(content["train"])
+
+
+def select_arms(experiment: str, names: list[str] | None) -> tuple[Arm, ...]:
+    arms = ARMS[experiment]
+    if not names:
+        return arms
+    known = [arm.name for arm in arms]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"--arms {unknown} are not arms of {experiment!r}; its arms are {known}.")
+    return tuple(arm for arm in arms if arm.name in names)
