@@ -95,7 +95,7 @@ def plot_depth(summary: list[dict], arms: list[str], train_depth: str, path: Pat
                       yerr=[r["accuracy_std"] for r in rows], marker="o", capsize=3, label=arm)
     low, _, high = train_depth.partition("-")
     axes.axvspan(int(low) - 0.5, int(high or low) + 0.5, color="grey", alpha=0.15, label="training depths")
-    axes.set(xlabel="operations per problem (test depth)", ylabel="accuracy", ylim=(0, 1))
+    axes.set(xlabel="operations per problem (test depth)", ylabel="accuracy", ylim=(-0.02, 1.02))
     axes.set_xticks(sorted({r["test_depth"] for r in summary}))
     axes.legend()
     figure.tight_layout()
@@ -120,7 +120,8 @@ def plot_n_cycles(summary: list[dict], path: Path) -> None:
     trained = [r["n_cycles"] for r in summary if r["n_cycles"] is not None and r["primary"]]
     if trained:
         axes.axvline(trained[0], color="grey", linestyle=":", label="training n_cycles")
-    axes.set(xlabel="inference n_cycles (T)", ylabel="accuracy", ylim=(0, 1))
+    axes.set(xlabel="inference n_cycles (T)", ylabel="accuracy", ylim=(-0.02, 1.02))
+    axes.set_xticks(sorted({r["n_cycles"] for r in summary if r["n_cycles"] is not None}))
     axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

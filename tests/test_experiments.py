@@ -1,0 +1,71 @@
+"""The experiment harness end to end at smoke size (tiny from-scratch backbones, a few steps, CPU): every arm
+trains and evaluates, and the outputs exist and are well-formed (the accuracies of a 3-step run mean nothing)."""
+
+import json
+import math
+
+import pytest
+
+from experiments.__main__ import main
+from experiments.settings import ARMS, CONFIG_DIR, load_config, select_arms
+
+
+def check_outputs(folder, experiment: str, plots: set[str]) -> dict:
+    results = json.loads((folder / "results.json").read_text())
+    assert results["experiment"] == experiment and results["seeds"] == [0]
+    assert results["arms"] == [arm.name for arm in ARMS[experiment]]
+    assert set(results["plots"]) == plots
+    for plot in plots:
+        assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+    for entry in results["results"]:
+        assert 0.0 <= entry["ci_low"] <= entry["accuracy"] <= entry["ci_high"] <= 1.0, entry
+        assert entry["n"] >= 1 and entry["mean_tokens_generated"] >= 1 and entry["mean_latency_s"] > 0, entry
+        assert (entry["n_cycles"] is None) == (entry["thought_mode"] != "trm"), entry
+    for row in results["summary"]:
+        assert all(math.isfinite(row[key]) for key in row if key.endswith(("_mean", "_std"))), row
+    table = (folder / "results.md").read_text()
+    assert all(f"| {arm} |" in table for arm in results["arms"]), table
+    return results
+
+
+@pytest.mark.slow
+def test_depth_smoke(tmp_path):
+    main(["depth", "--smoke", "--output_dir", str(tmp_path)])
+    results = check_outputs(tmp_path, "depth", {"accuracy_vs_depth.png", "trm_n_cycles.png"})
+    # every arm at every test depth 1..5, the trm arm at inference n_cycles 1 and 2 (twice the trained 1)
+    cells = {(e["arm"], e["test_depth"], e["n_cycles"]) for e in results["results"]}
+    expected = {(arm, d, None) for arm in ("none", "pause") for d in range(1, 6)}
+    expected |= {("trm", d, t) for d in range(1, 6) for t in (1, 2)}
+    assert cells == expected
+    prompt = json.loads((tmp_path / "evals/none/seed0/depth1/final.jsonl").read_text().splitlines()[0])["prompt"]
+    assert prompt.endswith("<think>"), "every arm is prompted as trained, ending with <think>"
+    assert "| depth 5 |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_gsm8k_smoke(tmp_path):
+    main(["gsm8k", "--smoke", "--output_dir", str(tmp_path)])
+    results = check_outputs(tmp_path, "gsm8k", {"accuracy_vs_time.png", "trm_n_cycles.png"})
+    assert {e["arm"] for e in results["results"]} == {"answer", "pause", "trm", "cot"}
+    rows = [json.loads(line) for line in (tmp_path / "data/gsm8k/train.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all("####" in row["answer"] for row in rows)
+
+
+def test_configs_load_and_arms_differ_only_in_thoughts():
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        settings, train = load_config(path)
+        assert "thought_mode" not in train and "reasoning" not in train, f"{path.name}: set per arm, not shared"
+    for experiment, arms in ARMS.items():
+        assert len({(arm.thought_mode, arm.reasoning) for arm in arms}) == len(arms), experiment
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: {test_sise: 3}\ntrain: {}\n")
+    with pytest.raises(ValueError, match="test_sise"):
+        load_config(bad)
+    bad.write_text("train: {}\n")
+    with pytest.raises(ValueError, match="experiment"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="cot"):
+        select_arms("depth", ["cot"])
