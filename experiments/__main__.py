@@ -12,6 +12,10 @@ from pathlib import Path
 import experiments
 from experiments.settings import EXPERIMENTS, config_path, load_config, select_arms
 
+# train_sft.py flags the harness sets for each arm; passing them through would silently undo the design.
+RESERVED_TRAIN_FLAGS = ("--seed", "--split_seed", "--thought_mode", "--reasoning", "--dataset_name",
+                        "--model_name_or_path", "--output_dir", "--config")
+
 
 def seed_list(text: str) -> list[int]:
     try:
@@ -24,7 +28,7 @@ def seed_list(text: str) -> list[int]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments", description=experiments.__doc__,
+    parser = argparse.ArgumentParser(prog="python -m experiments", description=experiments.__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=EXPERIMENTS, help="depth: Experiment 1 (arith); gsm8k: Experiment 2.")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes and a few steps (CPU, under a minute).")
@@ -44,6 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = make_parser()
     args, train_flags = parser.parse_known_args(argv)
+    reserved = [flag for flag in train_flags if flag.split("=")[0] in RESERVED_TRAIN_FLAGS]
+    if reserved:
+        parser.error(f"{reserved} are set by the harness for each arm (seeds: --seeds, arms: --arms); drop them")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     name = f"{args.experiment}{'-smoke' if args.smoke else ''}"
