@@ -42,6 +42,16 @@ Smoke runs (CPU, under a minute each; tiny model and data, a few steps; the accu
 Other flags: `--steps N` (max_steps of every arm), `--arms trm,none` (a subset), `--config FILE.yaml`; any further
 flag goes to `train_sft.py` for every arm (e.g. `--learning_rate 3e-4 --per_device_train_batch_size 32`).
 
+Cost (estimated, not measured: no GPU run yet). depth: 6000 steps x batch 128 of a ~16M-parameter model, about
+5-10 min per arm and seed on one H200, so 9 trainings ~1-1.5 h; eval (5 depths, <= 500 problems, 8 tokens, trm at
+6 n_cycles) a minute or two each. gsm8k: 3 epochs of 7.3k rows at batch 16 (~1370 steps) of LoRA on 135M, about
+3-5 min per arm and seed, 12 trainings ~1 h; eval on 1319 test questions ~1 min per arm, ~4 min for cot (up to
+384 written tokens). Checkpoints every 1000 / 200 steps, so a run cut short resumes where it stopped.
+
+Generated arith has few distinct depth-1 problems: ~640 in the train split (the training mix is skewed towards
+depths 2-4) and 162 in the test split (all of them are used). `--ema_decay` cannot be passed to every arm: the
+`none` / `answer` / `cot` arms have no thought weights to average (train_sft refuses it).
+
 Written to `--output_dir`: `results.json` (every arm x seed x test depth x n_cycles: accuracy with its 95% Wilson
 interval, tokens, seconds per answer; plus mean and std over seeds), `results.md` (mean +- std over seeds),
 `accuracy_vs_depth.png` (depth), `trm_n_cycles.png` (accuracy against inference n_cycles), `accuracy_vs_time.png`
