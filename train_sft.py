@@ -209,16 +209,45 @@ def standalone(model):
     return copy.deepcopy(model).merge_and_unload()
 
 
-def export_model(model, tokenizer, folder: str | os.PathLike) -> Path:
+def export_model(model, tokenizer, folder: str | os.PathLike, state_dict: dict | None = None) -> Path:
     """Save a folder AutoModelForCausalLM(trust_remote_code=True) loads: safetensors, config with auto_map, the two
-    model files, tokenizer with chat template, generation_config.json."""
+    model files, tokenizer with chat template, generation_config.json. `state_dict`: the full weights of a sharded
+    model (FSDP2), gathered by `full_state_dict`."""
     folder = Path(folder)
     plain = standalone(model)
-    plain.save_pretrained(folder)
+    with unsharded_class(plain):
+        plain.save_pretrained(folder, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
     if not (folder / "generation_config.json").is_file():
         plain.generation_config.save_pretrained(folder)
     return folder
+
+
+@contextlib.contextmanager
+def unsharded_class(model):
+    """FSDP2's `fully_shard` swaps the model's class for a generated `FSDP<Name>` subclass; save_pretrained would write
+    that name into config.json's auto_map and copy torch's FSDP files as the remote code. Save as the original class."""
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded_class = type(model)
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.__class__ = next(c for c in sharded_class.__mro__ if not issubclass(c, FSDPModule))
+    try:
+        yield
+    finally:
+        model.__class__ = sharded_class
+
+
+def full_state_dict(trainer) -> dict | None:
+    """The full weights of a model sharded by FSDP or ZeRO-3 (a collective: every rank must call it; the tensors land
+    on the main process), or None when the model is whole on every rank."""
+    if trainer.is_fsdp_enabled:
+        return trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.is_deepspeed_enabled:
+        return trainer.accelerator.get_state_dict(trainer.deepspeed)
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -386,9 +415,12 @@ class TRMSFTTrainer(SFTTrainer):
             # lm_loss is already divided by the tokens of all accumulated micro-batches; the halting BCE is a
             # per-micro-batch mean, so average it over the accumulation steps as TRL does for MoE aux losses.
             steps = self.current_gradient_accumulation_steps if self.model.training else 1
-            loss = outputs.lm_loss + self.thought_config.halt_loss_weight * outputs.halt_loss / steps
+            loss = outputs.lm_loss
             if self.args.average_tokens_across_devices:
+                # lm_loss is divided by the tokens of every rank while DDP / FSDP average gradients over ranks: scale
+                # it back. The halting BCE is a per-rank mean, which that average already gets right.
                 loss = loss * self.accelerator.num_processes
+            loss = loss + self.thought_config.halt_loss_weight * outputs.halt_loss / steps
         self._record_metrics(mode, inputs, outputs, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
@@ -437,6 +469,8 @@ class TRMSFTTrainer(SFTTrainer):
         tensors for resuming; the adapter files are not written, as AutoModel would follow them to the backbone."""
         if not is_peft(self.model):
             return super()._save(output_dir, state_dict)
+        if not self.args.should_save:  # one writer in a distributed run
+            return None
         from safetensors.torch import save_file
 
         output_dir = output_dir or self.args.output_dir
@@ -650,8 +684,9 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     # trains) and LoRA's init must come out the same when a resumed run rebuilds the model.
     set_seed(training_args.seed)
     model, tokenizer, added = load_model(model_args, trm_args)
-    data = prepare_sft_data(resolve_dataset(data_args, training_args.output_dir), tokenizer,
-                            model.config.num_latents, training_args.max_length)
+    with training_args.main_process_first(desc="writing and tokenizing the data"):  # one writer of arith's files
+        data = prepare_sft_data(resolve_dataset(data_args, training_args.output_dir), tokenizer,
+                                model.config.num_latents, training_args.max_length)
     if model_args.use_peft:
         model = apply_lora(model, model_args, tokenizer, added)
     callbacks = []
@@ -659,6 +694,10 @@ def build_trainer(data_args, training_args, model_args, trm_args):
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=trm_args.early_stopping_patience))
     trainer = TRMSFTTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval,
                             processing_class=tokenizer, callbacks=callbacks, ema_decay=trm_args.ema_decay)
+    if model_args.use_peft and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        raise ValueError("--use_peft with FSDP / DeepSpeed is not supported (the merged final folder needs the whole "
+                         "model on one rank); LoRA runs replicate the frozen backbone: launch them with "
+                         "configs/accelerate/ddp.yaml.")
     return trainer, data
 
 
@@ -671,6 +710,8 @@ def main(data_args, training_args, model_args, trm_args) -> Path:
     trainer.train(resume_from_checkpoint=resume_point(training_args))
     eval_results = trainer.evaluate() if data.eval is not None else None
     folder = save_final(trainer, trm_args, model_args, data_args, eval_results)
+    if not trainer.is_world_process_zero():  # the other ranks of a distributed run are done
+        return folder
     if push:
         print(f"pushed: {push_folder(folder, training_args.hub_model_id, training_args.hub_token)}")
     if trm_args.num_demo_answers:
@@ -688,7 +729,12 @@ def save_final(trainer: TRMSFTTrainer, trm_args, model_args, data_args, eval_res
         raise ValueError("merge_on_save=False is not supported: the final folder must load with AutoModelForCausalLM "
                          "alone; the unmerged trainable weights are in every checkpoint's trainable.safetensors.")
     with trainer._ema_weights():
-        export_model(model, trainer.processing_class, folder)
+        state_dict = full_state_dict(trainer)  # every rank takes part in the gather
+        if trainer.is_world_process_zero():
+            export_model(model, trainer.processing_class, folder, state_dict)
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return folder
     config = (model.get_base_model() if is_peft(model) else model).config
     args = trainer.args
     write_model_card(

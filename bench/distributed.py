@@ -1,0 +1,333 @@
+"""Multi-GPU proof: the same 30-step SFT run of train_sft.py on 1 GPU, on 2 GPUs with DDP, with FSDP2 and (when
+`import deepspeed` works) with ZeRO-3; loss curves compared, tokens/s and peak memory per GPU, an FSDP2 checkpoint
+resumed on 1 GPU, and the final folder loaded on the CPU to generate.
+
+    # 2 GPUs, about 5 minutes; JSON and logs under --out, a Markdown table printed last.
+    python3 bench/distributed.py --out bench/results/distributed
+    # CPU smoke test (gloo, tiny model, 3 steps; FSDP2/ZeRO-3 are skipped: accelerate shards only on GPUs).
+    python3 bench/distributed.py --out /tmp/dist-smoke --smoke
+
+Model: a randomly initialised SmolLMTRM on a reduced SmolLM3 shape, 8 decoder layers of width 1024 (16 heads, 4 KV
+heads, MLP 4096), SmolLM3's vocabulary size 128256 (embeddings tied), K = 64 thoughts, the default TRM (d = 512,
+2 blocks, n = 6, T = 3): about 250 M parameters, trained in full (no LoRA) so that FSDP2 / ZeRO-3 shard everything.
+Data: the arith task (`eval.tasks.make_arith`), a BPE tokenizer trained here on it (no network on the GPU machine).
+Every run: global batch 8 (8 rows on 1 GPU, 4 per GPU on 2), seed 0, bf16 autocast, AdamW lr 3e-4, 30 steps.
+
+Tolerance of the loss comparison (`LOSS_TOLERANCE`, max |loss_run - loss_1gpu| over the 30 steps): the runs start from
+the same weights and see the same rows in the same steps; they differ in summation order (all-reduce vs one device),
+in padding (a row is padded to its micro-batch's longest) and, under FSDP2, in where bf16 rounding happens (its mixed
+precision policy casts parameters, autocast casts activations). bf16 keeps 8 significant bits, a relative error of
+u = 2^-8 ~ 0.004 per rounding; on a loss of ~12 nats at step 1 that is ~0.05, and 30 Adam steps can amplify it a
+little, so we allow 0.15 nats over the curve (and report the step-1 gap, expected below 0.05, separately). A missing
+gradient synchronisation, a loss scaled by the world size or ranks training on different weights show as a curve that
+drifts apart by far more within 30 steps; the resume check compares steps 16-30 of the resumed run with the
+uninterrupted FSDP2 run under the same tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCELERATE_CONFIGS = ROOT / "configs" / "accelerate"
+# Multicast over NVLink (NVLS) is off on the lent machines; set for every subprocess.
+NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+LOSS_TOLERANCE = 0.15
+FIRST_STEP_TOLERANCE = 0.05
+WARMUP_STEPS = 5  # left out of the throughput
+GLOBAL_BATCH = 8
+SHAPE = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=16,
+             num_key_value_heads=4, vocab_size=128256, max_position_embeddings=4096)
+SMOKE_SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=600, max_position_embeddings=1024)
+TRM = ["--num_latents", "64"]
+SMOKE_TRM = ["--num_latents", "4", "--trm_hidden_size", "16", "--trm_num_heads", "2", "--n_latent_steps", "2",
+             "--n_cycles", "2"]
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+# ---------------------------------------------------------------------------------------------- inputs of the runs
+
+
+def write_backbone(folder: Path, shape: dict) -> None:
+    """A random SmolLM3 causal LM of `shape` and a BPE tokenizer trained on the arith text, saved like a Hub model."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, SmolLM3Config, SmolLM3ForCausalLM
+
+    from eval.tasks import make_arith
+
+    rows = make_arith(500, (1, 4), 0, "train")
+    text = [f"{r['question']} {r['reasoning']} {r['answer']}" for r in rows]
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
+    backend.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    from tokenizers import decoders
+
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
+                                        eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in ("<pad>", "<s>", "</s>")}
+    config = SmolLM3Config(**shape, pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
+                           tie_word_embeddings=True)
+    torch.manual_seed(0)
+    SmolLM3ForCausalLM(config).save_pretrained(folder)
+
+
+def write_data(folder: Path) -> Path:
+    """The arith splits, written once here (not by every rank)."""
+    sys.path.insert(0, str(ROOT))
+    from train_sft import write_arith
+
+    return write_arith(folder, seed=0)
+
+
+def train_flags(args, backbone: Path, data: Path, output_dir: Path, per_device_batch: int, save: bool) -> list[str]:
+    flags = ["--model_name_or_path", str(backbone), "--dataset_name", str(data), "--output_dir", str(output_dir),
+             "--max_length", "512", "--per_device_train_batch_size", str(per_device_batch),
+             "--per_device_eval_batch_size", str(per_device_batch), "--max_steps", str(args.steps),
+             "--logging_steps", "1", "--learning_rate", "3e-4", "--lr_scheduler_type", "constant",
+             "--warmup_steps", "0", "--max_grad_norm", "1.0", "--seed", "0", "--report_to", "none",
+             "--num_demo_answers", "0", "--eval_strategy", "no", "--eval_fraction", "0",
+             "--dataloader_num_workers", "0", "--save_strategy", "steps" if save else "no",
+             "--save_steps", str(max(1, args.steps // 2)), "--bf16", "false" if args.smoke else "true"]
+    flags += SMOKE_TRM if args.smoke else TRM
+    if args.smoke:
+        flags += ["--use_cpu", "true", "--dataloader_pin_memory", "false"]
+    return flags
+
+
+# ---------------------------------------------------------------------------------------------------- one run
+
+
+def launch(args, name: str, config: str | None, processes: int, flags: list[str], out: Path) -> dict:
+    """`accelerate launch` this script in --worker mode; returns the run's record (or the error)."""
+    run_dir = out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+               "--main_process_port", str(29500 + len(list(out.iterdir())))]
+    if config is None:
+        command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    else:
+        command += ["--config_file", str(ACCELERATE_CONFIGS / config)]
+    command += [str(Path(__file__).resolve()), "--worker", "--out", str(run_dir), *flags]
+    env = {**os.environ, **NCCL_ENV, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if args.smoke:
+        env["OMP_NUM_THREADS"] = "1"
+    elif processes == 1:
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+    start = time.time()
+    with open(run_dir / "launch.log", "w") as log:
+        result = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                timeout=args.run_timeout)
+    record = {"name": name, "config": config, "processes": processes, "wall_s": round(time.time() - start, 1),
+              "returncode": result.returncode, "log": str(run_dir / "launch.log")}
+    metrics = run_dir / "metrics.json"
+    if result.returncode == 0 and metrics.is_file():
+        record.update(json.loads(metrics.read_text()))
+    else:
+        record["error"] = (run_dir / "launch.log").read_text()[-3000:]
+    print(f"[{name}] rc={result.returncode} in {record['wall_s']} s", flush=True)
+    return record
+
+
+def worker(out: Path, flags: list[str]) -> None:
+    """Inside `accelerate launch`: train with train_sft.py's trainer, record losses, step times and peak memory,
+    save the final folder (gathered from the shards under FSDP2)."""
+    import torch
+    from transformers import TrainerCallback
+
+    import train_sft
+
+    data_args, training_args, model_args, trm_args = train_sft.make_parser().parse_args_and_config(flags)
+    trainer, data = train_sft.build_trainer(data_args, training_args, model_args, trm_args)
+    cuda = torch.cuda.is_available() and not training_args.use_cpu
+    record = {"losses": {}, "step_end_s": {}, "num_tokens": {}}
+
+    class Recorder(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            record["step_end_s"][state.global_step] = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                record["losses"][state.global_step] = float(logs["loss"])
+                record["num_tokens"][state.global_step] = float(logs.get("num_tokens", 0))
+
+    trainer.add_callback(Recorder())
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0],
+                        device=trainer.accelerator.device)
+    peaks = trainer.accelerator.gather(peak).tolist()
+    folder = train_sft.save_final(trainer, trm_args, model_args, data_args, None)
+    if trainer.is_world_process_zero():
+        record.update(peak_memory_gib=peaks, world_size=trainer.accelerator.num_processes,
+                      distributed_type=str(trainer.accelerator.distributed_type), final=str(folder),
+                      num_parameters=sum(p.numel() for p in train_sft.standalone(trainer.model).parameters()))
+        (out / "metrics.json").write_text(json.dumps(record, indent=1))
+
+
+# ------------------------------------------------------------------------------------------------------- analysis
+
+
+def throughput(record: dict) -> float | None:
+    """Input tokens (padding excluded, thought positions not counted) per second per GPU, after the warm-up steps."""
+    ends = {int(k): v for k, v in record.get("step_end_s", {}).items()}
+    tokens = {int(k): v for k, v in record.get("num_tokens", {}).items()}
+    last = max(ends, default=0)
+    first = min(WARMUP_STEPS, last - 1)
+    if last <= first or first not in tokens or last not in tokens:
+        return None
+    return (tokens[last] - tokens[first]) / (ends[last] - ends[first]) / record["world_size"]
+
+
+def loss_gap(record: dict, reference: dict, steps: range) -> float | None:
+    a, b = record.get("losses", {}), reference.get("losses", {})
+    shared = [str(s) for s in steps if str(s) in a and str(s) in b]
+    return max(abs(a[s] - b[s]) for s in shared) if shared else None
+
+
+def generate_on_cpu(folder: str) -> dict:
+    """Load the final folder in a fresh CPU-only process as a user would, and generate after `<think>`."""
+    code = f"""
+import json, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained({folder!r}, trust_remote_code=True).eval()
+tok = AutoTokenizer.from_pretrained({folder!r}, trust_remote_code=True)
+text = tok.apply_chat_template([{{"role": "user", "content": "Start with 3. Add 4. What is the result?"}}],
+                               add_generation_prompt=True, tokenize=False) + "<think>"
+inputs = tok(text, return_tensors="pt", add_special_tokens=False)
+out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+new = out[0, inputs["input_ids"].shape[1]:]
+print(json.dumps({{"device": str(model.device), "new_tokens": len(new), "text": tok.decode(new)}}))
+"""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=300)
+    if result.returncode != 0:
+        return {"ok": False, "error": result.stderr[-2000:]}
+    return {"ok": True, **json.loads(result.stdout.strip().splitlines()[-1])}
+
+
+# --------------------------------------------------------------------------------------------------------- driver
+
+
+def run_all(args, out: Path) -> dict:
+    import importlib.util
+
+    backbone, data = out / "backbone", write_data(out / "data")
+    write_backbone(backbone, SMOKE_SHAPE if args.smoke else SHAPE)
+    sharded = "ddp" if args.smoke else "fsdp2"  # the run whose checkpoint is resumed on one device
+    plan = [("1gpu", None, 1), ("ddp", "ddp.yaml", 2)]
+    skipped = {}
+    if args.smoke:
+        skipped["fsdp2"] = "skipped on CPU: accelerate applies FSDP only on GPUs (tests run fully_shard on gloo)"
+    else:
+        plan.append(("fsdp2", "fsdp2.yaml", 2))
+    if importlib.util.find_spec("deepspeed") is None:
+        skipped["zero3"] = "not installed"
+    elif args.smoke:
+        skipped["zero3"] = "skipped on CPU"
+    else:
+        plan.append(("zero3", "deepspeed_zero3.yaml", 2))
+    runs = {}
+    for name, config, processes in plan:
+        flags = train_flags(args, backbone, data, out / name / "train", GLOBAL_BATCH // processes, name == sharded)
+        runs[name] = launch(args, name, config, processes, flags, out)
+    checkpoint = out / sharded / "train" / f"checkpoint-{max(1, args.steps // 2)}"
+    flags = train_flags(args, backbone, data, out / "resume" / "train", GLOBAL_BATCH, False)
+    flags += ["--resume_from_checkpoint", str(checkpoint)]
+    # Same launcher config on one process: DCP reshards the 2-way checkpoint onto the single device.
+    config = next(config for name, config, _ in plan if name == sharded)
+    runs["resume"] = launch(args, "resume", config, 1, flags, out)
+    runs["resume"]["resumed_from"] = str(checkpoint)
+    final = runs.get(sharded, {}).get("final")
+    generated = generate_on_cpu(final) if final else {"ok": False, "error": f"the {sharded} run left no final folder"}
+    return {"runs": runs, "skipped": skipped, "sharded_run": sharded, "cpu_generate": generated}
+
+
+def compare(results: dict, steps: int) -> None:
+    """Add each run's loss gaps to the 1-GPU curve, tokens/s per GPU and pass/fail."""
+    runs = results["runs"]
+    reference = runs["1gpu"]
+    for name, record in runs.items():
+        window = range(max(1, steps // 2) + 1, steps + 1) if name == "resume" else range(1, steps + 1)
+        against = runs.get(results["sharded_run"], {}) if name == "resume" else reference
+        record["tokens_per_s_per_gpu"] = throughput(record)
+        record["max_loss_gap"] = loss_gap(record, against, window)
+        record["first_step_gap"] = None if name == "resume" else loss_gap(record, against, range(1, 2))
+        record["loss_ok"] = (record["returncode"] == 0 and record["max_loss_gap"] is not None
+                             and record["max_loss_gap"] <= LOSS_TOLERANCE
+                             and (record["first_step_gap"] or 0.0) <= FIRST_STEP_TOLERANCE)
+        record["steps_recorded"] = len(record.get("losses", {}))
+
+
+def table(results: dict) -> str:
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    lines = ["| run | GPUs | step-1 loss | step-1 gap | max loss gap | ok | tokens/s/GPU | peak GiB/GPU | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results["runs"].items():
+        peaks = "/".join(f"{p:.1f}" for p in r.get("peak_memory_gib", [])) or "-"
+        lines.append(f"| {name} | {r['processes']} | {fmt(r.get('losses', {}).get('1'), '.4f')} | "
+                     f"{fmt(r.get('first_step_gap'), '.4f')} | {fmt(r.get('max_loss_gap'), '.4f')} | "
+                     f"{'yes' if r['loss_ok'] else 'NO'} | {fmt(r.get('tokens_per_s_per_gpu'), '.0f')} | {peaks} | "
+                     f"{r['wall_s']} |")
+    for name, why in results["skipped"].items():
+        lines.append(f"| {name} | - | {why} | | | | | | |")
+    g = results["cpu_generate"]
+    lines.append("")
+    lines.append(f"Tolerance: max loss gap <= {LOSS_TOLERANCE} nats, step-1 gap <= {FIRST_STEP_TOLERANCE} (see the "
+                 f"docstring); resume: steps after the checkpoint against the uninterrupted {results['sharded_run']} "
+                 f"run. Final folder of {results['sharded_run']} on CPU: "
+                 + (f"loaded, generated {g['new_tokens']} tokens {g['text']!r}" if g["ok"] else "FAILED"))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--out", required=True, help="Folder for the runs, results.json and the table.")
+    parser.add_argument("--smoke", action="store_true", help="CPU, gloo, tiny model, 3 steps.")
+    parser.add_argument("--steps", type=int, default=None, help="Optimizer steps per run (30; smoke: 3).")
+    parser.add_argument("--run_timeout", type=int, default=240, help="Seconds one launch may take.")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    out = Path(args.out).resolve()
+    if args.worker:
+        worker(out, rest)
+        return 0
+    if rest:
+        parser.error(f"unknown arguments {rest}")
+    args.steps = args.steps or (3 if args.smoke else 30)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    results = {"smoke": args.smoke, "steps": args.steps, "global_batch": GLOBAL_BATCH,
+               "shape": SMOKE_SHAPE if args.smoke else SHAPE, "trm_flags": SMOKE_TRM if args.smoke else TRM,
+               "env": NCCL_ENV, **run_all(args, out)}
+    compare(results, args.steps)
+    results["wall_s"] = round(time.time() - start, 1)
+    results["ok"] = all(r["loss_ok"] for r in results["runs"].values()) and results["cpu_generate"]["ok"]
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    markdown = table(results)
+    (out / "results.md").write_text(markdown + "\n")
+    print(markdown)
+    return 0 if results["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
