@@ -172,7 +172,8 @@ class HiddenStateTRM(nn.Module):
         return self.thoughts(self.deep_recursion(x, self.initial_carry(x), n, T).y)
 
     def initial_carry(self, x: torch.Tensor) -> TRMCarry:
-        return TRMCarry(self.y_init.expand_as(x), self.z_init.expand_as(x))
+        # Mixed-precision wrappers (FSDP2's policy) cast parameters but not buffers: follow x's dtype.
+        return TRMCarry(self.y_init.to(x.dtype).expand_as(x), self.z_init.to(x.dtype).expand_as(x))
 
     def latent_recursion(self, x: torch.Tensor, carry: TRMCarry, n: int) -> TRMCarry:
         y, z = carry.y, carry.z

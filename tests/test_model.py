@@ -278,3 +278,13 @@ def test_a_sequence_longer_than_the_position_limit_is_refused():
     model = tiny_model(text_config=tiny_text_config(max_position_embeddings=10))
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(input_ids=torch.tensor([[7, 8, THINK, 9, 10, 11, 12]]))  # 7 tokens + 4 thoughts = 11 > 10
+
+
+def test_float32_buffers_follow_the_dtype_of_bf16_parameters():
+    """FSDP2's mixed precision casts parameters, not buffers: the recursion must not mix float32 into bf16."""
+    model = tiny_model()
+    model.to(torch.bfloat16)
+    model.trm.y_init.data = model.trm.y_init.data.float()
+    model.trm.z_init.data = model.trm.z_init.data.float()
+    out = model(input_ids=torch.tensor([[7, 8, THINK, 9]]))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
