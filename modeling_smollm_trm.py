@@ -17,7 +17,7 @@ stream are of three kinds (`PAD`, `TOKEN`, `THOUGHT`); `ThoughtCache` records th
 compressor's input stay right across `generate()` steps and beam reordering.
 
 A chunk of input (a training batch or a prompt) is cut after each `<think>`: segment j of a row ends with its j-th
-`<think>`. Segments are laid out in blocks of a common width (right-aligned, padding masked), so that block j's
+`<think>`. Segments are laid out in blocks of a common width (left-aligned, padding masked), so that block j's
 tokens, then block j's K thoughts, run through the backbone for the whole batch at once while the KV cache keeps
 everything before them: the context is computed once and the answer's gradient reaches the TRM through the cache.
 
@@ -521,8 +521,10 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         starts_t = torch.tensor(starts, device=input_ids.device)
         widths_t = torch.tensor(widths, device=input_ids.device)
         index_in_segment = torch.arange(length, device=input_ids.device) - (seg_len.cumsum(1) - seg_len).gather(1, segment)
-        # Right-aligned in its block, so each `<think>` sits just before its block's thought columns.
-        layout_col = starts_t[segment] + widths_t[segment] - seg_len.gather(1, segment) + index_in_segment
+        # Left-aligned in its block: padding follows a segment's tokens, so a padding column always has a real
+        # column before it to attend to. A query with no visible key has a logsumexp of -inf, and fused attention
+        # kernels (cuDNN's sdpa backward in torch 2.11 on H200, seen here) then return NaN gradients.
+        layout_col = starts_t[segment] + index_in_segment
         ids = input_ids.new_zeros(batch, column)
         kinds = torch.full((batch, column), PAD, dtype=torch.long, device=input_ids.device)
         ids.scatter_(1, layout_col, input_ids)

@@ -288,3 +288,15 @@ def test_float32_buffers_follow_the_dtype_of_bf16_parameters():
     model.trm.z_init.data = model.trm.z_init.data.float()
     out = model(input_ids=torch.tensor([[7, 8, THINK, 9]]))
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
+
+
+def test_no_padding_column_of_a_right_padded_batch_precedes_every_real_column():
+    """A query with no visible key gets NaN gradients from some fused attention kernels (cuDNN sdpa on H200): in
+    the block layout of a right-padded batch every padding column must have a real column before it."""
+    from modeling_smollm_trm import PAD
+
+    model = tiny_model()
+    ids, mask = pad_batch(ROWS, ["right"] * len(ROWS))
+    kinds = model._plan_chunk(ids, mask.bool()).kinds
+    seen_real = (kinds != PAD).long().cummax(dim=1).values.bool()
+    assert seen_real.all(), kinds
