@@ -152,8 +152,9 @@ def sequence_log_prob(model, sequence: torch.Tensor, prompt_length: int) -> floa
     return logits[prompt_length - 1 : -1].gather(1, generated[:, None]).sum().item()
 
 
-def test_beam_search_scores_match_recompute_with_think_in_some_beams_only():
-    model = tiny_model(**VIVID)
+@pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"thought_mode": "pause"}])
+def test_beam_search_scores_match_recompute_with_think_in_some_beams_only(settings):
+    model = tiny_model(**VIVID, **settings)
     with torch.no_grad():  # make `<think>` a likely but not certain continuation
         model.lm_head.weight[THINK] *= 4
     model.generation_config.update(pad_token_id=PAD_ID, eos_token_id=None)
