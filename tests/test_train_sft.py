@@ -395,3 +395,33 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "gold: '<think></think>" in result.stdout and "model: " in result.stdout
     assert (tmp_path / "final/model.safetensors").is_file() and (tmp_path / "checkpoint-2").is_dir()
+
+
+def test_report_to_tensorboard_logs_the_trm_metrics_locally(backbone, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer, _ = trainer_for(cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--max_steps", "2",
+                                 "--report_to", "tensorboard"))
+    trainer.train()
+    # transformers 5 writes TensorBoard runs under <output_dir>/runs/
+    events = EventAccumulator(str(next((tmp_path / "out" / "runs").rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    assert {"train/lm_loss", "train/thought_norm"} <= set(events.Tags()["scalars"])
+
+
+def test_report_to_wandb_runs_offline_without_a_key(backbone, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "unset-by-the-test")  # records the original value, restored at teardown
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    args = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--max_steps", "2", "--report_to", "wandb")
+    from train_sft import configure_reporting
+
+    configure_reporting(["wandb"])
+    assert os.environ["WANDB_MODE"] == "offline"
+    trainer, _ = trainer_for(args)
+    trainer.train()
+    import wandb
+
+    wandb.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb should have written an offline run"
