@@ -520,11 +520,11 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
             column += width + (K if j < num_blocks - 1 else 0)
         starts_t = torch.tensor(starts, device=input_ids.device)
         widths_t = torch.tensor(widths, device=input_ids.device)
-        index_in_segment = torch.arange(length, device=input_ids.device) - (seg_len.cumsum(1) - seg_len).gather(1, segment)
-        # Left-aligned in its block: padding follows a segment's tokens, so a padding column always has a real
-        # column before it to attend to. A query with no visible key has a logsumexp of -inf, and fused attention
-        # kernels (cuDNN's sdpa backward in torch 2.11 on H200, seen here) then return NaN gradients.
-        layout_col = starts_t[segment] + index_in_segment
+        # Real tokens first, in order, then the segment's padding (also the input's own left padding): a padding
+        # column always has a real column before it to attend to. A query with no visible key has a logsumexp of
+        # -inf, and fused attention kernels (cuDNN's sdpa backward in torch 2.11 on H200, seen here) then return NaN
+        # gradients.
+        layout_col = starts_t[segment] + real_tokens_first(valid, segment, num_blocks)
         ids = input_ids.new_zeros(batch, column)
         kinds = torch.full((batch, column), PAD, dtype=torch.long, device=input_ids.device)
         ids.scatter_(1, layout_col, input_ids)
@@ -756,6 +756,20 @@ def next_token_targets(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     so a left-padded row scores exactly the tokens it scores alone."""
     shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     return shifted.masked_fill(~valid, IGNORE_INDEX)
+
+
+def real_tokens_first(valid: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """(B, L) each column's index inside its segment once the segment's real tokens are moved before its padding."""
+
+    def rank_among(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        per_segment = torch.zeros(valid.shape[0], num_segments, dtype=torch.long, device=valid.device)
+        per_segment.scatter_add_(1, segment, selected)
+        before = (per_segment.cumsum(1) - per_segment).gather(1, segment)  # selected columns of earlier segments
+        return selected.cumsum(1) - 1 - before, per_segment.gather(1, segment)
+
+    real_rank, real_count = rank_among(valid.long())
+    pad_rank, _ = rank_among((~valid).long())
+    return torch.where(valid, real_rank, real_count + pad_rank)
 
 
 def token_ranks(kinds: torch.Tensor) -> torch.Tensor:

@@ -291,13 +291,14 @@ def test_float32_buffers_follow_the_dtype_of_bf16_parameters():
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
 
 
-def test_no_padding_column_of_a_right_padded_batch_precedes_every_real_column():
+@pytest.mark.parametrize("sides", [["right"] * len(ROWS), ["left"] * len(ROWS), SIDES])
+def test_no_padding_column_precedes_every_real_column(sides):
     """A query with no visible key gets NaN gradients from some fused attention kernels (cuDNN sdpa on H200): in
-    the block layout of a right-padded batch every padding column must have a real column before it."""
+    the block layout every padding column must have a real column before it, whatever side the input is padded on."""
     from modeling_smollm_trm import PAD
 
     model = tiny_model()
-    ids, mask = pad_batch(ROWS, ["right"] * len(ROWS))
+    ids, mask = pad_batch(ROWS, sides)
     kinds = model._plan_chunk(ids, mask.bool()).kinds
     seen_real = (kinds != PAD).long().cummax(dim=1).values.bool()
     assert seen_real.all(), kinds
