@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random SmolLM3 backbones wrapped with a TRM, built in code, offline."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,3 +80,15 @@ def pad_batch(rows: list[list[int]], sides: list[str]) -> tuple[torch.Tensor, to
         ids[i, span] = torch.tensor(row)
         mask[i, span] = 1
     return ids, mask
+
+
+def run_isolated(code: str, *args: str, cwd: Path, timeout: int = 300) -> str:
+    """Run `code` with `python -I`, offline and without PYTHONPATH: the project is not importable, as for a user who
+    downloaded a saved folder. Returns stdout; fails the test with stderr's end on a non-zero exit."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(Path(cwd) / "hf_home"), TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-I", "-c", code, *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout

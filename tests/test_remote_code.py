@@ -1,15 +1,12 @@
 """Save, then load in a fresh isolated process through the Auto classes with trust_remote_code, offline."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import PAD_ID, THINK, tiny_model, tiny_text_config, tiny_tokenizer
+from conftest import PAD_ID, THINK, run_isolated, tiny_model, tiny_text_config, tiny_tokenizer
 from safetensors.torch import load_file
 
 PROMPTS = [[7, 8, 9, THINK], [11, THINK, 12, 13]]
@@ -39,14 +36,9 @@ print("RESULT", json.dumps({"max_logit_diff": (logits - expected["logits"]).abs(
 """
 
 
-def run_isolated(script: str, *args: str, cwd: Path) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(cwd / "hf_home"))
-    result = subprocess.run([sys.executable, "-I", "-c", script, *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    assert results, result.stdout[-3000:] + result.stderr[-3000:]
+def result_line(stdout: str) -> str:
+    results = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert results, stdout[-3000:]
     return results[-1].removeprefix("RESULT ")
 
 
@@ -62,7 +54,8 @@ def test_reload_in_a_fresh_process_gives_identical_logits_and_generations(tmp_pa
     expected = {"ids": ids, "mask": mask, "logits": model(input_ids=ids, attention_mask=mask).logits,
                 "generated": model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False)}
     torch.save(expected, tmp_path / "expected.pt")
-    report = json.loads(run_isolated(LOAD_AND_COMPARE, str(folder), str(tmp_path / "expected.pt"), cwd=tmp_path))
+    report = json.loads(result_line(run_isolated(LOAD_AND_COMPARE, str(folder), str(tmp_path / "expected.pt"),
+                                                 cwd=tmp_path)))
     assert report["max_logit_diff"] == 0.0
     assert report["same_generation"]
     assert report["text"].startswith("w7 w8 <think>")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EOS, PAD_ID, ROOT, VOCAB, tiny_text_config
+from conftest import EOS, PAD_ID, ROOT, VOCAB, run_isolated, tiny_text_config
 from safetensors.torch import load_file
 
 import train_sft
@@ -90,14 +90,6 @@ def batch_loss(trainer: TRMSFTTrainer, batch: dict) -> float:
     trainer.model.eval()
     with torch.no_grad():
         return trainer.model(**batch).loss.item()
-
-
-def run_isolated(code: str, timeout: int = 120) -> str:
-    """Run `code` with `python -I`: the project is not importable, as for a user who downloaded the folder."""
-    result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, env=ENV,
-                            timeout=timeout, cwd="/")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
 
 
 # ---------------------------------------------------------------------------------------------------------- training
@@ -255,7 +247,7 @@ for folder in {[str(final), str(checkpoint)]!r}:
     ids = tokenizer("user w10 w11 </s> assistant <think>", return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=3, do_sample=False)
     print(folder, out.shape[1] - ids["input_ids"].shape[1])
-""")
+""", cwd=trained_run, timeout=120)
     assert out.count(" 3\n") == 2, out
 
 
