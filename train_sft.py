@@ -624,14 +624,13 @@ def demo_answers(folder: str | os.PathLike, prompts: list[list[dict]], max_new_t
     """Reload `folder` as a user would and answer each chat prompt greedily, through the thoughts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sft_data import THINK_TOKEN
+    from eval.runner import chat_prompt
 
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     answers = []
     for prompt in prompts:
-        # Start the assistant turn with `<think>`, as in training, so that the thoughts are inserted.
-        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) + THINK_TOKEN
+        text = chat_prompt(tokenizer, prompt, think=True)
         inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

@@ -199,13 +199,17 @@ def uses_think(loaded: LoadedModel, prompt_style: str | None) -> bool:
     return prompt_style == "think"
 
 
-def build_prompt(tokenizer, question: str, think: bool) -> str:
-    """Chat template over the user turn with the generation prompt, then `<think>` when the model should think."""
-    messages = [{"role": "user", "content": question}]
+def chat_prompt(tokenizer, messages: list[dict], think: bool) -> str:
+    """Chat template over `messages` with the generation prompt, then `<think>` when the model should think: the
+    assistant turn starts as in training, so the thoughts are inserted there."""
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if think and not prompt.rstrip().endswith(THINK_TOKEN):  # some templates open the think block themselves
         prompt += THINK_TOKEN
     return prompt
+
+
+def build_prompt(tokenizer, question: str, think: bool) -> str:
+    return chat_prompt(tokenizer, [{"role": "user", "content": question}], think)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
