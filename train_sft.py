@@ -273,12 +273,11 @@ def resolve_dataset(data_args, output_dir: str):
 
 
 def write_arith(folder: Path, seed: int) -> Path:
+    from eval.report import write_jsonl
     from eval.tasks import ARITH_DEFAULT_DEPTH, ARITH_DEFAULT_SIZE, ARITH_SPLITS, make_arith
 
-    folder.mkdir(parents=True, exist_ok=True)
     for split in ARITH_SPLITS:
-        rows = make_arith(ARITH_DEFAULT_SIZE, ARITH_DEFAULT_DEPTH, seed, split)
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        write_jsonl(folder / f"{split}.jsonl", make_arith(ARITH_DEFAULT_SIZE, ARITH_DEFAULT_DEPTH, seed, split))
     return folder
 
 

@@ -45,6 +45,8 @@ def run_files(runs: list[Run]) -> list[str]:
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
+    """One JSON object a line; the folder is created when missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 

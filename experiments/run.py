@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from eval.report import write_jsonl
 from experiments.settings import TASKS, Arm, ExperimentSettings
 
 logger = logging.getLogger(__name__)
@@ -65,11 +66,6 @@ def build_backbone(shape: dict[str, Any], folder: Path, seed: int, tokenizer_fol
 
 
 # ---------------------------------------------------------------------------------------------------------- data
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def arith_train_data(settings: ExperimentSettings, folder: Path, seed: int) -> Path:
