@@ -268,11 +268,8 @@ class ThoughtCache(DynamicCache):
             super().crop(tokens_to_remove)
         if tokens_to_remove:
             if self.hidden_chunks:
-                self.hidden_chunks = [self.hidden[:, :tokens_to_remove]]
-            for name in ("kinds", "replay_embeds", "replay_drops"):
-                value = getattr(self, name)
-                if value is not None:
-                    setattr(self, name, value[:, :tokens_to_remove])
+                self.hidden_chunks = [self.hidden]
+            self._map_rows(lambda t: t[:, :tokens_to_remove])
 
     def reset(self):
         super().reset()
@@ -584,7 +581,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         tokens these columns may not see (`thought_window="slide"`). Returns their last-layer hidden states."""
         seen = cache.kinds if cache.kinds is not None else kinds[:, :0]
         all_kinds = torch.cat([seen, kinds], dim=1)
-        positions = ((all_kinds != PAD).long().cumsum(dim=1) - 1).clamp(min=0)[:, seen.shape[1] :]
+        positions = stream_positions(all_kinds)[:, seen.shape[1] :]
         if self.config.thought_window != "slide":
             drop = torch.zeros_like(drop)
         drops = drop[:, None].expand_as(kinds)
@@ -603,7 +600,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         per-query mask so that earlier columns see exactly what they saw when they were first computed."""
         all_embeds = embeds if cache.replay_embeds is None else torch.cat([cache.replay_embeds, embeds], dim=1)
         all_drops = drops if cache.replay_drops is None else torch.cat([cache.replay_drops, drops], dim=1)
-        positions = ((all_kinds != PAD).long().cumsum(dim=1) - 1).clamp(min=0)
+        positions = stream_positions(all_kinds)
         mask = all_kinds != PAD
         if self.config.thought_window == "slide":
             ranks = token_ranks(all_kinds)
@@ -622,7 +619,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
 
     def _think(self, cache, layout: ChunkLayout, j: int, targets, depth, parts: LossParts, prior_thinks):
         """The K thought vectors for the j-th `<think>` of the chunk, (B, K, D), and statistics."""
-        batch, K = layout.kinds.shape[0], self.config.num_latents
+        batch = layout.kinds.shape[0]
         if self.trm is None:  # pause: the same learned vectors, whatever the context and depth
             thoughts = self.pause_thoughts.expand(batch, -1, -1)
             return thoughts, {"thought_norm": thoughts.float().norm(dim=-1).mean()}
@@ -770,6 +767,11 @@ def real_tokens_first(valid: torch.Tensor, segment: torch.Tensor, num_segments: 
     real_rank, real_count = rank_among(valid.long())
     pad_rank, _ = rank_among((~valid).long())
     return torch.where(valid, real_rank, real_count + pad_rank)
+
+
+def stream_positions(kinds: torch.Tensor) -> torch.Tensor:
+    """(B, C) position ids: real columns (tokens and thoughts) count on from 0; padding takes any valid value."""
+    return ((kinds != PAD).long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def token_ranks(kinds: torch.Tensor) -> torch.Tensor:
