@@ -162,12 +162,15 @@ def model_kind(config) -> str:
 
 
 def load_model(name: str, gguf_file: str | None = None) -> LoadedModel:
-    """Model (eval mode) and tokenizer for a --model value; the tokenizer pads on the left for batched generation."""
+    """Model (eval mode, on the GPU where there is one) and tokenizer for a --model value; the tokenizer pads on the
+    left for batched generation."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: slow to import
 
     source, gguf = resolve_source(name, gguf_file)
     tokenizer = _from_pretrained(AutoTokenizer, source, name, gguf_file=gguf)
-    model = _from_pretrained(AutoModelForCausalLM, source, name, gguf_file=gguf).eval()
+    placement = {"device_map": "auto"} if torch.cuda.is_available() else {}
+    model = _from_pretrained(AutoModelForCausalLM, source, name, gguf_file=gguf, **placement).eval()
     tokenizer.padding_side = "left"  # new tokens must follow every row's prompt directly
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -243,7 +246,7 @@ def generate_batch(
     """(new token ids of each row through its first EOS, wall-clock seconds of the generate() call)."""
     tokenizer = loaded.tokenizer
     # The prompts are rendered chat templates that already hold BOS and other special tokens.
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.model.device)
     start = time.perf_counter()
     with torch.inference_mode():
         output = loaded.model.generate(

@@ -133,6 +133,7 @@ class StubModel(torch.nn.Module):
         self.tokenizer, self.reply, self.calls = tokenizer, reply, []
         self.generation_config = SimpleNamespace(eos_token_id=tokenizer.eos_token_id)
         self.config = SimpleNamespace(n_cycles=3, n_supervision_steps=1, n_latent_steps=2, trm_num_layers=2)
+        self.device = torch.device("cpu")  # where eval puts the inputs, as on a PreTrainedModel
 
     def generate(self, input_ids, attention_mask, pad_token_id, **kwargs):
         self.calls.append(kwargs)
