@@ -213,15 +213,36 @@ def standalone(model):
 def export_model(model, tokenizer, folder: str | os.PathLike, state_dict: dict | None = None) -> Path:
     """Save a folder AutoModelForCausalLM(trust_remote_code=True) loads: safetensors, config with auto_map, the two
     model files, tokenizer with chat template, generation_config.json. `state_dict`: the full weights of a sharded
-    model (FSDP2), gathered by `full_state_dict`."""
+    model (FSDP2 or ZeRO-3), gathered by `full_state_dict`."""
     folder = Path(folder)
-    plain = standalone(model)
+    if state_dict is not None and is_peft(model):  # a sharded LoRA run: merge a whole copy rebuilt from the gather
+        plain, state_dict = merged_from_state_dict(model, state_dict), None
+    else:
+        plain = standalone(model)
     with unsharded_class(plain):
         plain.save_pretrained(folder, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
     if not (folder / "generation_config.json").is_file():
         plain.generation_config.save_pretrained(folder)
     return folder
+
+
+def merged_from_state_dict(model, state_dict: dict):
+    """The LoRA-merged plain model of a PEFT model sharded by FSDP2 or ZeRO-3, rebuilt on the CPU from its gathered
+    full state dict (a deepcopy would copy the shards). Only the main process, which holds the gather, calls this."""
+    from peft import get_peft_model
+
+    base = model.get_base_model()
+    whole = get_peft_model(original_class(base)(base.config), model.peft_config[model.active_adapter])
+    whole.load_state_dict({name: tensor.cpu() for name, tensor in state_dict.items()}, strict=True)
+    return whole.merge_and_unload()
+
+
+def original_class(model) -> type:
+    """The model's class before FSDP2's `fully_shard` swapped in its generated `FSDP<Name>` subclass."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
 
 
 @contextlib.contextmanager
@@ -234,7 +255,7 @@ def unsharded_class(model):
     if not isinstance(model, FSDPModule):
         yield
         return
-    model.__class__ = next(c for c in sharded_class.__mro__ if not issubclass(c, FSDPModule))
+    model.__class__ = original_class(model)
     try:
         yield
     finally:
@@ -483,7 +504,9 @@ class TRMSFTTrainer(SFTTrainer):
         tensors for resuming; the adapter files are not written, as AutoModel would follow them to the backbone."""
         if not is_peft(self.model):
             return super()._save(output_dir, state_dict)
-        if not self.args.should_save:  # one writer in a distributed run
+        if not self.args.should_save or self.is_sharded:  # one writer in a distributed run
+            # Sharded (FSDP2, ZeRO-3): the checkpoint's shard files are what resumes; the loadable merged folder is
+            # written once, by save_final, from a gather of the whole model.
             return None
         from safetensors.torch import save_file
 
@@ -496,8 +519,12 @@ class TRMSFTTrainer(SFTTrainer):
 
     # ------------------------------------------------------------------------------------------------------ loading
 
+    @property
+    def is_sharded(self) -> bool:
+        return self.is_fsdp_enabled or self.is_deepspeed_enabled
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        if is_peft(self.model):
+        if is_peft(self.model) and not self.is_sharded:
             self._load_trainable(resume_from_checkpoint)
         else:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -707,10 +734,6 @@ def build_trainer(data_args, training_args, model_args, trm_args):
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=trm_args.early_stopping_patience))
     trainer = TRMSFTTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval,
                             processing_class=tokenizer, callbacks=callbacks, ema_decay=trm_args.ema_decay)
-    if model_args.use_peft and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
-        raise ValueError("--use_peft with FSDP / DeepSpeed is not supported (the merged final folder needs the whole "
-                         "model on one rank); LoRA runs replicate the frozen backbone: launch them with "
-                         "configs/accelerate/ddp.yaml.")
     return trainer, data
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,6 +48,9 @@ SHAPE = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_
 SMOKE_SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, vocab_size=600, max_position_embeddings=1024)
 TRM = ["--num_latents", "64"]
+# LoRA runs: adapters on the backbone's linear layers, the TRM trained in full (as train_sft.py's --use_peft does).
+LORA = ["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.0",
+        "--learning_rate", "1e-3"]
 SMOKE_TRM = ["--num_latents", "4", "--trm_hidden_size", "16", "--trm_num_heads", "2", "--n_latent_steps", "2",
              "--n_cycles", "2"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
@@ -178,8 +182,19 @@ def worker(out: Path, flags: list[str]) -> None:
     if trainer.is_world_process_zero():
         record.update(peak_memory_gib=peaks, world_size=trainer.accelerator.num_processes,
                       distributed_type=str(trainer.accelerator.distributed_type), final=str(folder),
-                      num_parameters=sum(p.numel() for p in train_sft.standalone(trainer.model).parameters()))
+                      num_parameters=saved_parameters(folder))
         (out / "metrics.json").write_text(json.dumps(record, indent=1))
+
+
+def saved_parameters(folder: Path) -> int:
+    """Parameters in a saved folder's safetensors (the merged model of a LoRA run, whatever the sharding was)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in Path(folder).glob("*.safetensors"):
+        with safe_open(str(path), "pt") as file:
+            total += sum(math.prod(file.get_slice(name).get_shape()) for name in file.keys())
+    return total
 
 
 # ------------------------------------------------------------------------------------------------------- analysis
@@ -226,47 +241,69 @@ print(json.dumps({{"device": str(model.device), "new_tokens": len(new), "text": 
 # --------------------------------------------------------------------------------------------------------- driver
 
 
-def run_all(args, out: Path) -> dict:
+# name: (accelerate config or None, processes, the run its losses are compared with, LoRA)
+RUNS = {
+    "1gpu": (None, 1, "1gpu", False),
+    "ddp": ("ddp.yaml", 2, "1gpu", False),
+    "fsdp2": ("fsdp2.yaml", 2, "1gpu", False),
+    "zero3": ("deepspeed_zero3.yaml", 2, "1gpu", False),
+    "lora-1gpu": (None, 1, "lora-1gpu", True),
+    "lora-fsdp2": ("fsdp2.yaml", 2, "lora-1gpu", True),
+    "lora-zero3": ("deepspeed_zero3.yaml", 2, "lora-1gpu", True),
+}
+SHARDED = {"fsdp2", "zero3", "lora-fsdp2", "lora-zero3"}
+DEFAULT_RUNS = ("1gpu", "ddp", "fsdp2", "zero3")
+
+
+def plan_runs(args) -> tuple[list[str], dict[str, str]]:
+    """(runs to make, in order, with the references they need; {skipped run: why})."""
     import importlib.util
 
+    wanted = list(dict.fromkeys(args.runs))
+    for name in list(wanted):
+        reference = RUNS[name][2]
+        if reference not in wanted:
+            wanted.insert(0, reference)
+    skipped = {}
+    for name in wanted:
+        if name in SHARDED and args.smoke:
+            skipped[name] = "skipped on CPU: accelerate shards only on GPUs (tests run fully_shard on gloo)"
+        elif "zero3" in name and importlib.util.find_spec("deepspeed") is None:
+            skipped[name] = "not installed"
+    return [name for name in wanted if name not in skipped], skipped
+
+
+def run_all(args, out: Path) -> dict:
     backbone, data = out / "backbone", write_data(out / "data")
     write_backbone(backbone, SMOKE_SHAPE if args.smoke else SHAPE)
-    sharded = "ddp" if args.smoke else "fsdp2"  # the run whose checkpoint is resumed on one device
-    plan = [("1gpu", None, 1), ("ddp", "ddp.yaml", 2)]
-    skipped = {}
-    if args.smoke:
-        skipped["fsdp2"] = "skipped on CPU: accelerate applies FSDP only on GPUs (tests run fully_shard on gloo)"
-    else:
-        plan.append(("fsdp2", "fsdp2.yaml", 2))
-    if importlib.util.find_spec("deepspeed") is None:
-        skipped["zero3"] = "not installed"
-    elif args.smoke:
-        skipped["zero3"] = "skipped on CPU"
-    else:
-        plan.append(("zero3", "deepspeed_zero3.yaml", 2))
+    plan, skipped = plan_runs(args)
+    # The run whose checkpoint is resumed on one device: FSDP2 (DDP in the CPU smoke test), if it is made.
+    sharded = next((name for name in ("fsdp2", "ddp") if name in plan), None)
     runs = {}
-    for name, config, processes in plan:
+    for name in plan:
+        config, processes, _, lora = RUNS[name]
         flags = train_flags(args, backbone, data, out / name / "train", GLOBAL_BATCH // processes, name == sharded)
-        runs[name] = launch(args, name, config, processes, flags, out)
-    checkpoint = out / sharded / "train" / f"checkpoint-{max(1, args.steps // 2)}"
-    flags = train_flags(args, backbone, data, out / "resume" / "train", GLOBAL_BATCH, False)
-    flags += ["--resume_from_checkpoint", str(checkpoint)]
-    # Same launcher config on one process: DCP reshards the 2-way checkpoint onto the single device.
-    config = next(config for name, config, _ in plan if name == sharded)
-    runs["resume"] = launch(args, "resume", config, 1, flags, out)
-    runs["resume"]["resumed_from"] = str(checkpoint)
-    final = runs.get(sharded, {}).get("final")
-    generated = generate_on_cpu(final) if final else {"ok": False, "error": f"the {sharded} run left no final folder"}
+        runs[name] = launch(args, name, config, processes, flags + (LORA if lora else []), out)
+    if sharded is not None:
+        checkpoint = out / sharded / "train" / f"checkpoint-{max(1, args.steps // 2)}"
+        flags = train_flags(args, backbone, data, out / "resume" / "train", GLOBAL_BATCH, False)
+        flags += ["--resume_from_checkpoint", str(checkpoint)]
+        # Same launcher config on one process: DCP reshards the 2-way checkpoint onto the single device.
+        runs["resume"] = launch(args, "resume", RUNS[sharded][0], 1, flags, out)
+        runs["resume"]["resumed_from"] = str(checkpoint)
+    # Every sharded run's final folder (or DDP's on CPU) loads on the CPU in a fresh process and generates.
+    shown = [name for name in plan if name in SHARDED] or ([sharded] if sharded else [])
+    generated = {name: generate_on_cpu(runs[name]["final"]) if runs[name].get("final")
+                 else {"ok": False, "error": f"the {name} run left no final folder"} for name in shown}
     return {"runs": runs, "skipped": skipped, "sharded_run": sharded, "cpu_generate": generated}
 
 
 def compare(results: dict, steps: int) -> None:
     """Add each run's loss gaps to the 1-GPU curve, tokens/s per GPU and pass/fail."""
     runs = results["runs"]
-    reference = runs["1gpu"]
     for name, record in runs.items():
         window = range(max(1, steps // 2) + 1, steps + 1) if name == "resume" else range(1, steps + 1)
-        against = runs.get(results["sharded_run"], {}) if name == "resume" else reference
+        against = runs.get(results["sharded_run"] if name == "resume" else RUNS[name][2], {})
         record["tokens_per_s_per_gpu"] = throughput(record)
         record["max_loss_gap"] = loss_gap(record, against, window)
         record["first_step_gap"] = None if name == "resume" else loss_gap(record, against, range(1, 2))
@@ -290,12 +327,13 @@ def table(results: dict) -> str:
                      f"{r['wall_s']} |")
     for name, why in results["skipped"].items():
         lines.append(f"| {name} | - | {why} | | | | | | |")
-    g = results["cpu_generate"]
     lines.append("")
     lines.append(f"Tolerance: max loss gap <= {LOSS_TOLERANCE} nats, step-1 gap <= {FIRST_STEP_TOLERANCE} (see the "
-                 f"docstring); resume: steps after the checkpoint against the uninterrupted {results['sharded_run']} "
-                 f"run. Final folder of {results['sharded_run']} on CPU: "
-                 + (f"loaded, generated {g['new_tokens']} tokens {g['text']!r}" if g["ok"] else "FAILED"))
+                 "docstring), against 1gpu (lora-*: against lora-1gpu); resume: steps after the checkpoint against "
+                 f"the uninterrupted {results['sharded_run']} run.")
+    for name, g in results["cpu_generate"].items():
+        lines.append(f"Final folder of {name} on CPU: "
+                     + (f"loaded, generated {g['new_tokens']} tokens {g['text']!r}" if g["ok"] else "FAILED"))
     return "\n".join(lines)
 
 
@@ -305,6 +343,9 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="CPU, gloo, tiny model, 3 steps.")
     parser.add_argument("--steps", type=int, default=None, help="Optimizer steps per run (30; smoke: 3).")
     parser.add_argument("--run_timeout", type=int, default=240, help="Seconds one launch may take.")
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(DEFAULT_RUNS),
+                        help="Runs to make (each brings its reference: 1gpu, or lora-1gpu for lora-*); default: "
+                             f"{' '.join(DEFAULT_RUNS)}.")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     out = Path(args.out).resolve()
@@ -318,10 +359,12 @@ def main() -> int:
     start = time.time()
     results = {"smoke": args.smoke, "steps": args.steps, "global_batch": GLOBAL_BATCH,
                "shape": SMOKE_SHAPE if args.smoke else SHAPE, "trm_flags": SMOKE_TRM if args.smoke else TRM,
+               "lora_flags": LORA,
                "env": NCCL_ENV, **run_all(args, out)}
     compare(results, args.steps)
     results["wall_s"] = round(time.time() - start, 1)
-    results["ok"] = all(r["loss_ok"] for r in results["runs"].values()) and results["cpu_generate"]["ok"]
+    results["ok"] = (all(r["loss_ok"] for r in results["runs"].values())
+                     and all(g["ok"] for g in results["cpu_generate"].values()))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     markdown = table(results)
     (out / "results.md").write_text(markdown + "\n")

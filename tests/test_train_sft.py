@@ -251,13 +251,17 @@ for folder in {[str(final), str(checkpoint)]!r}:
     assert out.count(" 3\n") == 2, out
 
 
-def test_final_folder_logits_equal_the_trained_peft_model(backbone, tmp_path):
+@pytest.mark.parametrize("source", ["model", "gathered_state_dict"])
+def test_final_folder_logits_equal_the_trained_peft_model(backbone, tmp_path, source):
+    """`gathered_state_dict` is the path of a sharded LoRA run (FSDP2, ZeRO-3): the merged folder is rebuilt on the
+    CPU from the full state dict that `full_state_dict` gathers, here the model's own."""
     from transformers import AutoModelForCausalLM
 
     trainer, _ = trainer_for(cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--max_steps", "2"))
     trainer.train()
     batch = first_batch(trainer)
-    folder = train_sft.export_model(trainer.model, trainer.processing_class, tmp_path / "final")
+    state_dict = trainer.model.state_dict() if source == "gathered_state_dict" else None
+    folder = train_sft.export_model(trainer.model, trainer.processing_class, tmp_path / "final", state_dict)
     reloaded = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     trainer.model.eval()
     with torch.no_grad():
