@@ -175,7 +175,7 @@ def _read_json_file(path: Path) -> list[dict[str, Any]]:
             _check_is_object(row, f"{path}: item {index}")
         return rows
     rows = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -712,6 +712,15 @@ def make_parser(subparsers=None):
     return parser
 
 
+def check_sharded_lora(trains_new_token_rows: bool, fsdp: bool) -> None:
+    """LoRA that trains new think-token rows cannot run under FSDP2: PEFT wraps the tied embed_tokens / lm_head pair
+    (TrainableTokensWrapper), which hides the tie from accelerate, so it would shard the shared weight twice."""
+    if trains_new_token_rows and fsdp:
+        raise ValueError("--use_peft under FSDP needs a tokenizer that already has <think> and </think> (SmolLM3's "
+                         "has them): the backbone's tokenizer lacks them, and LoRA training of the new rows hides the "
+                         "tied embeddings from FSDP2. Use configs/accelerate/ddp.yaml, or train without --use_peft.")
+
+
 def build_trainer(data_args, training_args, model_args, trm_args):
     """(trainer, prepared data): the model loaded or wrapped, LoRA applied, the data validated at max_length."""
     from transformers import EarlyStoppingCallback, set_seed
@@ -734,6 +743,7 @@ def build_trainer(data_args, training_args, model_args, trm_args):
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=trm_args.early_stopping_patience))
     trainer = TRMSFTTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval,
                             processing_class=tokenizer, callbacks=callbacks, ema_decay=trm_args.ema_decay)
+    check_sharded_lora(model_args.use_peft and bool(added), trainer.is_fsdp_enabled)
     return trainer, data
 
 

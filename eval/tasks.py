@@ -51,7 +51,7 @@ class Task:
 def _read_rows(file: Path) -> list[dict]:
     """Rows of a JSONL file, or of a JSON file holding a list of rows or a single row (MATH's layout)."""
     if file.suffix == ".jsonl":
-        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in file.read_text().split("\n") if line.strip()]
     data = json.loads(file.read_text())
     if isinstance(data, dict):
         return [data]

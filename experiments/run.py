@@ -87,7 +87,8 @@ def gsm8k_train_data(settings: ExperimentSettings, folder: Path) -> Path:
     from eval.tasks import GSM8K_DIR
 
     if not (folder / "train.jsonl").is_file():
-        lines = (GSM8K_DIR / "train.jsonl").read_text().splitlines()
+        # split on newlines only: GSM8K text holds U+2028, which str.splitlines() would also split on
+        lines = [line for line in (GSM8K_DIR / "train.jsonl").read_text().split("\n") if line.strip()]
         write_jsonl(folder / "train.jsonl", [json.loads(line) for line in lines[: settings.train_size]])
     return folder
 

@@ -39,6 +39,18 @@ def test_accelerate_configs_parse_with_the_required_settings(name):
         assert set(fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",")) == {"SmolLM3DecoderLayer", "TransformerBlock"}
         assert fsdp["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     if name == "deepspeed_zero3.yaml":
+        # `accelerate launch` lists the DeepSpeed settings the YAML gives beside the JSON file (mixed_precision among
+        # them) and the plugin refuses those: the first GPU run of this config failed that way.
+        from accelerate.utils import DeepSpeedPlugin
+
+        fields = list(config.deepspeed_config) + (["mixed_precision"] if config.mixed_precision is not None else [])
+        os.environ["ACCELERATE_CONFIG_DS_FIELDS"] = ",".join(fields).lower()
+        try:
+            plugin = DeepSpeedPlugin(hf_ds_config=str(ROOT / config.deepspeed_config["deepspeed_config_file"]))
+        finally:
+            del os.environ["ACCELERATE_CONFIG_DS_FIELDS"]
+        assert plugin.zero_stage == 3
+    if name == "deepspeed_zero3.yaml":
         ds = json.loads((ROOT / config.deepspeed_config["deepspeed_config_file"]).read_text())
         assert ds["zero_optimization"]["stage"] == 3
         assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
@@ -149,13 +161,100 @@ def test_bench_distributed_smoke_runs_end_to_end(tmp_path):
                              "--smoke"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["runs"]) == {"1gpu", "ddp", "resume"} and results["cpu_generate"]["ok"]
+    assert set(results["runs"]) == {"1gpu", "ddp", "resume"}
+    assert set(results["cpu_generate"]) == {"ddp"} and results["cpu_generate"]["ddp"]["ok"]
     runs = results["runs"]
     assert len(runs["1gpu"]["losses"]) == len(runs["ddp"]["losses"]) == 3
     assert sorted(runs["resume"]["losses"]) == ["2", "3"], "the resumed run did not start after checkpoint-1"
     assert all(run["loss_ok"] for run in runs.values())
     assert "| run | GPUs |" in result.stdout
 
+def lora_fsdp2_worker(out: str) -> None:
+    """torchrun'd: a LoRA model sharded by accelerate's own `fsdp2_prepare_model` (the plugin of fsdp2.yaml) on a gloo
+    CPU mesh; rank 0 compares loss and LoRA / TRM gradients with one unsharded copy over the whole batch, and writes
+    the final folder from the gathered state dict as train_sft.save_final does."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    import train_sft
+    from conftest import tiny_tokenizer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ids = torch.randint(6, 90, (2 * world, 12), generator=torch.Generator().manual_seed(1))
+    ids[:, 5] = THINK
+    lora = SimpleNamespace(lora_target_modules=None, lora_modules_to_save=None, lora_r=4, lora_alpha=8,
+                           lora_dropout=0.0, use_rslora=False, use_dora=False)
+
+    def lora_model():
+        model = train_sft.apply_lora(tiny_model(seed=0, attn_implementation="sdpa"), lora, tiny_tokenizer(), [])
+        torch.manual_seed(2)  # LoRA's B starts at zero: give it values, so that the merge is not a no-op
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+        return model.train()
+
+    reference, model = lora_model(), lora_model()
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                            transformer_cls_names_to_wrap=["SmolLM3DecoderLayer", "TransformerBlock"])
+    accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), device=torch.device("cpu"),
+                                  torch_device_mesh=None, mixed_precision="no")
+    model = fsdp2_prepare_model(accelerator, model)
+    reference(input_ids=ids, labels=ids).loss.backward()
+    mine = ids[2 * rank : 2 * rank + 2]
+    loss = model(input_ids=mine, labels=mine).loss
+    loss.backward()
+    losses = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(losses, loss.detach())
+    grads = {name: p.grad.full_tensor() for name, p in model.named_parameters() if p.requires_grad}
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        train_sft.export_model(model, tiny_tokenizer(), Path(out) / "final", dict(state))
+        train_sft.standalone(reference).save_pretrained(Path(out) / "reference")
+        expected = {name: p.grad for name, p in reference.named_parameters() if p.requires_grad}
+        worst = max(((grads[n] - g).abs().max() / g.abs().max().clamp(min=1e-12)).item() for n, g in expected.items())
+        result = {"losses": [x.item() for x in losses], "reference_loss": reference(input_ids=ids, labels=ids).loss.item(),
+                  "worst_grad_rel": worst, "trainable": len(expected), "lora": sum("lora_" in n for n in expected),
+                  "class": type(model).__name__}
+        (Path(out) / "lora_fsdp2.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def test_lora_under_accelerates_fsdp2_matches_the_unsharded_gradients_and_saves_the_merged_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29434",
+               __file__, "lora", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    found = json.loads((tmp_path / "lora_fsdp2.json").read_text())
+    assert found["class"].startswith("FSDP") and found["lora"] > 0 and found["trainable"] > found["lora"]
+    assert sum(found["losses"]) / 2 == pytest.approx(found["reference_loss"], abs=1e-5)
+    assert found["worst_grad_rel"] < 1e-5
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "final", trust_remote_code=True)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "reference", trust_remote_code=True)
+    assert not any("lora" in name for name in merged.state_dict())
+    for name, p in reference.state_dict().items():
+        torch.testing.assert_close(merged.state_dict()[name], p)
+
+
+def test_lora_that_trains_new_token_rows_is_refused_under_fsdp():
+    from train_sft import check_sharded_lora
+
+    check_sharded_lora(True, fsdp=False)
+    check_sharded_lora(False, fsdp=True)
+    with pytest.raises(ValueError, match="<think>"):
+        check_sharded_lora(True, fsdp=True)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    fsdp2_worker(sys.argv[1])
+    if sys.argv[1] == "lora":
+        lora_fsdp2_worker(sys.argv[2])
+    else:
+        fsdp2_worker(sys.argv[1])
