@@ -214,13 +214,31 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
     entries = []
     for arm, seed in runs:
         data, backbone = prepared[seed]
-        model_dir = train_arm(arm, seed, output_dir / "models" / arm.name / f"seed{seed}", train_config,
-                              backbone, data, list(extra_args or []))
         eval_dir = output_dir / "evals" / arm.name / f"seed{seed}"
-        trained_n_cycles = json.loads((model_dir / "config.json").read_text())["n_cycles"]
-        for name, results in evaluate_arm(model_dir, eval_dir, tasks, settings, seed).items():
-            entries += result_entries(arm, seed, name, results, eval_dir / name, trained_n_cycles)
+        if all((eval_dir / name / "results.json").is_file() for name, _ in tasks):
+            # Evaluated: the report needs no model (a rerun elsewhere may have only the evals, see docs/RESULTS.md).
+            found = {name: json.loads((eval_dir / name / "results.json").read_text()) for name, _ in tasks}
+            n_cycles = configured_n_cycles(train_config, list(extra_args or []))
+        else:
+            model_dir = train_arm(arm, seed, output_dir / "models" / arm.name / f"seed{seed}", train_config,
+                                  backbone, data, list(extra_args or []))
+            n_cycles = json.loads((model_dir / "config.json").read_text())["n_cycles"]
+            found = evaluate_arm(model_dir, eval_dir, tasks, settings, seed)
+        for name, results in found.items():
+            entries += result_entries(arm, seed, name, results, (eval_dir / name).relative_to(output_dir), n_cycles)
     return entries
+
+
+def configured_n_cycles(train_config: Path, extra_args: list[str]) -> int:
+    """The training n_cycles of every arm: a `--n_cycles` flag, else the train config's, else the model default."""
+    import yaml
+
+    from configuration_smollm_trm import SmolLMTRMConfig
+
+    for index, flag in enumerate(extra_args):
+        if flag.startswith("--n_cycles"):
+            return int(flag.split("=", 1)[1] if "=" in flag else extra_args[index + 1])
+    return int(yaml.safe_load(train_config.read_text()).get("n_cycles", SmolLMTRMConfig().n_cycles))
 
 
 def visible_gpus() -> list[str]:
@@ -300,7 +318,7 @@ def result_entries(arm: Arm, seed: int, test_name: str, results: dict, folder: P
             "primary": depth is None or depth["n_cycles"] == trained_n_cycles,
             **{key: run[key] for key in ("n", "accuracy", "ci_low", "ci_high", "mean_tokens_generated",
                                          "mean_latency_s")},
-            "eval_dir": str(folder),
+            "eval_dir": str(folder),  # relative to the output_dir
         })
     return entries
 
