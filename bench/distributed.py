@@ -1,9 +1,12 @@
 """Multi-GPU proof: the same 30-step SFT run of train_sft.py on 1 GPU, on 2 GPUs with DDP, with FSDP2 and (when
 `import deepspeed` works) with ZeRO-3; loss curves compared, tokens/s and peak memory per GPU, an FSDP2 checkpoint
-resumed on 1 GPU, and the final folder loaded on the CPU to generate.
+resumed on 1 GPU, and each sharded run's final folder loaded on the CPU to generate. `--runs` picks runs, among them
+the LoRA ones (lora-1gpu, lora-fsdp2, lora-zero3: adapters on the backbone, the TRM in full).
 
     # 2 GPUs, about 5 minutes; JSON and logs under --out, a Markdown table printed last.
     python3 bench/distributed.py --out bench/results/distributed
+    # ZeRO-3 and LoRA runs, each beside the 1-GPU run it is compared with
+    python3 bench/distributed.py --out bench/results/distributed --runs zero3 lora-fsdp2 lora-zero3
     # CPU smoke test (gloo, tiny model, 3 steps; FSDP2/ZeRO-3 are skipped: accelerate shards only on GPUs).
     python3 bench/distributed.py --out /tmp/dist-smoke --smoke
 
@@ -328,9 +331,10 @@ def table(results: dict) -> str:
     for name, why in results["skipped"].items():
         lines.append(f"| {name} | - | {why} | | | | | | |")
     lines.append("")
+    resume = (f"; resume: steps after the checkpoint against the uninterrupted {results['sharded_run']} run"
+              if results["sharded_run"] else "")
     lines.append(f"Tolerance: max loss gap <= {LOSS_TOLERANCE} nats, step-1 gap <= {FIRST_STEP_TOLERANCE} (see the "
-                 "docstring), against 1gpu (lora-*: against lora-1gpu); resume: steps after the checkpoint against "
-                 f"the uninterrupted {results['sharded_run']} run.")
+                 f"docstring), against 1gpu (lora-*: against lora-1gpu){resume}.")
     for name, g in results["cpu_generate"].items():
         lines.append(f"Final folder of {name} on CPU: "
                      + (f"loaded, generated {g['new_tokens']} tokens {g['text']!r}" if g["ok"] else "FAILED"))
