@@ -29,10 +29,11 @@ and the reasoning is the GSM8K solution text (calculator notes removed) between 
 at test time before `</think>`; eval scores what follows the last `</think>`. `answer` keeps the same tags with
 nothing between them (the reasoning dropped, `--reasoning latent`).
 
-Real runs (GPU; the configs in `experiments/configs/`; rerunning resumes: finished models and evals are kept):
+Real runs (GPU; the configs in `experiments/configs/`; rerunning resumes: finished models and evals are kept;
+`--jobs N` trains N (arm, seed) pairs side by side, each in a process pinned to one of the visible GPUs):
 
-    python -m experiments depth --seeds 0,1,2 --output_dir experiments/results/depth
-    python -m experiments gsm8k --seeds 0,1,2 --output_dir experiments/results/gsm8k
+    python -m experiments depth --seeds 0,1,2 --jobs 9 --output_dir experiments/results/depth
+    python -m experiments gsm8k --seeds 0,1,2 --jobs 4 --output_dir experiments/results/gsm8k
 
 Smoke runs (CPU, under a minute each; tiny model and data, a few steps; the accuracies mean nothing):
 
@@ -42,11 +43,11 @@ Smoke runs (CPU, under a minute each; tiny model and data, a few steps; the accu
 Other flags: `--steps N` (max_steps of every arm), `--arms trm,none` (a subset), `--config FILE.yaml`; any further
 flag goes to `train_sft.py` for every arm (e.g. `--learning_rate 3e-4 --per_device_train_batch_size 32`).
 
-Cost (estimated, not measured: no GPU run yet). depth: 6000 steps x batch 128 of a ~16M-parameter model, about
-5-10 min per arm and seed on one H200, so 9 trainings ~1-1.5 h; eval (5 depths, <= 500 problems, 8 tokens, trm at
-6 n_cycles) a minute or two each. gsm8k: 3 epochs of 7.3k rows at batch 16 (~1370 steps) of LoRA on 135M, about
-3-5 min per arm and seed, 12 trainings ~1 h; eval on 1319 test questions ~1 min per arm, ~4 min for cot (up to
-384 written tokens). Checkpoints every 1000 / 200 steps, so a run cut short resumes where it stopped.
+Cost, measured on 2xH200 (docs/RESULTS.md): depth, 2000 steps x 256 rows of the 17M-parameter backbone, the nine
+trainings side by side (--jobs 9) in about 7-9 min (none ~4-5 min each, pause ~7, trm ~8 under that load; 3 trm
+alone, ~5 min); eval on the GPU under a minute per arm. gsm8k_short (150 steps, 300 test questions, one seed, 4 arms
+side by side): ~3 min. The full gsm8k.yaml (3 epochs, ~1370 steps per arm, 1319 questions, 3 seeds) is estimated at
+about an hour of one H200. Checkpoints every 500 / 200 steps, so a run cut short resumes where it stopped.
 
 Generated arith has few distinct depth-1 problems: ~640 in the train split (the training mix is skewed towards
 depths 2-4) and 162 in the test split (all of them are used). `--ema_decay` cannot be passed to every arm: the

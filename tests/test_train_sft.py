@@ -421,3 +421,17 @@ def test_report_to_wandb_runs_offline_without_a_key(backbone, tmp_path, monkeypa
 
     wandb.finish()
     assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb should have written an offline run"
+
+
+def test_a_non_finite_loss_or_gradient_norm_stops_the_run(backbone, tmp_path):
+    from types import SimpleNamespace
+
+    from train_sft import StopOnNonFiniteLoss
+
+    trainer, _ = trainer_for(cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out"))
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnNonFiniteLoss))
+    state, args = SimpleNamespace(global_step=50), SimpleNamespace(output_dir=str(tmp_path / "out"))
+    callback.on_log(args, state, None, logs={"loss": 0.7, "grad_norm": 1.2, "learning_rate": 1e-3})
+    for bad in ({"loss": 0.7, "grad_norm": float("nan")}, {"loss": float("inf")}, {"eval_loss": float("nan")}):
+        with pytest.raises(RuntimeError, match=r"diverged at step 50"):
+            callback.on_log(args, state, None, logs=bad)
