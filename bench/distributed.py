@@ -75,7 +75,8 @@ def write_backbone(folder: Path, shape: dict) -> None:
     text = [f"{r['question']} {r['reasoning']} {r['answer']}" for r in rows]
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
+    # <think> / </think> in the vocabulary, as in SmolLM3's: LoRA then trains no new token rows, which FSDP2 refuses
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>", "<think>", "</think>"]
     backend.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     from tokenizers import decoders
