@@ -162,14 +162,15 @@ def model_kind(config) -> str:
 
 
 def load_model(name: str, gguf_file: str | None = None) -> LoadedModel:
-    """Model (eval mode, on the GPU where there is one) and tokenizer for a --model value; the tokenizer pads on the
+    """Model (eval mode, on the current GPU where there is one) and tokenizer for a --model value; the tokenizer pads on the
     left for batched generation."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: slow to import
 
     source, gguf = resolve_source(name, gguf_file)
     tokenizer = _from_pretrained(AutoTokenizer, source, name, gguf_file=gguf)
-    placement = {"device_map": "auto"} if torch.cuda.is_available() else {}
+    # One device, not "auto": auto would spread a small model over every visible GPU and slow each decoding step.
+    placement = {"device_map": {"": torch.cuda.current_device()}} if torch.cuda.is_available() else {}
     model = _from_pretrained(AutoModelForCausalLM, source, name, gguf_file=gguf, **placement).eval()
     tokenizer.padding_side = "left"  # new tokens must follow every row's prompt directly
     if tokenizer.pad_token is None:

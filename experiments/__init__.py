@@ -30,7 +30,8 @@ at test time before `</think>`; eval scores what follows the last `</think>`. `a
 nothing between them (the reasoning dropped, `--reasoning latent`).
 
 Real runs (GPU; the configs in `experiments/configs/`; rerunning resumes: finished models and evals are kept;
-`--jobs N` trains N (arm, seed) pairs side by side, each in a process pinned to one of the visible GPUs):
+`--jobs N` trains N (arm, seed) pairs side by side, each in a process pinned to one of the visible GPUs; the
+evaluations then run one at a time, so that their timings are not shared with other work):
 
     python -m experiments depth --seeds 0,1,2 --jobs 9 --output_dir experiments/results/depth
     python -m experiments gsm8k --seeds 0,1,2 --jobs 4 --output_dir experiments/results/gsm8k

@@ -45,15 +45,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1,
                         help="(arm, seed) runs at once, each in its own process pinned to one of the visible GPUs "
                              "(logs in <output_dir>/logs/); default 1: one after another, in this process.")
-    parser.add_argument("--no_report", action="store_true",
-                        help="Train and evaluate only, without results.json/md and plots (what --jobs workers do).")
+    parser.add_argument("--train_only", action="store_true",
+                        help="Train, without evaluating or reporting: what --jobs workers do. The evaluations then run "
+                             "one at a time in the main process, so that no other work shares their timings.")
     return parser
 
 
 def worker_command(args: argparse.Namespace, config: Path, output_dir: Path, train_flags: list[str]) -> list[str]:
-    """The command line of one --jobs worker, which adds `--arms A --seeds S`: this run's settings, reporting off."""
+    """The command line of one --jobs worker, which adds `--arms A --seeds S`: this run's settings, training only."""
     command = [sys.executable, "-m", "experiments", args.experiment, "--config", str(config),
-               "--output_dir", str(output_dir), "--no_report"]
+               "--output_dir", str(output_dir), "--train_only"]
     if args.steps is not None:
         command += ["--steps", str(args.steps)]
     if args.tokenizer is not None:
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(str(error))
     output_dir.mkdir(parents=True, exist_ok=True)
     entries = run_experiment(args.experiment, settings, train, arms, seeds, output_dir, args.steps, train_flags,
-                             worker_command(args, config, output_dir, train_flags), args.jobs)
-    if args.no_report:
+                             worker_command(args, config, output_dir, train_flags), args.jobs, not args.train_only)
+    if args.train_only:
         return {}
     header = {"experiment": args.experiment, "smoke": args.smoke, "seeds": seeds, "arms": [a.name for a in arms],
               "arm_definitions": [dataclasses.asdict(a) for a in arms], "settings": dataclasses.asdict(settings),

@@ -200,11 +200,12 @@ def prepare_seed(experiment: str, settings: ExperimentSettings, output_dir: Path
 def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[str, Any], arms: tuple[Arm, ...],
                    seeds: list[int], output_dir: Path, steps: int | None = None,
                    extra_args: list[str] | None = None, worker_command: list[str] | None = None,
-                   jobs: int = 1) -> list[dict]:
+                   jobs: int = 1, evaluate: bool = True) -> list[dict]:
     """Train and evaluate every arm for every seed; returns one entry per (arm, seed, test set, n_cycles).
 
-    With `jobs` > 1 the (arm, seed) runs go to that many worker processes at once (`worker_command` plus
-    `--arms A --seeds S`, see `run_workers`); the results are then read back from `output_dir`."""
+    With `jobs` > 1 the trainings go to that many worker processes at once (`worker_command` plus
+    `--arms A --seeds S`, see `run_workers`); the evaluations then run here, one at a time. `evaluate=False` trains
+    only and returns no entries (a worker)."""
     train_config = write_train_config(train, output_dir / "train_config.yaml", steps)
     tasks = test_tasks(experiment, settings)
     prepared = {seed: prepare_seed(experiment, settings, output_dir, seed) for seed in seeds}
@@ -215,6 +216,10 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
     for arm, seed in runs:
         data, backbone = prepared[seed]
         eval_dir = output_dir / "evals" / arm.name / f"seed{seed}"
+        if not evaluate:
+            train_arm(arm, seed, output_dir / "models" / arm.name / f"seed{seed}", train_config, backbone, data,
+                      list(extra_args or []))
+            continue
         if all((eval_dir / name / "results.json").is_file() for name, _ in tasks):
             # Evaluated: the report needs no model (a rerun elsewhere may have only the evals, see docs/RESULTS.md).
             found = {name: json.loads((eval_dir / name / "results.json").read_text()) for name, _ in tasks}
