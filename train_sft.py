@@ -533,7 +533,7 @@ class TRMSFTTrainer(SFTTrainer):
 
     def _load_best_model(self) -> None:
         best = self.state.best_model_checkpoint
-        if is_peft(self.model):
+        if is_peft(self.model) and not self.is_sharded:  # sharded: the Trainer reads the shard files
             logger.info("Loading best model from %s (score: %s).", best, self.state.best_metric)
             self._load_trainable(best)
         else:
