@@ -175,6 +175,7 @@ def _read_json_file(path: Path) -> list[dict[str, Any]]:
             _check_is_object(row, f"{path}: item {index}")
         return rows
     rows = []
+    # Split on "\n" only: GSM8K's text holds U+2028, on which str.splitlines() would also split a row.
     for line_number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue

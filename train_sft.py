@@ -718,7 +718,8 @@ def check_sharded_lora(trains_new_token_rows: bool, fsdp: bool) -> None:
     if trains_new_token_rows and fsdp:
         raise ValueError("--use_peft under FSDP needs a tokenizer that already has <think> and </think> (SmolLM3's "
                          "has them): the backbone's tokenizer lacks them, and LoRA training of the new rows hides the "
-                         "tied embeddings from FSDP2. Use configs/accelerate/ddp.yaml, or train without --use_peft.")
+                         "tied embeddings from FSDP2. Use configs/accelerate/ddp.yaml, or train without "
+                         "--use_peft.")
 
 
 def build_trainer(data_args, training_args, model_args, trm_args):

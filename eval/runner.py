@@ -162,8 +162,8 @@ def model_kind(config) -> str:
 
 
 def load_model(name: str, gguf_file: str | None = None) -> LoadedModel:
-    """Model (eval mode, on the current GPU where there is one) and tokenizer for a --model value; the tokenizer pads on the
-    left for batched generation."""
+    """Model (eval mode, on the current GPU where there is one) and tokenizer for a --model value; the tokenizer pads
+    on the left for batched generation."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: slow to import
 

@@ -48,9 +48,10 @@ class Task:
     examples: list[dict]
 
 
-def _read_rows(file: Path) -> list[dict]:
+def read_rows(file: Path) -> list[dict]:
     """Rows of a JSONL file, or of a JSON file holding a list of rows or a single row (MATH's layout)."""
     if file.suffix == ".jsonl":
+        # Split on "\n" only: GSM8K's text holds U+2028, on which str.splitlines() would also split a row.
         return [json.loads(line) for line in file.read_text().split("\n") if line.strip()]
     data = json.loads(file.read_text())
     if isinstance(data, dict):
@@ -64,9 +65,9 @@ def _read_split_folder(folder: Path, split: str) -> list[dict]:
     """`{split}.jsonl`, `{split}.json`, or a `{split}/` folder of one-problem JSON files (MATH's layout)."""
     for file in (folder / f"{split}.jsonl", folder / f"{split}.json"):
         if file.is_file():
-            return _read_rows(file)
+            return read_rows(file)
     if (folder / split).is_dir():
-        return [row for file in sorted((folder / split).rglob("*.json")) for row in _read_rows(file)]
+        return [row for file in sorted((folder / split).rglob("*.json")) for row in read_rows(file)]
     raise FileNotFoundError(f"no {split}.jsonl, {split}.json or {split}/ in {folder}; pick another split or path")
 
 
@@ -86,7 +87,7 @@ def _rows(path: str | Path, split: str, hub_config: str | None) -> list[dict]:
     """Rows from a local file (whatever `split`), a local folder holding the split, or a Hub dataset name."""
     local = Path(path).expanduser()
     if local.is_file():
-        return _read_rows(local)
+        return read_rows(local)
     if local.is_dir():
         return _read_split_folder(local, split)
     if _HUB_NAME.fullmatch(str(path)) and local.suffix not in _LOCAL_SUFFIXES:
@@ -132,7 +133,7 @@ def _math_example(row: dict, index: int, split: str) -> dict:
 def _load_sample(split: str) -> list[dict]:
     if split != SAMPLE_SPLIT:
         raise ValueError(f"the sample task has only the {SAMPLE_SPLIT!r} split, got split={split!r}")
-    rows = _read_rows(SAMPLE_FILE)
+    rows = read_rows(SAMPLE_FILE)
     return [
         {"id": f"sample-{i}", "question": row["question"], "answer": normalize_answer(row["answer"]), "reasoning": None}
         for i, row in enumerate(rows)

@@ -84,12 +84,10 @@ def arith_train_data(settings: ExperimentSettings, folder: Path, seed: int) -> P
 def gsm8k_train_data(settings: ExperimentSettings, folder: Path) -> Path:
     """`train.jsonl` with the first `train_size` GSM8K train rows, and no test split: the eval loss comes from a
     held-out share of train (`eval_fraction`), so GSM8K test is only ever seen by the final evaluation."""
-    from eval.tasks import GSM8K_DIR
+    from eval.tasks import GSM8K_DIR, read_rows
 
     if not (folder / "train.jsonl").is_file():
-        # split on newlines only: GSM8K text holds U+2028, which str.splitlines() would also split on
-        lines = [line for line in (GSM8K_DIR / "train.jsonl").read_text().split("\n") if line.strip()]
-        write_jsonl(folder / "train.jsonl", [json.loads(line) for line in lines[: settings.train_size]])
+        write_jsonl(folder / "train.jsonl", read_rows(GSM8K_DIR / "train.jsonl")[: settings.train_size])
     return folder
 
 
@@ -208,6 +206,7 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
     only and returns no entries (a worker)."""
     train_config = write_train_config(train, output_dir / "train_config.yaml", steps)
     tasks = test_tasks(experiment, settings)
+    extra_args = list(extra_args or [])
     prepared = {seed: prepare_seed(experiment, settings, output_dir, seed) for seed in seeds}
     runs = [(arm, seed) for seed in seeds for arm in arms]
     if jobs > 1:
@@ -215,18 +214,17 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
     entries = []
     for arm, seed in runs:
         data, backbone = prepared[seed]
+        run_dir = output_dir / "models" / arm.name / f"seed{seed}"
         eval_dir = output_dir / "evals" / arm.name / f"seed{seed}"
         if not evaluate:
-            train_arm(arm, seed, output_dir / "models" / arm.name / f"seed{seed}", train_config, backbone, data,
-                      list(extra_args or []))
+            train_arm(arm, seed, run_dir, train_config, backbone, data, extra_args)
             continue
         if all((eval_dir / name / "results.json").is_file() for name, _ in tasks):
             # Evaluated: the report needs no model (a rerun elsewhere may have only the evals, see docs/RESULTS.md).
             found = {name: json.loads((eval_dir / name / "results.json").read_text()) for name, _ in tasks}
-            n_cycles = configured_n_cycles(train_config, list(extra_args or []))
+            n_cycles = configured_n_cycles(train_config, extra_args)
         else:
-            model_dir = train_arm(arm, seed, output_dir / "models" / arm.name / f"seed{seed}", train_config,
-                                  backbone, data, list(extra_args or []))
+            model_dir = train_arm(arm, seed, run_dir, train_config, backbone, data, extra_args)
             n_cycles = json.loads((model_dir / "config.json").read_text())["n_cycles"]
             found = evaluate_arm(model_dir, eval_dir, tasks, settings, seed)
         for name, results in found.items():

@@ -218,7 +218,8 @@ def lora_fsdp2_worker(out: str) -> None:
         train_sft.standalone(reference).save_pretrained(Path(out) / "reference")
         expected = {name: p.grad for name, p in reference.named_parameters() if p.requires_grad}
         worst = max(((grads[n] - g).abs().max() / g.abs().max().clamp(min=1e-12)).item() for n, g in expected.items())
-        result = {"losses": [x.item() for x in losses], "reference_loss": reference(input_ids=ids, labels=ids).loss.item(),
+        result = {"losses": [x.item() for x in losses],
+                  "reference_loss": reference(input_ids=ids, labels=ids).loss.item(),
                   "worst_grad_rel": worst, "trainable": len(expected), "lora": sum("lora_" in n for n in expected),
                   "class": type(model).__name__}
         (Path(out) / "lora_fsdp2.json").write_text(json.dumps(result))

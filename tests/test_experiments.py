@@ -80,7 +80,8 @@ def test_jobs_run_each_arm_in_a_worker_process_with_the_in_process_result(tmp_pa
 
     runs = {}
     for name, jobs in (("workers", "2"), ("in_process", "1")):
-        runs[name] = main(["depth", "--smoke", "--arms", "none,trm", "--jobs", jobs, "--output_dir", str(tmp_path / name)])
+        runs[name] = main(["depth", "--smoke", "--arms", "none,trm", "--jobs", jobs,
+                           "--output_dir", str(tmp_path / name)])
     assert sorted(p.name for p in (tmp_path / "workers" / "logs").iterdir()) == ["none-seed0.log", "trm-seed0.log"]
     assert not (tmp_path / "in_process" / "logs").exists()
     for arm in ("none", "trm"):
@@ -89,12 +90,14 @@ def test_jobs_run_each_arm_in_a_worker_process_with_the_in_process_result(tmp_pa
         assert weights[0].keys() == weights[1].keys()
         for key in weights[0]:
             torch.testing.assert_close(weights[0][key], weights[1][key], atol=1e-5, rtol=1e-5)
-    accuracies = [[(e["arm"], e["test"], e["n_cycles"], e["accuracy"]) for e in run["results"]] for run in runs.values()]
+    accuracies = [[(e["arm"], e["test"], e["n_cycles"], e["accuracy"]) for e in run["results"]]
+                  for run in runs.values()]
     assert accuracies[0] == accuracies[1]
 
 
 def test_a_failed_worker_fails_the_experiment_and_names_its_log(tmp_path):
     with pytest.raises(RuntimeError, match=r"none seed 0 \(exit code 1, log: .*none-seed0.log\)"):
         # an unknown train_sft.py flag: the worker's train_sft parser refuses it
-        main(["depth", "--smoke", "--arms", "none", "--jobs", "2", "--output_dir", str(tmp_path), "--no_such_flag", "1"])
+        main(["depth", "--smoke", "--arms", "none", "--jobs", "2", "--output_dir", str(tmp_path),
+              "--no_such_flag", "1"])
     assert "--no_such_flag" in (tmp_path / "logs" / "none-seed0.log").read_text()
