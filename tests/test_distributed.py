@@ -134,6 +134,8 @@ def fsdp2_worker(out: str) -> None:
         result = {"losses": [x.item() for x in losses], "reference_loss": reference_loss, "worst_grad_rel": worst,
                   "class": type(model).__name__}
         (Path(out) / "fsdp2.json").write_text(json.dumps(result))
+    # Tear down together: a rank that leaves while the other still works can abort in gloo's threads.
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -223,6 +225,8 @@ def lora_fsdp2_worker(out: str) -> None:
                   "worst_grad_rel": worst, "trainable": len(expected), "lora": sum("lora_" in n for n in expected),
                   "class": type(model).__name__}
         (Path(out) / "lora_fsdp2.json").write_text(json.dumps(result))
+    # Tear down together: a rank that leaves while the other still works can abort in gloo's threads.
+    dist.barrier()
     dist.destroy_process_group()
 
 
