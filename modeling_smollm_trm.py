@@ -24,6 +24,8 @@ everything before them: the context is computed once and the answer's gradient r
 This file is remote code: it is copied into every checkpoint and imports only torch, transformers and its config.
 """
 
+import contextlib
+import importlib
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.masking_utils import create_causal_mask
 from transformers.utils import ModelOutput
 
@@ -354,11 +357,17 @@ class SmolLMTRMPreTrainedModel(PreTrainedModel):
 class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
-    def __init__(self, config: SmolLMTRMConfig):
+    def __init__(self, config: SmolLMTRMConfig, backbone: PreTrainedModel | None = None):
+        """`backbone`: a loaded `*ForCausalLM` whose body and head are used as they are (`from_base`); without it
+        both are built from `config.text_config`."""
         super().__init__(config)
         text = config.text_config
-        self.model = AutoModel.from_config(text)
-        self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        if backbone is None:
+            self.model = AutoModel.from_config(text)
+            self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        else:
+            self.model = getattr(backbone, backbone.base_model_prefix)
+            self.lm_head = backbone.get_output_embeddings()
         self.trm = HiddenStateTRM(config) if config.thought_mode == "trm" else None
         self.pause_thoughts = (
             nn.Parameter(torch.empty(config.num_latents, text.hidden_size)) if config.thought_mode == "pause" else None
@@ -405,29 +414,40 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         if tokenizer is not None:
             add_think_tokens(tokenizer, base)
             trm_settings.setdefault("think_token_id", tokenizer.convert_tokens_to_ids(THINK_TOKENS[0]))
+        attention = base.config._attn_implementation
         config = SmolLMTRMConfig(text_config=base.config, **trm_settings)
+        # A composite config starts without an attention implementation and hands that to its sub-configs, here the
+        # backbone's own config: restore the one the backbone was loaded with. Left unset, attention falls back to
+        # eager without the causal mask, and every position sees the tokens after it.
+        config._attn_implementation = attention
+        # The thought modules are built empty here and initialised below. The backbone is passed in rather than built
+        # and replaced: under ZeRO-3, building one would initialise it, partitioned, on the meta device.
         with torch.device("meta"):
-            model = cls(config)
-        model.model = getattr(base, base.base_model_prefix)
-        model.lm_head = base.get_output_embeddings()
+            model = cls(config, backbone=base)
         model.generation_config = base.generation_config
         model._materialize_thought_modules(base.device, base.dtype)
         model.tokenizer = tokenizer
         return model
 
     def _materialize_thought_modules(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Allocate and initialise the TRM (or pause vectors) built on the meta device by `from_base`."""
+        """Allocate and initialise the TRM (or pause vectors) built on the meta device by `from_base`.
+
+        They are drawn on the CPU in float32, then moved: a seed gives the same thought modules whatever device and
+        dtype the backbone was loaded with (under ZeRO-3 it is loaded onto the GPU, whose generator differs).
+        """
         for name in ("trm", "pause_thoughts"):
             part = getattr(self, name)
             if isinstance(part, nn.Module):
-                part.to_empty(device=device).to(dtype)
+                part.to_empty(device="cpu").float()
                 part.apply(self._init_weights)
+                part.to(device=device, dtype=dtype)
             elif part is not None:
-                setattr(self, name, nn.Parameter(torch.empty_like(part, device=device, dtype=dtype)))
+                self.pause_thoughts = nn.Parameter(torch.empty_like(part, device="cpu", dtype=torch.float32))
                 self._init_weights(self)
+                self.pause_thoughts = nn.Parameter(self.pause_thoughts.detach().to(device=device, dtype=dtype))
         if self.trm is not None:
             embeddings = self.get_input_embeddings().weight
-            with torch.no_grad():
+            with torch.no_grad(), gathered(embeddings):
                 self.trm.out_norm.weight.fill_(embeddings.float().pow(2).mean().sqrt().item())
 
     # ------------------------------------------------------------------------------------------------------------
@@ -796,13 +816,23 @@ def reject_packed_positions(position_ids: torch.Tensor | None, attention_mask: t
         )
 
 
+def gathered(*parameters: nn.Parameter):
+    """Context in which parameters that DeepSpeed ZeRO-3 partitioned hold their full values (to read); else a no-op."""
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    # Imported by name: an `import deepspeed` statement would make transformers require it to load this remote code.
+    deepspeed = importlib.import_module("deepspeed")
+    return deepspeed.zero.GatheredParameters(list(parameters), modifier_rank=None)
+
+
 def add_think_tokens(tokenizer, model: PreTrainedModel | None = None) -> list[str]:
     """Add `<think>` and `</think>` as special tokens to a tokenizer that lacks them; resize `model`'s embeddings."""
     # They must be added tokens: as plain text they would split into pieces and never trigger the thoughts.
     missing = [t for t in THINK_TOKENS if t not in tokenizer.get_added_vocab()]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
-    if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    # num_embeddings, not weight.shape: ZeRO-3 leaves a partitioned weight empty
+    if model is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     return missing
 

@@ -169,6 +169,7 @@ def load_model(model_args, trm_args: TRMArguments):
 def apply_lora(model, model_args, tokenizer, added_tokens: list[str]):
     """LoRA on the backbone's linear layers; the thought modules and any new think-token rows train in full."""
     from peft import LoraConfig, get_peft_model
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     backbone_linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.model.named_modules()
                               if isinstance(module, torch.nn.Linear)})
@@ -191,7 +192,9 @@ def apply_lora(model, model_args, tokenizer, added_tokens: list[str]):
         trainable_token_indices={"embed_tokens": new_ids} if new_ids else None,
         use_rslora=model_args.use_rslora, use_dora=model_args.use_dora, task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(model, config)
+    # Under ZeRO-3 the adapters keep the backbone's dtype: DeepSpeed packs the trainable partitions into one buffer of
+    # one dtype, and PEFT would otherwise upcast them to float32 beside a bfloat16 TRM (the fix TRL applies too).
+    peft_model = get_peft_model(model, config, autocast_adapter_dtype=not is_deepspeed_zero3_enabled())
     if thought_module == "pause_thoughts":  # a bare Parameter, which modules_to_save cannot hold
         peft_model.get_base_model().pause_thoughts.requires_grad_(True)
     return peft_model
@@ -219,6 +222,8 @@ def export_model(model, tokenizer, folder: str | os.PathLike, state_dict: dict |
         plain, state_dict = merged_from_state_dict(model, state_dict), None
     else:
         plain = standalone(model)
+    if state_dict is not None:
+        state_dict = without_tied_copies(plain, state_dict)
     with unsharded_class(plain):
         plain.save_pretrained(folder, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
@@ -227,13 +232,31 @@ def export_model(model, tokenizer, folder: str | os.PathLike, state_dict: dict |
     return folder
 
 
+def without_tied_copies(model, state_dict: dict) -> dict:
+    """A gathered state dict holds a tied weight under each of its names as separate tensors, so save_pretrained would
+    write the output embedding twice (FSDP2: 3.35 B saved parameters for SmolLM3-3B's 3.09 B). Keep the source name,
+    once the copies are checked equal: a tie that training broke must not be saved as if it held."""
+    kept = dict(state_dict)
+    for target, source in model.all_tied_weights_keys.items():
+        if target in kept and source in kept:
+            if not torch.equal(kept[target], kept[source]):
+                raise ValueError(f"{target} and {source} are tied in the config but differ after training: the tie was "
+                                 "broken while sharded; the folder would not load as trained.")
+            del kept[target]
+    return kept
+
+
 def merged_from_state_dict(model, state_dict: dict):
     """The LoRA-merged plain model of a PEFT model sharded by FSDP2 or ZeRO-3, rebuilt on the CPU from its gathered
     full state dict (a deepcopy would copy the shards). Only the main process, which holds the gather, calls this."""
     from peft import get_peft_model
+    from transformers.modeling_utils import set_zero3_state
 
     base = model.get_base_model()
-    whole = get_peft_model(original_class(base)(base.config), model.peft_config[model.active_adapter])
+    # Under ZeRO-3, building a model enters deepspeed.zero.Init, a collective the other ranks (waiting at the barrier
+    # after the gather) never join; transformers' flag for "zero.Init already entered" builds it whole, here only.
+    with set_zero3_state():
+        whole = get_peft_model(original_class(base)(base.config), model.peft_config[model.active_adapter])
     whole.load_state_dict({name: tensor.cpu() for name, tensor in state_dict.items()}, strict=True)
     return whole.merge_and_unload()
 

@@ -1,12 +1,14 @@
 """Distributed training on CPU with gloo: the accelerate configs parse, a real 2-process DDP run of train_sft.py
-matches the 1-process run of the same global batch and saves a final folder that loads, FSDP2's `fully_shard` on a
-CPU mesh gives the reference gradients through the segmented forward (a layer called several times per step) and a
-final folder that loads, and bench/distributed.py's --smoke mode runs end to end.
+matches the 1-process run of the same global batch and saves a final folder that loads, FSDP2 on a CPU mesh gives the
+reference gradients through the segmented forward (a layer called several times per step) and a final folder that
+loads, and bench/distributed.py's --smoke mode runs end to end.
 
-accelerate applies FSDP only on GPUs, so FSDP2 is exercised here directly with torch's `fully_shard`; DDP goes
-through `accelerate launch --config_file configs/accelerate/ddp.yaml` with `--use_cpu true` (gloo).
+`accelerate launch` applies FSDP only on GPUs, so FSDP2 is exercised here with accelerate's own `fsdp2_prepare_model`
+called on a gloo mesh; DDP goes through `accelerate launch --config_file configs/accelerate/ddp.yaml` with
+`--use_cpu true` (gloo).
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, THINK, tiny_model
+from safetensors import safe_open
+from conftest import ROOT, THINK, tiny_model, tiny_tokenizer
 from test_train_sft import ENV, TINY_TRM, backbone, write_data  # noqa: F401  (backbone is a fixture)
 
 CONFIGS = ROOT / "configs" / "accelerate"
@@ -95,16 +98,28 @@ def test_ddp_two_processes_match_one_and_save_a_loadable_final_folder(backbone, 
         torch.testing.assert_close(trained[name], p, atol=1e-4, rtol=1e-4)
 
 
+def sharded_as_in_fsdp2_yaml(model):
+    """`model` sharded by accelerate's own `fsdp2_prepare_model` with fsdp2.yaml's wrap units, on the CPU mesh."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                            transformer_cls_names_to_wrap=["SmolLM3DecoderLayer", "TransformerBlock"])
+    accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), device=torch.device("cpu"),
+                                  torch_device_mesh=None, mixed_precision="no")
+    return fsdp2_prepare_model(accelerator, model)
+
+
 def fsdp2_worker(out: str) -> None:
-    """torchrun'd: the tiny model sharded with fully_shard (decoder layers, TRM blocks, root) on a gloo CPU mesh; each
-    rank runs half the batch. Rank 0 checks loss and gradients against the whole batch on one unsharded copy, then
+    """torchrun'd: the tiny model sharded as fsdp2.yaml shards it (decoder layers, TRM blocks, root) on a gloo CPU mesh;
+    each rank runs half the batch. Rank 0 checks loss and gradients against the whole batch on one unsharded copy, then
     saves a final folder from the gathered full state dict the way train_sft.save_final does."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from torch.distributed.fsdp import fully_shard
 
     import train_sft
-    from modeling_smollm_trm import TransformerBlock
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -112,11 +127,7 @@ def fsdp2_worker(out: str) -> None:
     ids = torch.randint(6, 90, (2 * world, 12), generator=torch.Generator().manual_seed(1))
     ids[:, 5] = THINK  # one `<think>` per row: the backbone runs per block of tokens and of thoughts
     reference = tiny_model(seed=0, attn_implementation="sdpa").train()
-    model = tiny_model(seed=0, attn_implementation="sdpa").train()
-    for module in model.modules():
-        if type(module).__name__ == "SmolLM3DecoderLayer" or isinstance(module, TransformerBlock):
-            fully_shard(module)
-    fully_shard(model)
+    model = sharded_as_in_fsdp2_yaml(tiny_model(seed=0, attn_implementation="sdpa").train())
     reference(input_ids=ids, labels=ids).loss.backward()
     mine = ids[2 * rank : 2 * rank + 2]
     loss = model(input_ids=mine, labels=mine).loss  # every row scores the same number of tokens: mean of means
@@ -126,13 +137,12 @@ def fsdp2_worker(out: str) -> None:
     grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
-        with train_sft.unsharded_class(model):
-            model.save_pretrained(Path(out) / "final", state_dict=dict(state))
+        train_sft.export_model(model, tiny_tokenizer(), Path(out) / "final", dict(state))
         expected = {name: p.grad for name, p in reference.named_parameters()}
         worst = max(((grads[n] - g).abs().max() / g.abs().max().clamp(min=1e-12)).item() for n, g in expected.items())
         reference_loss = reference(input_ids=ids, labels=ids).loss.item()
         result = {"losses": [x.item() for x in losses], "reference_loss": reference_loss, "worst_grad_rel": worst,
-                  "class": type(model).__name__}
+                  "class": type(model).__name__, "tied": model.lm_head.weight is model.model.embed_tokens.weight}
         (Path(out) / "fsdp2.json").write_text(json.dumps(result))
     # Tear down together: a rank that leaves while the other still works can abort in gloo's threads.
     dist.barrier()
@@ -147,7 +157,10 @@ def test_fsdp2_on_a_cpu_mesh_matches_the_unsharded_gradients_and_saves_a_loadabl
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr[-4000:]
     found = json.loads((tmp_path / "fsdp2.json").read_text())
-    assert found["class"].startswith("FSDP")
+    assert found["class"].startswith("FSDP") and found["tied"], "sharding broke the embedding tie"
+    # the gather returns the tied output embedding as a tensor of its own; it is saved once, as in an unsharded save
+    with safe_open(str(tmp_path / "final" / "model.safetensors"), "pt") as saved:
+        assert "lm_head.weight" not in saved.keys() and "model.embed_tokens.weight" in saved.keys()
     assert sum(found["losses"]) / 2 == pytest.approx(found["reference_loss"], abs=1e-5)
     assert found["worst_grad_rel"] < 1e-5
     config = json.loads((tmp_path / "final" / "config.json").read_text())
@@ -171,19 +184,17 @@ def test_bench_distributed_smoke_runs_end_to_end(tmp_path):
     assert all(run["loss_ok"] for run in runs.values())
     assert "| run | GPUs |" in result.stdout
 
+
 def lora_fsdp2_worker(out: str) -> None:
-    """torchrun'd: a LoRA model sharded by accelerate's own `fsdp2_prepare_model` (the plugin of fsdp2.yaml) on a gloo
-    CPU mesh; rank 0 compares loss and LoRA / TRM gradients with one unsharded copy over the whole batch, and writes
-    the final folder from the gathered state dict as train_sft.save_final does."""
+    """torchrun'd: a LoRA model sharded as fsdp2.yaml shards it, on a gloo CPU mesh; rank 0 compares loss and LoRA /
+    TRM gradients with one unsharded copy over the whole batch, and writes the final folder from the gathered state
+    dict as train_sft.save_final does."""
     from types import SimpleNamespace
 
     import torch.distributed as dist
-    from accelerate.utils import FullyShardedDataParallelPlugin
-    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     import train_sft
-    from conftest import tiny_tokenizer
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -201,12 +212,7 @@ def lora_fsdp2_worker(out: str) -> None:
                 torch.nn.init.normal_(p, std=0.1)
         return model.train()
 
-    reference, model = lora_model(), lora_model()
-    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-                                            transformer_cls_names_to_wrap=["SmolLM3DecoderLayer", "TransformerBlock"])
-    accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), device=torch.device("cpu"),
-                                  torch_device_mesh=None, mixed_precision="no")
-    model = fsdp2_prepare_model(accelerator, model)
+    reference, model = lora_model(), sharded_as_in_fsdp2_yaml(lora_model())
     reference(input_ids=ids, labels=ids).loss.backward()
     mine = ids[2 * rank : 2 * rank + 2]
     loss = model(input_ids=mine, labels=mine).loss
@@ -248,6 +254,106 @@ def test_lora_under_accelerates_fsdp2_matches_the_unsharded_gradients_and_saves_
         torch.testing.assert_close(merged.state_dict()[name], p)
 
 
+def zero3_worker(out: str) -> None:
+    """torchrun'd: DeepSpeed ZeRO-3 on a 2-process gloo CPU group, as `accelerate launch` with deepspeed_zero3.yaml
+    sets it up (transformers' HfDeepSpeedConfig alive, so from_pretrained partitions the backbone). `from_base` wraps
+    the partitioned backbone (the TRM's output scale reads the gathered embeddings); the engine's loss, and its loss
+    after one AdamW step, must equal an unsharded copy's on the whole batch; then rank 0 alone rebuilds a LoRA model
+    whole, as the final save does while rank 1 waits, which must not enter a collective."""
+    from types import SimpleNamespace
+
+    import deepspeed
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    import train_sft
+    from modeling_smollm_trm import SmolLMTRMForCausalLM
+
+    torch.set_num_threads(1)
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    backbone, trm = Path(out) / "backbone", dict(num_latents=4, trm_hidden_size=16, trm_num_heads=2, n_latent_steps=2,
+                                                 n_cycles=2)
+    ids = torch.randint(6, 90, (2 * world, 12), generator=torch.Generator().manual_seed(1))
+    ids[:, 5] = THINK
+    ids[::2, 9] = THINK  # two thoughts blocks in half of the rows: the layers run in an order that varies by batch
+
+    def wrapped(base):
+        torch.manual_seed(0)
+        return SmolLMTRMForCausalLM.from_base(base, tokenizer=tiny_tokenizer(), **trm)
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(backbone, attn_implementation="sdpa")
+
+    reference = wrapped(load()).train()
+    lora = train_sft.apply_lora(wrapped(load()), SimpleNamespace(
+        lora_target_modules=None, lora_modules_to_save=None, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+        use_rslora=False, use_dora=False), tiny_tokenizer(), [])
+    config = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1}
+    zero3_on = HfDeepSpeedConfig(config)  # kept alive until the end: transformers holds only a weak reference
+    base = load()
+    partitioned = base.get_input_embeddings().weight.numel() == 0
+    model = wrapped(base).train()
+    engine, *_ = deepspeed.initialize(model=model, config=config,
+                                      optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2))
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2)
+    mine = ids[2 * rank : 2 * rank + 2]
+    losses = []
+    for step in range(2):
+        loss = engine(input_ids=mine, labels=mine).loss
+        gathered = [torch.zeros(()) for _ in range(world)]
+        dist.all_gather(gathered, loss.detach())
+        reference_loss = reference(input_ids=ids, labels=ids).loss
+        losses.append({"zero3": [x.item() for x in gathered], "reference": reference_loss.item()})
+        if step == 0:
+            engine.backward(loss)
+            engine.step()
+            reference_loss.backward()
+            optimizer.step()
+    if rank == 0:
+        whole = train_sft.merged_from_state_dict(lora, lora.state_dict())
+        (Path(out) / "zero3.json").write_text(json.dumps(
+            {"partitioned": partitioned, "losses": losses, "merged": type(whole).__name__}))
+    dist.barrier()
+    dist.destroy_process_group()
+    del zero3_on
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs the deepspeed extra")
+def test_zero3_on_a_cpu_group_wraps_the_partitioned_backbone_and_trains_like_one_process(tmp_path):
+    from transformers import SmolLM3ForCausalLM
+
+    from conftest import tiny_text_config
+
+    torch.manual_seed(0)
+    SmolLM3ForCausalLM(tiny_text_config()).save_pretrained(tmp_path / "backbone")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29435",
+               __file__, "zero3", str(tmp_path)]
+    # a timeout here is the hang of a rank-0-only model build entering zero.Init's collective
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=180)
+    assert result.returncode == 0, result.stderr[-4000:]
+    found = json.loads((tmp_path / "zero3.json").read_text())
+    assert found["partitioned"], "ZeRO-3 did not partition the backbone at load: the test proves nothing"
+    for step in found["losses"]:
+        assert sum(step["zero3"]) / 2 == pytest.approx(step["reference"], abs=1e-5)
+    assert found["losses"][1]["reference"] < found["losses"][0]["reference"]
+    assert found["merged"] == "SmolLMTRMForCausalLM"
+
+
+def test_a_gathered_state_dict_saves_a_tied_weight_once_and_refuses_a_broken_tie():
+    from train_sft import without_tied_copies
+
+    model = tiny_model(seed=0)
+    gathered = {name: tensor.clone() for name, tensor in model.state_dict().items()}  # separate tensors, as gathered
+    gathered["lm_head.weight"] = gathered["model.embed_tokens.weight"].clone()
+    kept = without_tied_copies(model, gathered)
+    assert "lm_head.weight" not in kept and set(kept) == set(gathered) - {"lm_head.weight"}
+    gathered["lm_head.weight"][0, 0] += 1.0
+    with pytest.raises(ValueError, match="tie was broken"):
+        without_tied_copies(model, gathered)
+
+
 def test_lora_that_trains_new_token_rows_is_refused_under_fsdp():
     from train_sft import check_sharded_lora
 
@@ -261,5 +367,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     if sys.argv[1] == "lora":
         lora_fsdp2_worker(sys.argv[2])
+    elif sys.argv[1] == "zero3":
+        zero3_worker(sys.argv[2])
     else:
         fsdp2_worker(sys.argv[1])

@@ -76,3 +76,23 @@ def test_from_base_wraps_a_loaded_backbone_and_takes_the_think_id_from_the_token
     assert torch.isfinite(out.loss)
     embedding_rms = backbone.get_input_embeddings().weight.pow(2).mean().sqrt()
     assert model.trm.out_norm.weight[0].item() == pytest.approx(embedding_rms.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_from_base_keeps_the_attention_the_backbone_was_loaded_with(tmp_path, attention):
+    from conftest import tiny_tokenizer
+    from transformers import AutoModelForCausalLM, SmolLM3ForCausalLM
+
+    SmolLM3ForCausalLM(tiny_text_config()).save_pretrained(tmp_path)
+    backbone = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=attention)
+    model = SmolLMTRMForCausalLM.from_base(backbone, tokenizer=tiny_tokenizer(), num_latents=4, trm_hidden_size=16,
+                                           trm_num_heads=2)
+    # the composite config would otherwise leave the backbone's config (shared with the model) without one
+    assert model.config._attn_implementation == attention
+    assert model.model.config._attn_implementation == attention
+    # and attention stays causal: a later token changes no earlier logit, through the thoughts or not
+    ids = torch.tensor([[7, 8, 9, THINK, 10, 11, 12, 13]])
+    changed = ids.clone()
+    changed[0, -1] = 40
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits[0, :-1], model(input_ids=changed).logits[0, :-1])
