@@ -320,7 +320,7 @@ def zero3_worker(out: str) -> None:
     del zero3_on
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs the deepspeed extra")
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (in the dev extra)")
 def test_zero3_on_a_cpu_group_wraps_the_partitioned_backbone_and_trains_like_one_process(tmp_path):
     from transformers import SmolLM3ForCausalLM
 
