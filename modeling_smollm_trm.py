@@ -432,19 +432,23 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
     def _materialize_thought_modules(self, device: torch.device, dtype: torch.dtype) -> None:
         """Allocate and initialise the TRM (or pause vectors) built on the meta device by `from_base`.
 
-        They are drawn on the CPU in float32, then moved: a seed gives the same thought modules whatever device and
-        dtype the backbone was loaded with (under ZeRO-3 it is loaded onto the GPU, whose generator differs).
+        They are drawn on the CPU in float32 from the seed last set (`torch.manual_seed`, the Trainer's `set_seed`),
+        then moved. So a seed gives the same thought modules on every rank and whatever happened since the seed was
+        set: under ZeRO-3 the backbone is loaded onto the GPU (another generator), and resizing the embeddings for
+        new think tokens draws a different amount of random numbers when they are partitioned.
         """
-        for name in ("trm", "pause_thoughts"):
-            part = getattr(self, name)
-            if isinstance(part, nn.Module):
-                part.to_empty(device="cpu").float()
-                part.apply(self._init_weights)
-                part.to(device=device, dtype=dtype)
-            elif part is not None:
-                self.pause_thoughts = nn.Parameter(torch.empty_like(part, device="cpu", dtype=torch.float32))
-                self._init_weights(self)
-                self.pause_thoughts = nn.Parameter(self.pause_thoughts.detach().to(device=device, dtype=dtype))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed())
+            for name in ("trm", "pause_thoughts"):
+                part = getattr(self, name)
+                if isinstance(part, nn.Module):
+                    part.to_empty(device="cpu").float()
+                    part.apply(self._init_weights)
+                    part.to(device=device, dtype=dtype)
+                elif part is not None:
+                    self.pause_thoughts = nn.Parameter(torch.empty_like(part, device="cpu", dtype=torch.float32))
+                    self._init_weights(self)
+                    self.pause_thoughts = nn.Parameter(self.pause_thoughts.detach().to(device=device, dtype=dtype))
         if self.trm is not None:
             embeddings = self.get_input_embeddings().weight
             with torch.no_grad(), gathered(embeddings):

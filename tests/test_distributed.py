@@ -59,17 +59,18 @@ def test_accelerate_configs_parse_with_the_required_settings(name):
         assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
 
 
-def launch_train(backbone: Path, data: Path, output_dir: Path, processes: int) -> subprocess.CompletedProcess:
-    """train_sft.py under `accelerate launch` with the DDP config on CPU; global batch 4 whatever `processes`."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp.yaml"),
+def launch_train(backbone: Path, data: Path, output_dir: Path, processes: int, config: str = "ddp.yaml",
+                 *extra: str) -> subprocess.CompletedProcess:
+    """train_sft.py under `accelerate launch` with `config` on CPU; global batch 4 whatever `processes`."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
                "--num_processes", str(processes), "--main_process_port", str(29400 + processes),
                str(ROOT / "train_sft.py"), "--model_name_or_path", str(backbone), "--dataset_name", str(data),
                "--output_dir", str(output_dir), "--max_length", "64", "--per_device_train_batch_size",
                str(4 // processes), "--max_steps", "3", "--logging_steps", "1", "--learning_rate", "1e-2",
                "--save_strategy", "steps", "--save_steps", "3", "--report_to", "none", "--bf16", "false",
                "--eval_fraction", "0", "--num_demo_answers", "0", "--dataloader_pin_memory", "false",
-               "--use_cpu", "true", "--seed", "0", *TINY_TRM]
-    return subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+               "--use_cpu", "true", "--seed", "0", *TINY_TRM, *extra]
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=180)
 
 
 def logged_losses(output_dir: Path) -> list[float]:
@@ -96,6 +97,51 @@ def test_ddp_two_processes_match_one_and_save_a_loadable_final_folder(backbone, 
     reference = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "final", trust_remote_code=True)
     for name, p in reference.named_parameters():
         torch.testing.assert_close(trained[name], p, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def think_backbone(tmp_path_factory) -> Path:
+    """A tiny SmolLM3 whose tokenizer already has `<think>` / `</think>`, as SmolLM3's has."""
+    from transformers import SmolLM3ForCausalLM
+
+    from conftest import tiny_text_config
+    from test_train_sft import CHAT_TEMPLATE
+
+    folder = tmp_path_factory.mktemp("think_backbone")
+    torch.manual_seed(0)
+    SmolLM3ForCausalLM(tiny_text_config()).save_pretrained(folder)
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (in the dev extra)")
+# full: the think tokens are new, so the partitioned embeddings are resized (which draws random numbers) before the
+# TRM is initialised; LoRA: SmolLM3's case, the tokens exist (PEFT's trainable tokens assume CUDA under ZeRO-3)
+@pytest.mark.parametrize("lora, folder", [(False, "backbone"), (True, "think_backbone")], ids=["full", "lora"])
+def test_zero3_through_accelerate_launch_matches_one_process_and_saves_the_same_folder(request, tmp_path, lora,
+                                                                                      folder):
+    """The whole train_sft.py flow under deepspeed_zero3.yaml on two CPU processes: the backbone loaded partitioned,
+    the TRM initialised from it, trained, gathered and saved (merged on rank 0 alone for LoRA)."""
+    from transformers import AutoModelForCausalLM
+
+    backbone = request.getfixturevalue(folder)
+    data = write_data(tmp_path, "qa", count=16)
+    extra = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0"] if lora else []
+    zero3 = launch_train(backbone, data, tmp_path / "zero3", 2, "deepspeed_zero3.yaml", *extra)
+    assert zero3.returncode == 0, zero3.stdout[-2000:] + zero3.stderr[-3000:]
+    one = launch_train(backbone, data, tmp_path / "one", 1, "ddp.yaml", *extra)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "global_step3" in os.listdir(tmp_path / "zero3" / "checkpoint-3"), "not a DeepSpeed run"
+    assert logged_losses(tmp_path / "zero3") == pytest.approx(logged_losses(tmp_path / "one"), abs=1e-4)
+    with safe_open(str(tmp_path / "zero3" / "final" / "model.safetensors"), "pt") as saved:
+        assert "lm_head.weight" not in saved.keys() and not any("lora" in name for name in saved.keys())
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "zero3" / "final", trust_remote_code=True)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "final", trust_remote_code=True)
+    mine = dict(trained.named_parameters())
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(mine[name], p, atol=1e-4, rtol=1e-4)
 
 
 def sharded_as_in_fsdp2_yaml(model):
