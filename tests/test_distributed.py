@@ -73,8 +73,8 @@ def launch_train(backbone: Path, data: Path, output_dir: Path, processes: int, c
     return subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=180)
 
 
-def logged_losses(output_dir: Path) -> list[float]:
-    state = json.loads((output_dir / "checkpoint-3" / "trainer_state.json").read_text())
+def logged_losses(output_dir: Path, checkpoint: str = "checkpoint-3") -> list[float]:
+    state = json.loads((output_dir / checkpoint / "trainer_state.json").read_text())
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
@@ -142,6 +142,21 @@ def test_zero3_through_accelerate_launch_matches_one_process_and_saves_the_same_
     mine = dict(trained.named_parameters())
     for name, p in reference.named_parameters():
         torch.testing.assert_close(mine[name], p, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (in the dev extra)")
+def test_a_zero3_checkpoint_resumes_where_the_run_left_off(think_backbone, tmp_path):
+    data = write_data(tmp_path, "qa", count=16)
+    longer = ["--max_steps", "4", "--save_steps", "2"]
+    whole = launch_train(think_backbone, data, tmp_path / "whole", 2, "deepspeed_zero3.yaml", *longer)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    resumed = launch_train(think_backbone, data, tmp_path / "resumed", 2, "deepspeed_zero3.yaml", *longer,
+                           "--resume_from_checkpoint", str(tmp_path / "whole" / "checkpoint-2"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (resumed.stdout + resumed.stderr).count("'loss':") == 2, "the resumed run did not start after step 2"
+    # the resumed state carries the log of steps 1-2 from the checkpoint; steps 3-4 are the ones it trained
+    after = logged_losses(tmp_path / "resumed", "checkpoint-4")[2:]
+    assert after == pytest.approx(logged_losses(tmp_path / "whole", "checkpoint-4")[2:], abs=1e-5)
 
 
 def sharded_as_in_fsdp2_yaml(model):
