@@ -75,7 +75,13 @@ class SmolLMTRMConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        # A composite config starts without an attention implementation and hands that to its sub-configs: given a
+        # loaded backbone's config (`from_base`, which shares it with the backbone), keep the one it was loaded with.
+        # Left unset, attention falls back to eager without the causal mask, and every position sees later tokens.
+        attention = getattr(self.text_config, "_attn_implementation", None)
         super().__post_init__(**kwargs)
+        if attention is not None and self._attn_implementation is None:
+            self._attn_implementation = attention
         # The LM head is the backbone's, so tying follows the backbone's own setting.
         self.tie_word_embeddings = self.text_config.tie_word_embeddings
         self._check_settings()

@@ -414,12 +414,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         if tokenizer is not None:
             add_think_tokens(tokenizer, base)
             trm_settings.setdefault("think_token_id", tokenizer.convert_tokens_to_ids(THINK_TOKENS[0]))
-        attention = base.config._attn_implementation
         config = SmolLMTRMConfig(text_config=base.config, **trm_settings)
-        # A composite config starts without an attention implementation and hands that to its sub-configs, here the
-        # backbone's own config: restore the one the backbone was loaded with. Left unset, attention falls back to
-        # eager without the causal mask, and every position sees the tokens after it.
-        config._attn_implementation = attention
         # The thought modules are built empty here and initialised below. The backbone is passed in rather than built
         # and replaced: under ZeRO-3, building one would initialise it, partitioned, on the meta device.
         with torch.device("meta"):
