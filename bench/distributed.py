@@ -133,7 +133,7 @@ def train_flags(args, backbone: Path, data: Path, output_dir: Path, per_device_b
              "--num_demo_answers", "0", "--eval_strategy", "no", "--eval_fraction", "0",
              "--dataloader_num_workers", "0", "--save_strategy", "steps" if save else "no",
              "--save_steps", str(max(1, args.steps // 2)),
-             "--bf16", "true" if args.precision == "bf16" and not args.smoke else "false"]
+             "--bf16", "true" if args.precision == "bf16" else "false"]
     if args.smoke:
         flags += ["--use_cpu", "true", "--dataloader_pin_memory", "false"]
     return flags
@@ -289,7 +289,7 @@ RUNS = {
     "lora-fsdp2": ("fsdp2.yaml", 2, "lora-1gpu", True),
     "lora-zero3": ("deepspeed_zero3.yaml", 2, "lora-1gpu", True),
 }
-SHARDED = {"fsdp2", "zero3", "lora-fsdp2", "lora-zero3"}
+SHARDED = {name for name, (config, *_) in RUNS.items() if config in ("fsdp2.yaml", "deepspeed_zero3.yaml")}
 DEFAULT_RUNS = ("1gpu", "ddp", "fsdp2", "zero3")
 
 
@@ -304,24 +304,20 @@ def plan_runs(args) -> tuple[list[str], dict[str, str]]:
             wanted.insert(0, reference)
     skipped = {}
     for name in wanted:
-        if "fsdp2" in name and args.smoke:
+        config = RUNS[name][0]
+        if config == "fsdp2.yaml" and args.smoke:
             skipped[name] = "skipped on CPU: accelerate applies FSDP only on GPUs (tests shard on a gloo mesh)"
-        elif "zero3" in name and importlib.util.find_spec("deepspeed") is None:
+        elif config == "deepspeed_zero3.yaml" and importlib.util.find_spec("deepspeed") is None:
             skipped[name] = "not installed"
     return [name for name in wanted if name not in skipped], skipped
-
-
-def model_shape(args) -> tuple[dict, list[str]]:
-    """(SmolLM3 config fields, train_sft.py flags) of the runs."""
-    return (SMOKE_SHAPE, SMOKE_FLAGS) if args.smoke else SHAPES[args.shape]
 
 
 def run_all(args, out: Path, results: dict) -> None:
     """Make the runs into `results`, rewriting results.json / results.md after each: a run that hangs past the
     caller's time limit leaves the ones before it measured."""
     backbone, data = out / "backbone", write_data(out / "data")
-    shape, shape_flags = model_shape(args)
-    write_backbone(backbone, shape)
+    shape_flags = results["shape_flags"]
+    write_backbone(backbone, results["shape"])
     plan, skipped = plan_runs(args)
     # The run whose checkpoint is resumed on one device: FSDP2 (DDP in the CPU smoke test), if it is made.
     sharded = next((name for name in ("fsdp2", "ddp") if name in plan), None)
@@ -426,11 +422,13 @@ def main() -> int:
     if rest:
         parser.error(f"unknown arguments {rest}")
     args.steps = args.steps or (3 if args.smoke else 30)
+    if args.smoke:
+        args.precision = "fp32"
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    shape, shape_flags = model_shape(args)
+    shape, shape_flags = (SMOKE_SHAPE, SMOKE_FLAGS) if args.smoke else SHAPES[args.shape]
     results = {"smoke": args.smoke, "shape_name": "smoke" if args.smoke else args.shape, "steps": args.steps,
-               "global_batch": GLOBAL_BATCH, "precision": "fp32" if args.smoke else args.precision, "shape": shape,
+               "global_batch": GLOBAL_BATCH, "precision": args.precision, "shape": shape,
                "shape_flags": shape_flags, "lora_flags": LORA, "env": NCCL_ENV}
     run_all(args, out, results)
     results["wall_s"] = round(time.time() - start, 1)

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +23,9 @@ from conftest import ROOT, THINK, tiny_model, tiny_tokenizer
 from test_train_sft import ENV, TINY_TRM, backbone, write_data  # noqa: F401  (backbone is a fixture)
 
 CONFIGS = ROOT / "configs" / "accelerate"
+# train_sft.apply_lora's model arguments for the tiny model
+TINY_LORA = SimpleNamespace(lora_target_modules=None, lora_modules_to_save=None, lora_r=4, lora_alpha=8,
+                            lora_dropout=0.0, use_rslora=False, use_dora=False)
 REQUIRED = {
     "ddp.yaml": {"distributed_type": "MULTI_GPU"},
     "fsdp2.yaml": {"distributed_type": "FSDP"},
@@ -53,7 +57,6 @@ def test_accelerate_configs_parse_with_the_required_settings(name):
         finally:
             del os.environ["ACCELERATE_CONFIG_DS_FIELDS"]
         assert plugin.zero_stage == 3
-    if name == "deepspeed_zero3.yaml":
         ds = json.loads((ROOT / config.deepspeed_config["deepspeed_config_file"]).read_text())
         assert ds["zero_optimization"]["stage"] == 3
         assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
@@ -161,8 +164,6 @@ def test_a_zero3_checkpoint_resumes_where_the_run_left_off(think_backbone, tmp_p
 
 def sharded_as_in_fsdp2_yaml(model):
     """`model` sharded by accelerate's own `fsdp2_prepare_model` with fsdp2.yaml's wrap units, on the CPU mesh."""
-    from types import SimpleNamespace
-
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
@@ -252,8 +253,6 @@ def lora_fsdp2_worker(out: str) -> None:
     """torchrun'd: a LoRA model sharded as fsdp2.yaml shards it, on a gloo CPU mesh; rank 0 compares loss and LoRA /
     TRM gradients with one unsharded copy over the whole batch, and writes the final folder from the gathered state
     dict as train_sft.save_final does."""
-    from types import SimpleNamespace
-
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -264,11 +263,9 @@ def lora_fsdp2_worker(out: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     ids = torch.randint(6, 90, (2 * world, 12), generator=torch.Generator().manual_seed(1))
     ids[:, 5] = THINK
-    lora = SimpleNamespace(lora_target_modules=None, lora_modules_to_save=None, lora_r=4, lora_alpha=8,
-                           lora_dropout=0.0, use_rslora=False, use_dora=False)
 
     def lora_model():
-        model = train_sft.apply_lora(tiny_model(seed=0, attn_implementation="sdpa"), lora, tiny_tokenizer(), [])
+        model = train_sft.apply_lora(tiny_model(seed=0, attn_implementation="sdpa"), TINY_LORA, tiny_tokenizer(), [])
         torch.manual_seed(2)  # LoRA's B starts at zero: give it values, so that the merge is not a no-op
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -323,8 +320,6 @@ def zero3_worker(out: str) -> None:
     the partitioned backbone (the TRM's output scale reads the gathered embeddings); the engine's loss, and its loss
     after one AdamW step, must equal an unsharded copy's on the whole batch; then rank 0 alone rebuilds a LoRA model
     whole, as the final save does while rank 1 waits, which must not enter a collective."""
-    from types import SimpleNamespace
-
     import deepspeed
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM
@@ -350,9 +345,7 @@ def zero3_worker(out: str) -> None:
         return AutoModelForCausalLM.from_pretrained(backbone, attn_implementation="sdpa")
 
     reference = wrapped(load()).train()
-    lora = train_sft.apply_lora(wrapped(load()), SimpleNamespace(
-        lora_target_modules=None, lora_modules_to_save=None, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-        use_rslora=False, use_dora=False), tiny_tokenizer(), [])
+    lora = train_sft.apply_lora(wrapped(load()), TINY_LORA, tiny_tokenizer(), [])
     config = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1}
     zero3_on = HfDeepSpeedConfig(config)  # kept alive until the end: transformers holds only a weak reference
     base = load()
