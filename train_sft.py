@@ -67,6 +67,9 @@ EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 FINAL_FOLDER = "final"
 TRAINABLE_FILE = "trainable.safetensors"  # PEFT checkpoints: every trainable tensor, for exact resume
 EMA_FILE = "trm_ema.safetensors"
+# Written by DeepSpeed's `ds_to_universal` beside a ZeRO checkpoint's `latest`: the conversion that resumes on any
+# number of GPUs (docs/DISTRIBUTED.md).
+UNIVERSAL_LATEST_FILE = "latest_universal"
 THOUGHT_MODULES = {"trm": "trm", "pause": "pause_thoughts"}
 TRM_CONFIG_FIELDS = (
     "num_latents", "trm_hidden_size", "trm_num_layers", "trm_num_heads", "trm_expansion", "n_latent_steps",
@@ -92,7 +95,8 @@ class TRMArguments:
     thought_window: str | None = field(default=None, metadata={"help": "`append` or `slide`."})
     thought_mode: str | None = field(default=None, metadata={"help": "`trm`, `pause` (control) or `none`."})
     ema_decay: float | None = field(
-        default=None, metadata={"help": "EMA decay of the TRM weights (e.g. 0.999), used to evaluate and save."}
+        default=None, metadata={"help": "EMA decay of the TRM weights (e.g. 0.999), used to evaluate and save. "
+                                         "One GPU or DDP (refused under FSDP2 / ZeRO-3)."}
     )
     merge_on_save: bool = field(
         default=True, metadata={"help": "With --use_peft: write merged weights (a plain SmolLMTRM) to the final folder."}
@@ -356,6 +360,22 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def check_zero_world_size(checkpoint: str, processes: int) -> None:
+    """A ZeRO checkpoint holds one optimizer-state file per process that saved it, and DeepSpeed loads it only on as
+    many; on another number, say how to convert it rather than fail inside DeepSpeed."""
+    latest = Path(checkpoint) / "latest"
+    if not latest.is_file():
+        return
+    tag = latest.read_text().strip()
+    saved = len(list((Path(checkpoint) / tag).glob("*_optim_states.pt")))
+    if saved and saved != processes:
+        raise ValueError(
+            f"{checkpoint} was saved by {saved} DeepSpeed processes and this run has {processes}. Convert it once "
+            f"with `python -m deepspeed.checkpoint.ds_to_universal --input_folder {Path(checkpoint) / tag} "
+            f"--output_folder {Path(checkpoint) / (tag + '_universal')}`, then resume from it again (any number of "
+            "processes), or resume on the same number.")
+
+
 def resume_point(training_args) -> str | None:
     explicit = training_args.resume_from_checkpoint
     if explicit:
@@ -458,6 +478,10 @@ class TRMSFTTrainer(SFTTrainer):
         base.__dict__.pop("forward", None)
         self.thought_config = base.config
         self.end_think_id = self.processing_class.convert_tokens_to_ids("</think>")
+        if ema_decay is not None and self.is_sharded:
+            # Under ZeRO-3 a rank holds an empty placeholder for each parameter outside forward, so the average would
+            # silently be of nothing; under FSDP2 the average and its checkpoint file have not been made shard-aware.
+            raise ValueError("--ema_decay is not supported under FSDP2 or DeepSpeed; use DDP or one GPU for EMA.")
         self.ema = TRMWeightsEMA(self.model, ema_decay) if ema_decay is not None else None
         if self.ema is not None:
             self.add_callback(self.ema)
@@ -545,6 +569,32 @@ class TRMSFTTrainer(SFTTrainer):
     @property
     def is_sharded(self) -> bool:
         return self.is_fsdp_enabled or self.is_deepspeed_enabled
+
+    def resumes_universal(self, checkpoint) -> bool:
+        """A ZeRO checkpoint that `ds_to_universal` converted: DeepSpeed loads the conversion, whatever the number
+        of GPUs it was saved on."""
+        return (self.is_deepspeed_enabled and isinstance(checkpoint, str)
+                and os.path.isfile(os.path.join(checkpoint, UNIVERSAL_LATEST_FILE)))
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if self.resumes_universal(resume_from_checkpoint):
+            # Read when DeepSpeed's engine is built, inside train(): set before it.
+            deepspeed_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            deepspeed_config.setdefault("checkpoint", {})["load_universal"] = True
+        elif self.is_deepspeed_enabled and isinstance(resume_from_checkpoint, str):
+            check_zero_world_size(resume_from_checkpoint, self.accelerator.num_processes)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self.resumes_universal(checkpoint):
+            # DeepSpeed's universal ZeRO-3 loader hands every parameter sub-group one shared `step` tensor, which
+            # AdamW then increments in place once per sub-group at every step: all groups but the first (the
+            # Trainer's no-weight-decay one among them) bias-correct with a wrong count. One tensor each, as a
+            # normal load gives.
+            for state in self.model_wrapped.optimizer.optimizer.state.values():
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].clone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         if is_peft(self.model) and not self.is_sharded:

@@ -150,18 +150,43 @@ def test_zero3_through_accelerate_launch_matches_one_process_and_saves_the_same_
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (in the dev extra)")
-def test_a_zero3_checkpoint_resumes_where_the_run_left_off(think_backbone, tmp_path):
+def test_a_zero3_checkpoint_resumes_where_the_run_left_off_on_any_number_of_processes(think_backbone, tmp_path):
+    """On the same number of processes directly; on another after DeepSpeed's universal conversion (the run on
+    another number without it stops with the command to convert)."""
     data = write_data(tmp_path, "qa", count=16)
     longer = ["--max_steps", "4", "--save_steps", "2"]
     whole = launch_train(think_backbone, data, tmp_path / "whole", 2, "deepspeed_zero3.yaml", *longer)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    resumed = launch_train(think_backbone, data, tmp_path / "resumed", 2, "deepspeed_zero3.yaml", *longer,
-                           "--resume_from_checkpoint", str(tmp_path / "whole" / "checkpoint-2"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert (resumed.stdout + resumed.stderr).count("'loss':") == 2, "the resumed run did not start after step 2"
+    checkpoint = tmp_path / "whole" / "checkpoint-2"
+    uninterrupted = logged_losses(tmp_path / "whole", "checkpoint-4")[2:]
+
+    def resume(name: str, processes: int) -> subprocess.CompletedProcess:
+        return launch_train(think_backbone, data, tmp_path / name, processes, "deepspeed_zero3.yaml", *longer,
+                            "--resume_from_checkpoint", str(checkpoint))
+
+    same = resume("same", 2)
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert (same.stdout + same.stderr).count("'loss':") == 2, "the resumed run did not start after step 2"
     # the resumed state carries the log of steps 1-2 from the checkpoint; steps 3-4 are the ones it trained
-    after = logged_losses(tmp_path / "resumed", "checkpoint-4")[2:]
-    assert after == pytest.approx(logged_losses(tmp_path / "whole", "checkpoint-4")[2:], abs=1e-5)
+    assert logged_losses(tmp_path / "same", "checkpoint-4")[2:] == pytest.approx(uninterrupted, abs=1e-5)
+
+    refused = resume("refused", 1)
+    assert refused.returncode != 0 and "ds_to_universal" in refused.stderr, refused.stderr[-3000:]
+    convert = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                              str(checkpoint / "global_step2"), "--output_folder",
+                              str(checkpoint / "global_step2_universal")], capture_output=True, text=True, env=ENV)
+    assert convert.returncode == 0, convert.stderr[-3000:]
+    one = resume("one", 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    # Step 4 depends on AdamW's step count in both parameter groups (DeepSpeed's loader shares one tensor: 5e-4 off)
+    assert logged_losses(tmp_path / "one", "checkpoint-4")[2:] == pytest.approx(uninterrupted, abs=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (in the dev extra)")
+def test_ema_is_refused_under_zero3_rather_than_averaging_empty_partitions(backbone, tmp_path):  # noqa: F811
+    data = write_data(tmp_path, "qa", count=8)
+    run = launch_train(backbone, data, tmp_path / "ema", 2, "deepspeed_zero3.yaml", "--ema_decay", "0.9")
+    assert run.returncode != 0 and "--ema_decay is not supported under FSDP2 or DeepSpeed" in run.stderr
 
 
 def sharded_as_in_fsdp2_yaml(model):
