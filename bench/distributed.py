@@ -432,7 +432,9 @@ def main() -> int:
     shape, shape_flags = (SMOKE_SHAPE, SMOKE_FLAGS) if args.smoke else SHAPES[args.shape]
     results = {"smoke": args.smoke, "shape_name": "smoke" if args.smoke else args.shape, "steps": args.steps,
                "global_batch": GLOBAL_BATCH, "precision": args.precision, "shape": shape,
-               "shape_flags": shape_flags, "lora_flags": LORA, "env": NCCL_ENV}
+               "shape_flags": shape_flags, "lora_flags": LORA, "env": NCCL_ENV,
+               # ZeRO-3's numerics depend on it (gradient reduction dtype): recorded with the numbers it gave
+               "deepspeed_config": json.loads((ACCELERATE_CONFIGS / "deepspeed_zero3.json").read_text())}
     run_all(args, out, results)
     results["wall_s"] = round(time.time() - start, 1)
     print(write_results(results, out))
