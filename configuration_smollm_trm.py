@@ -10,6 +10,11 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 THOUGHT_WINDOWS = ("append", "slide")
 THOUGHT_MODES = ("trm", "pause", "none")
+# Both model classes, whichever of them saves a folder (transformers writes only the saving class's entry).
+MODEL_AUTO_MAP = {
+    "AutoModel": "modeling_smollm_trm.SmolLMTRMModel",
+    "AutoModelForCausalLM": "modeling_smollm_trm.SmolLMTRMForCausalLM",
+}
 
 
 @strict
@@ -84,7 +89,15 @@ class SmolLMTRMConfig(PreTrainedConfig):
             self._attn_implementation = attention
         # The LM head is the backbone's, so tying follows the backbone's own setting.
         self.tie_word_embeddings = self.text_config.tie_word_embeddings
+        if getattr(self, "auto_map", None) is None:  # a loaded config keeps its own (the Hub prefixes the repo id)
+            self.auto_map = dict(MODEL_AUTO_MAP)
         self._check_settings()
+
+    @classmethod
+    def thought_settings(cls) -> tuple[str, ...]:
+        """The settings of the thoughts this class adds to the backbone's config (what `train_sft.py` takes as
+        flags); `text_config` is the backbone's and `tie_word_embeddings` follows it."""
+        return tuple(name for name in cls.__annotations__ if name not in ("text_config", "tie_word_embeddings"))
 
     def _check_settings(self) -> None:
         text = self.text_config

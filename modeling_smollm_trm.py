@@ -21,6 +21,11 @@ A chunk of input (a training batch or a prompt) is cut after each `<think>`: seg
 tokens, then block j's K thoughts, run through the backbone for the whole batch at once while the KV cache keeps
 everything before them: the context is computed once and the answer's gradient reaches the TRM through the cache.
 
+`SmolLMTRMModel` is the backbone's body with the thoughts (layout, cache bookkeeping, thinking) and returns hidden
+states aligned with `input_ids`; `SmolLMTRMForCausalLM` adds the LM head, the loss and generation. The thoughts come
+from one module behind one interface: `HiddenStateTRM` (the recursion, with its deep-supervision loop) or
+`PauseThoughts` (the control); `Depth` is the validated (T, N_sup) of a call.
+
 This file is remote code: it is copied into every checkpoint and imports only torch, transformers and its config.
 """
 
@@ -138,6 +143,37 @@ class LatentAttentionCompressor(nn.Module):
         return F.rms_norm(x + self.mlp(x), (x.shape[-1],), eps=self.eps)  # (B, K, d)
 
 
+@dataclass(frozen=True)
+class Depth:
+    """How deep the TRM thinks in one call: T = `n_cycles` per supervision step, N_sup = `n_supervision_steps`."""
+
+    n_cycles: int
+    n_supervision_steps: int
+
+    def __post_init__(self) -> None:
+        for name in ("n_cycles", "n_supervision_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+
+    @classmethod
+    def of_call(cls, config: SmolLMTRMConfig, n_cycles: int | None = None,
+                n_supervision_steps: int | None = None) -> "Depth":
+        """The depth of a call: the values passed to it, the config's where None."""
+        return cls(config.n_cycles if n_cycles is None else n_cycles,
+                   config.n_supervision_steps if n_supervision_steps is None else n_supervision_steps)
+
+    @property
+    def label(self) -> str:
+        return f"T={self.n_cycles}, N_sup={self.n_supervision_steps}"
+
+    def effective(self, config: SmolLMTRMConfig) -> int:
+        """Network applications per thought, as the TRM paper counts depth: N_sup * T * (n + 1) * layers.
+        An upper bound when N_sup > 1: a row whose halting head fires stops its supervision steps early."""
+        per_cycle = (config.n_latent_steps + 1) * config.trm_num_layers
+        return self.n_supervision_steps * self.n_cycles * per_cycle
+
+
 @dataclass
 class TRMCarry:
     y: torch.Tensor  # (B, K, d) the current answer
@@ -152,12 +188,33 @@ class TRMCarry:
         return TRMCarry(torch.where(keep, self.y, other.y), torch.where(keep, self.z, other.z))
 
 
+@dataclass
+class ThoughtStep:
+    thoughts: torch.Tensor  # (B, K, D) in the backbone's embedding space
+    halt_logit: torch.Tensor | None  # (B,) float32; None for thoughts that cannot halt (pause)
+
+
+@dataclass
+class Thinking:
+    """What a thought module gives for one `<think>`: every supervision step it ran, the last one's thoughts used."""
+
+    steps: list[ThoughtStep]
+    steps_used: torch.Tensor  # (B,) supervision steps each row ran before it halted
+
+    @property
+    def thoughts(self) -> torch.Tensor:
+        return self.steps[-1].thoughts
+
+
 class HiddenStateTRM(nn.Module):
     """Compressor, recursion and the projection of y into K thought vectors in the backbone's embedding space."""
+
+    reads_context = True  # the model hands it the context's hidden states
 
     def __init__(self, config: SmolLMTRMConfig):
         super().__init__()
         width = config.trm_hidden_size
+        self.n_latent_steps = config.n_latent_steps
         self.compressor = LatentAttentionCompressor(config)
         self.net = TinyRecursiveNetwork(config)
         # Fixed starting points, as in the TRM reference code (buffers, not parameters; saved with the weights).
@@ -168,36 +225,82 @@ class HiddenStateTRM(nn.Module):
         self.out_norm = nn.RMSNorm(config.text_config.hidden_size, eps=config.trm_rms_norm_eps)
         self.halt_head = nn.Linear(width, 1)
 
-    def forward(self, context: torch.Tensor, context_mask: torch.Tensor, n: int, T: int) -> torch.Tensor:
-        """K thought vectors [B, K, D] from the context's hidden states [B, L, D]: one supervision step from the
-        initial carry (the model runs the steps itself, to score and halt them)."""
-        x = self.compressor(context, context_mask)
-        return self.thoughts(self.deep_recursion(x, self.initial_carry(x), n, T).y)
+    def forward(self, context: torch.Tensor, context_mask: torch.Tensor, depth: Depth,
+                halt_threshold: float | None = None, rows: torch.Tensor | None = None) -> Thinking:
+        """Deep supervision from the context's hidden states [B, L, D]: N_sup steps of T cycles from the initial
+        carry, (y, z) detached between steps. Without `halt_threshold` (training) every step runs, and each one's
+        thoughts are scored by the caller. With it (inference), a row whose halting probability exceeds it keeps its
+        thoughts, and the steps end once every row of `rows` has halted."""
+        x = self.compressor(context, context_mask)  # (B, K, d)
+        carry = self.initial_carry(x)
+        halted = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        steps_used = torch.zeros(x.shape[0], device=x.device)
+        steps = []
+        for step in range(depth.n_supervision_steps):
+            if step:
+                carry = carry.detach()
+            carry = carry.where(halted, self.deep_recursion(x, carry, depth.n_cycles))
+            steps_used += (~halted).float()
+            halt_logit = self.halt_logit(carry.y)
+            steps.append(ThoughtStep(self.thoughts(carry.y), halt_logit))
+            if halt_threshold is not None:
+                halted = halted | (torch.sigmoid(halt_logit) > halt_threshold)
+                if bool(halted[rows].all()):
+                    break
+        return Thinking(steps, steps_used)
+
+    @staticmethod
+    def supervision_steps(depth: Depth) -> int:
+        return depth.n_supervision_steps
 
     def initial_carry(self, x: torch.Tensor) -> TRMCarry:
         # Mixed-precision wrappers (FSDP2's policy) cast parameters but not buffers: follow x's dtype.
         return TRMCarry(self.y_init.to(x.dtype).expand_as(x), self.z_init.to(x.dtype).expand_as(x))
 
-    def latent_recursion(self, x: torch.Tensor, carry: TRMCarry, n: int) -> TRMCarry:
+    def latent_recursion(self, x: torch.Tensor, carry: TRMCarry) -> TRMCarry:
         y, z = carry.y, carry.z
-        for _ in range(n):
+        for _ in range(self.n_latent_steps):
             z = self.net(x + y + z)
         y = self.net(y + z)
         return TRMCarry(y, z)
 
-    def deep_recursion(self, x: torch.Tensor, carry: TRMCarry, n: int, T: int) -> TRMCarry:
+    def deep_recursion(self, x: torch.Tensor, carry: TRMCarry, T: int) -> TRMCarry:
         # The first T-1 cycles only improve the starting point; backpropagating through all of them costs memory
         # for little gain, while the full gradient through the last cycle matters (the paper's ablation).
         with torch.no_grad():
             for _ in range(T - 1):
-                carry = self.latent_recursion(x, carry, n)
-        return self.latent_recursion(x, carry, n)
+                carry = self.latent_recursion(x, carry)
+        return self.latent_recursion(x, carry)
 
     def thoughts(self, y: torch.Tensor) -> torch.Tensor:
         return self.out_norm(self.out_proj(y))  # (B, K, D)
 
     def halt_logit(self, y: torch.Tensor) -> torch.Tensor:
         return self.halt_head(y.mean(dim=1)).squeeze(-1).float()  # (B,)
+
+
+class PauseThoughts(nn.Module):
+    """The control of experiments: K learned vectors, the same whatever the context and depth (no recursion, no
+    halting), behind the same interface as `HiddenStateTRM`."""
+
+    reads_context = False
+
+    def __init__(self, config: SmolLMTRMConfig):
+        super().__init__()
+        self.vectors = nn.Parameter(torch.empty(config.num_latents, config.text_config.hidden_size))
+
+    def forward(self, context: torch.Tensor | None, context_mask: torch.Tensor, depth: Depth,
+                halt_threshold: float | None = None, rows: torch.Tensor | None = None) -> Thinking:
+        batch = context_mask.shape[0]
+        steps_used = torch.ones(batch, device=context_mask.device)
+        return Thinking([ThoughtStep(self.vectors.expand(batch, -1, -1), None)], steps_used)
+
+    @staticmethod
+    def supervision_steps(depth: Depth) -> int:
+        return 1
+
+
+THOUGHT_MODULES = {"trm": HiddenStateTRM, "pause": PauseThoughts}  # thought_mode "none" has no module
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -289,6 +392,40 @@ class ThoughtCache(DynamicCache):
 
 
 @dataclass
+class SupervisedStep:
+    """One supervision step of one `<think>`, for the head to score (training)."""
+
+    think: int  # which `<think>` of the chunk
+    halt_logit: torch.Tensor | None  # (B,); None: thoughts that cannot halt
+    # (B, L, D) hidden states behind each input column's logits given this step's thoughts, meaningful in the columns
+    # of this `<think>`'s answer; None for the last step, whose answer is the main pass's
+    hidden: torch.Tensor | None
+
+
+@dataclass
+class ThoughtSupervision:
+    """What the head needs, besides the main pass, to score the thoughts of a chunk."""
+
+    answer_index: torch.Tensor  # (B, L) which `<think>`'s answer each input column predicts (-1: none)
+    think_rows: torch.Tensor  # (S, B) bool: row has a j-th `<think>` in this chunk
+    steps: list[SupervisedStep]
+    steps_per_think: int  # supervision steps each `<think>` is scored over
+
+
+@dataclass
+class SmolLMTRMModelOutput(ModelOutput):
+    """`last_hidden_state` [B, L, D] is aligned with `input_ids` (thought positions are not returned): the column of
+    `<think>` holds the last thought's state, the one that predicts the first token after the thoughts."""
+
+    last_hidden_state: torch.Tensor | None = None
+    cache: ThoughtCache | None = None
+    halt_probability: torch.Tensor | None = None
+    supervision_steps: torch.Tensor | None = None
+    thought_norm: torch.Tensor | None = None
+    supervision: ThoughtSupervision | None = None  # only with `supervise=True`
+
+
+@dataclass
 class SmolLMTRMOutput(ModelOutput):
     """`logits` [B, L, V] are aligned with `input_ids` (thought positions are not returned): `logits[:, i]` predicts
     `input_ids[:, i + 1]`, so the column of `<think>` predicts the first token after its thoughts."""
@@ -305,25 +442,30 @@ class SmolLMTRMOutput(ModelOutput):
 
 @dataclass
 class ChunkLayout:
-    """Where each column of a chunk of new tokens goes in the block layout (see the module docstring)."""
+    """Where each column of a chunk of new tokens goes in the block layout (see the module docstring): block j's
+    tokens, then, for every block but the last, the K thoughts of the `<think>` that ends it."""
 
     ids: torch.Tensor  # (B, C) token ids in the layout (pad columns hold 0)
     kinds: torch.Tensor  # (B, C) PAD / TOKEN / THOUGHT
     out_columns: torch.Tensor  # (B, L) layout column whose hidden state gives each input column's logits
     block_starts: list[int]  # first column of block j's tokens
-    block_widths: list[int]  # width of block j's tokens; block j's thoughts follow them
+    block_widths: list[int]  # width of block j's tokens
+    num_latents: int
     think_rows: torch.Tensor  # (S, B) bool: row has a j-th `<think>` in this chunk
     answer_index: torch.Tensor  # (B, L) which `<think>`'s answer each input column predicts (-1: none)
 
+    @property
+    def num_thinks(self) -> int:
+        return len(self.block_widths) - 1
 
-@dataclass
-class LossParts:
-    """Per-token and per-step terms of the loss, gathered while the chunk runs."""
+    def tokens(self, j: int) -> slice:
+        """Columns of block j's tokens (block j + 1 is the answer of the j-th `<think>`)."""
+        return slice(self.block_starts[j], self.block_starts[j] + self.block_widths[j])
 
-    aux_ce_sum: torch.Tensor  # CE summed over the answers scored with the thoughts of earlier supervision steps
-    halt_logits: list[torch.Tensor]  # (B,) per (think, step)
-    halt_targets: list[torch.Tensor | None]  # (B,) bool per (think, step); None: from the main pass, filled later
-    halt_think: list[int]  # which `<think>` each entry belongs to
+    def thoughts(self, j: int) -> slice:
+        """Columns of the j-th `<think>`'s K thoughts, right after block j's tokens."""
+        start = self.tokens(j).stop
+        return slice(start, start + self.num_latents)
 
 
 class SmolLMTRMPreTrainedModel(PreTrainedModel):
@@ -350,12 +492,263 @@ class SmolLMTRMPreTrainedModel(PreTrainedModel):
             init.constant_(module.halt_head.bias, HALT_BIAS_INIT)
             # Random token embeddings are drawn with std `initializer_range`, so that is their RMS too.
             init.constant_(module.out_norm.weight, std)
-        elif isinstance(module, SmolLMTRMForCausalLM) and module.pause_thoughts is not None:
-            init.normal_(module.pause_thoughts, std=std)
+        elif isinstance(module, PauseThoughts):
+            init.normal_(module.vectors, std=std)
+
+
+class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
+    """The backbone's body with the thoughts: it cuts a chunk at each `<think>`, runs the backbone block by block on
+    the `ThoughtCache`, and inserts the thought module's K vectors after every `<think>`. Returns the last hidden
+    states aligned with `input_ids`, and the cache."""
+
+    def __init__(self, config: SmolLMTRMConfig, language_model: PreTrainedModel | None = None):
+        """`language_model`: a loaded backbone body used as it is (`from_base`); without it, one is built from
+        `config.text_config`."""
+        super().__init__(config)
+        self.language_model = AutoModel.from_config(config.text_config) if language_model is None else language_model
+        thought_module = THOUGHT_MODULES.get(config.thought_mode)
+        self.thoughts = thought_module(config) if thought_module is not None else None
+        self._no_split_modules = list(self.language_model._no_split_modules or []) + ["TransformerBlock"]
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: ThoughtCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        n_cycles: int | None = None,
+        n_supervision_steps: int | None = None,
+        supervise: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> SmolLMTRMModelOutput:
+        """`position_ids` are derived from `attention_mask` and the thoughts; ones passed in are checked for packing
+        (unsupported) and otherwise ignored. `n_cycles` / `n_supervision_steps` override the config for this call.
+        `supervise=True` (training) runs every supervision step and returns what the head needs to score each;
+        otherwise a row stops its steps once it halts."""
+        if output_attentions or output_hidden_states:
+            raise NotImplementedError("SmolLMTRM does not return attentions or hidden states.")
+        if input_ids is None or inputs_embeds is not None:
+            raise ValueError("SmolLMTRM needs `input_ids` (to find `<think>`), not `inputs_embeds`.")
+        reject_packed_positions(position_ids, attention_mask)
+        depth = Depth.of_call(self.config, n_cycles, n_supervision_steps)
+        use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
+        cache = self._stream_cache(cache)
+        layout = self._plan_chunk(input_ids, valid_columns(input_ids, attention_mask))
+        self._check_length(cache, layout)
+        hidden, stats, steps = self._run_chunk(cache, layout, depth, supervise)
+        supervision = None
+        if supervise:
+            per_think = self.thoughts.supervision_steps(depth) if self.thoughts is not None else 1
+            supervision = ThoughtSupervision(layout.answer_index, layout.think_rows, steps, per_think)
+        return SmolLMTRMModelOutput(last_hidden_state=hidden, cache=cache if use_cache else None,
+                                    supervision=supervision, **stats)
+
+    def _stream_cache(self, cache) -> ThoughtCache:
+        replay = self.language_model.is_activation_checkpointing and self.training and torch.is_grad_enabled()
+        if cache is None:
+            return ThoughtCache(config=self.config.get_text_config(decoder=True), replay=replay)
+        if not isinstance(cache, ThoughtCache):
+            raise TypeError(
+                f"SmolLMTRM needs a ThoughtCache (it records where the thoughts are), got {type(cache).__name__}; "
+                "let generate() create it, or pass `ThoughtCache(config=model.config.text_config)`."
+            )
+        if replay and cache.num_columns:
+            raise ValueError("Continuing a cache with activation checkpointing on is not supported; call `.eval()`.")
+        return cache
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Layout
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _plan_chunk(self, input_ids: torch.Tensor, valid: torch.Tensor) -> ChunkLayout:
+        """Cut each row after every `<think>` and place the segments in blocks of a common width."""
+        batch, length = input_ids.shape
+        K = self.config.num_latents
+        if self.config.thought_mode == "none":
+            is_think = torch.zeros_like(valid)
+        else:
+            is_think = (input_ids == self.config.think_token_id) & valid
+        thinks_through = is_think.long().cumsum(dim=1)  # (B, L) thinks up to and including each column
+        answer_index = thinks_through - 1
+        num_blocks = int(thinks_through[:, -1].max()) + 1 if length else 1
+        if num_blocks == 1:  # no `<think>`: the chunk is one block as it stands (most decoding steps)
+            columns = torch.arange(length, device=input_ids.device).expand(batch, -1)
+            return ChunkLayout(input_ids, torch.where(valid, TOKEN, PAD), columns, [0], [length], K,
+                               is_think.new_zeros(0, batch), answer_index)
+        segment = thinks_through - is_think.long()  # (B, L) segment index: a `<think>` ends its segment
+        seg_len = torch.zeros(batch, num_blocks, dtype=torch.long, device=input_ids.device)
+        seg_len.scatter_add_(1, segment, torch.ones_like(segment))  # (B, S+1)
+        widths = seg_len.max(dim=0).values.tolist()
+        starts = [sum(widths[:j]) + j * K for j in range(num_blocks)]
+        starts_t = torch.tensor(starts, device=input_ids.device)
+        widths_t = torch.tensor(widths, device=input_ids.device)
+        # Real tokens first, in order, then the segment's padding (also the input's own left padding): a padding
+        # column always has a real column before it to attend to. A query with no visible key has a logsumexp of
+        # -inf, and fused attention kernels (cuDNN's sdpa backward in torch 2.11 on H200, seen here) then return NaN
+        # gradients.
+        layout_col = starts_t[segment] + real_tokens_first(valid, segment, num_blocks)
+        ids = input_ids.new_zeros(batch, starts[-1] + widths[-1])
+        kinds = torch.full_like(ids, PAD)
+        ids.scatter_(1, layout_col, input_ids)
+        kinds.scatter_(1, layout_col, torch.where(valid, TOKEN, PAD))
+        think_rows = torch.stack([thinks_through[:, -1] > j for j in range(num_blocks - 1)])
+        last_thought_col = starts_t[segment] + widths_t[segment] + K - 1
+        out_columns = torch.where(is_think, last_thought_col, layout_col)
+        layout = ChunkLayout(ids, kinds, out_columns, starts, widths, K, think_rows, answer_index)
+        for j in range(layout.num_thinks):
+            kinds[:, layout.thoughts(j)] = torch.where(think_rows[j], THOUGHT, PAD)[:, None]
+        return layout
+
+    def _check_length(self, cache: ThoughtCache, layout: ChunkLayout) -> None:
+        """Refuse positions beyond what the backbone was built for: they would be silently wrong, not an error."""
+        seen = 0 if cache.kinds is None else (cache.kinds != PAD).sum(dim=1)
+        longest = int(((layout.kinds != PAD).sum(dim=1) + seen).max())
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if limit is not None and longest > limit:
+            raise ValueError(
+                f"A row needs {longest} positions (tokens plus {self.config.num_latents} per `<think>`), more than the "
+                f"backbone's max_position_embeddings={limit}; shorten it or use fewer `<think>` / num_latents."
+            )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Running the backbone
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _run_chunk(self, cache: ThoughtCache, layout: ChunkLayout, depth: Depth, supervise: bool):
+        """Run the blocks of a chunk in order: tokens, then the thoughts they end with. Returns the hidden states
+        behind each input column's logits, TRM statistics and (supervised) every supervision step."""
+        K = self.config.num_latents
+        prior_thinks = self._thinks_so_far(cache, layout.kinds.shape[0])
+        hidden_blocks, stats, steps = [], [], []
+        for j in range(layout.num_thinks + 1):
+            tokens = layout.tokens(j)
+            if tokens.stop > tokens.start:
+                hidden_blocks.append(self._extend(cache, self.get_input_embeddings()(layout.ids[:, tokens]),
+                                                  layout.kinds[:, tokens], (prior_thinks + j) * K))
+            if j == layout.num_thinks:
+                break
+            thoughts, think_stats, think_steps = self._think(cache, layout, j, depth, supervise, prior_thinks)
+            stats.append(think_stats)
+            steps += think_steps
+            hidden_blocks.append(self._extend(cache, thoughts, layout.kinds[:, layout.thoughts(j)],
+                                              torch.zeros_like(prior_thinks)))
+        hidden = torch.cat(hidden_blocks, dim=1)  # (B, C, D) the chunk in layout order
+        return self._input_aligned(hidden, layout.out_columns), self._mean_stats(stats), steps
+
+    @staticmethod
+    def _input_aligned(hidden: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """(B, L, D): for each input column, the hidden state of its layout column `columns` (B, L)."""
+        return hidden.gather(1, columns[..., None].expand(-1, -1, hidden.shape[-1]))
+
+    def _thinks_so_far(self, cache: ThoughtCache, batch: int) -> torch.Tensor:
+        if cache.kinds is None:
+            return torch.zeros(batch, dtype=torch.long, device=self.device)
+        return (cache.kinds == THOUGHT).sum(dim=1) // self.config.num_latents
+
+    def _extend(self, cache: ThoughtCache, embeds: torch.Tensor, kinds: torch.Tensor, drop: torch.Tensor):
+        """Run the backbone on new columns after everything in `cache`; `drop` (B,) is how many of each row's oldest
+        tokens these columns may not see (`thought_window="slide"`). Returns their last-layer hidden states."""
+        seen = cache.kinds if cache.kinds is not None else kinds[:, :0]
+        all_kinds = torch.cat([seen, kinds], dim=1)
+        positions = stream_positions(all_kinds)[:, seen.shape[1] :]
+        if self.config.thought_window != "slide":
+            drop = torch.zeros_like(drop)
+        drops = drop[:, None].expand_as(kinds)
+        if cache.replay:
+            hidden = self._replay_backbone(cache, embeds, all_kinds, drops)
+        else:
+            mask = visible_keys(all_kinds, drop[:, None])  # (B, C): every query of this call shares the row's drop
+            out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
+                                      use_cache=True)
+            hidden = out.last_hidden_state
+        reads_context = self.thoughts is not None and self.thoughts.reads_context
+        cache.record(kinds, hidden if reads_context else None, embeds, drops)
+        return hidden
+
+    def _replay_backbone(self, cache: ThoughtCache, embeds, all_kinds, drops) -> torch.Tensor:
+        """Activation checkpointing drops the KV cache inside layers: recompute the whole stream instead, with a
+        per-query mask so that earlier columns see exactly what they saw when they were first computed."""
+        all_embeds = embeds if cache.replay_embeds is None else torch.cat([cache.replay_embeds, embeds], dim=1)
+        all_drops = drops if cache.replay_drops is None else torch.cat([cache.replay_drops, drops], dim=1)
+        positions = stream_positions(all_kinds)
+        mask = all_kinds != PAD
+        if self.config.thought_window == "slide":
+            ranks = token_ranks(all_kinds)
+
+            def slide(batch_idx, head_idx, q_idx, kv_idx):
+                return ranks[batch_idx, kv_idx] > all_drops[batch_idx, q_idx]
+
+            mask = create_causal_mask(config=self.language_model.config, inputs_embeds=all_embeds,
+                                      attention_mask=mask, cache=None, position_ids=positions,
+                                      and_mask_function=slide)
+        out = self.language_model(inputs_embeds=all_embeds, attention_mask=mask, position_ids=positions,
+                                  use_cache=False)
+        return out.last_hidden_state[:, -embeds.shape[1] :]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Thoughts
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _think(self, cache, layout: ChunkLayout, j: int, depth: Depth, supervise: bool, prior_thinks):
+        """The K thought vectors for the j-th `<think>` of the chunk (B, K, D), their statistics, and (supervised)
+        its supervision steps, each earlier step's answer run on that step's thoughts."""
+        context = cache.hidden if self.thoughts.reads_context else None
+        threshold = None if supervise else self.config.halt_threshold
+        thinking = self.thoughts(context, cache.kinds != PAD, depth, threshold, layout.think_rows[j])
+        steps = []
+        if supervise:
+            for step in thinking.steps[:-1]:
+                hidden = self._answer_pass(cache, layout, j, step.thoughts, prior_thinks)
+                steps.append(SupervisedStep(j, step.halt_logit, hidden))
+            steps.append(SupervisedStep(j, thinking.steps[-1].halt_logit, None))
+        return thinking.thoughts, self._thought_stats(thinking), steps
+
+    def _answer_pass(self, cache, layout: ChunkLayout, j: int, thoughts, prior_thinks) -> torch.Tensor:
+        """Deep supervision: the j-th `<think>`'s [thoughts; answer] given an intermediate step's thoughts, run on the
+        context's cache, which is then cut back. Returns input-aligned hidden states (see `SupervisedStep`)."""
+        thought_columns, answer_columns = layout.thoughts(j), layout.tokens(j + 1)
+        hidden = [self._extend(cache, thoughts, layout.kinds[:, thought_columns], torch.zeros_like(prior_thinks))]
+        if answer_columns.stop > answer_columns.start:
+            answer_embeds = self.get_input_embeddings()(layout.ids[:, answer_columns])
+            answer_drop = (prior_thinks + j + 1) * self.config.num_latents
+            hidden.append(self._extend(cache, answer_embeds, layout.kinds[:, answer_columns], answer_drop))
+        hidden = torch.cat(hidden, dim=1)  # (B, K + W, D) from the first thought column on
+        cache.crop(-hidden.shape[1])
+        columns = (layout.out_columns - thought_columns.start).clamp(0, hidden.shape[1] - 1)
+        return self._input_aligned(hidden, columns)
+
+    @staticmethod
+    def _thought_stats(thinking: Thinking) -> dict:
+        stats = {"thought_norm": thinking.thoughts.float().norm(dim=-1).mean()}
+        halt_logit = thinking.steps[-1].halt_logit
+        if halt_logit is not None:
+            stats["halt_probability"] = torch.sigmoid(halt_logit).mean()
+            stats["supervision_steps"] = thinking.steps_used.mean()
+        return stats
+
+    @staticmethod
+    def _mean_stats(stats: list[dict]) -> dict:
+        if not stats:
+            return {}
+        return {key: torch.stack([s[key] for s in stats]).mean() for key in stats[0]}
 
 
 class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    """`SmolLMTRMModel` plus the backbone's LM head, the loss (answer cross-entropy with deep supervision and the
+    halting BCE) and the generation glue."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
 
     def __init__(self, config: SmolLMTRMConfig, backbone: PreTrainedModel | None = None):
         """`backbone`: a loaded `*ForCausalLM` whose body and head are used as they are (`from_base`); without it
@@ -363,16 +756,11 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         text = config.text_config
         if backbone is None:
-            self.model = AutoModel.from_config(text)
+            self.model = SmolLMTRMModel(config)
             self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
         else:
-            self.model = getattr(backbone, backbone.base_model_prefix)
+            self.model = SmolLMTRMModel(config, language_model=getattr(backbone, backbone.base_model_prefix))
             self.lm_head = backbone.get_output_embeddings()
-        self.trm = HiddenStateTRM(config) if config.thought_mode == "trm" else None
-        self.pause_thoughts = (
-            nn.Parameter(torch.empty(config.num_latents, text.hidden_size)) if config.thought_mode == "pause" else None
-        )
-        self._no_split_modules = list(self.model._no_split_modules or []) + ["TransformerBlock"]
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -415,42 +803,38 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
             add_think_tokens(tokenizer, base)
             trm_settings.setdefault("think_token_id", tokenizer.convert_tokens_to_ids(THINK_TOKENS[0]))
         config = SmolLMTRMConfig(text_config=base.config, **trm_settings)
-        # The thought modules are built empty here and initialised below. The backbone is passed in rather than built
+        # The thought module is built empty here and initialised below. The backbone is passed in rather than built
         # and replaced: under ZeRO-3, building one would initialise it, partitioned, on the meta device.
         with torch.device("meta"):
             model = cls(config, backbone=base)
         model.generation_config = base.generation_config
-        model._materialize_thought_modules(base.device, base.dtype)
+        model._materialize_thought_module(base.device, base.dtype)
         model.tokenizer = tokenizer
         return model
 
-    def _materialize_thought_modules(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Allocate and initialise the TRM (or pause vectors) built on the meta device by `from_base`.
+    def _materialize_thought_module(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Allocate and initialise the thought module built on the meta device by `from_base`.
 
-        They are drawn on the CPU in float32 from the seed last set (`torch.manual_seed`, the Trainer's `set_seed`),
-        then moved. So a seed gives the same thought modules on every rank and whatever happened since the seed was
+        It is drawn on the CPU in float32 from the seed last set (`torch.manual_seed`, the Trainer's `set_seed`),
+        then moved. So a seed gives the same thought module on every rank and whatever happened since the seed was
         set: under ZeRO-3 the backbone is loaded onto the GPU (another generator), and resizing the embeddings for
         new think tokens draws a different amount of random numbers when they are partitioned.
         """
+        module = self.model.thoughts
+        if module is None:
+            return
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch.initial_seed())
-            for name in ("trm", "pause_thoughts"):
-                part = getattr(self, name)
-                if isinstance(part, nn.Module):
-                    part.to_empty(device="cpu").float()
-                    part.apply(self._init_weights)
-                    part.to(device=device, dtype=dtype)
-                elif part is not None:
-                    self.pause_thoughts = nn.Parameter(torch.empty_like(part, device="cpu", dtype=torch.float32))
-                    self._init_weights(self)
-                    self.pause_thoughts = nn.Parameter(self.pause_thoughts.detach().to(device=device, dtype=dtype))
-        if self.trm is not None:
+            module.to_empty(device="cpu").float()
+            module.apply(self._init_weights)
+            module.to(device=device, dtype=dtype)
+        if isinstance(module, HiddenStateTRM):
             embeddings = self.get_input_embeddings().weight
             with torch.no_grad(), gathered(embeddings):
-                self.trm.out_norm.weight.fill_(embeddings.float().pow(2).mean().sqrt().item())
+                module.out_norm.weight.fill_(embeddings.float().pow(2).mean().sqrt().item())
 
     # ------------------------------------------------------------------------------------------------------------
-    # Forward
+    # Forward and loss
     # ------------------------------------------------------------------------------------------------------------
 
     def forward(
@@ -469,271 +853,79 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         **kwargs,
     ) -> SmolLMTRMOutput:
-        """`position_ids` are derived from `attention_mask` and the thoughts; ones passed in are checked for packing
-        (unsupported) and otherwise ignored. `n_cycles` / `n_supervision_steps` override the config for this call."""
-        if output_attentions or output_hidden_states:
-            raise NotImplementedError("SmolLMTRM does not return attentions or hidden states.")
-        if input_ids is None or inputs_embeds is not None:
-            raise ValueError("SmolLMTRM needs `input_ids` (to find `<think>`), not `inputs_embeds`.")
-        reject_packed_positions(position_ids, attention_mask)
-        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
-        cache = self._stream_cache(cache, use_cache)
-        if valid.shape[1] > input_ids.shape[1]:  # generate() passes the mask of the whole sequence so far
-            valid = valid[:, -input_ids.shape[1] :]
-        depth = (n_cycles or self.config.n_cycles, n_supervision_steps or self.config.n_supervision_steps)
-        layout = self._plan_chunk(input_ids, valid)
-        self._check_length(cache, layout)
-        parts = LossParts(aux_ce_sum=torch.zeros((), device=input_ids.device), halt_logits=[], halt_targets=[],
-                          halt_think=[])
-        targets = next_token_targets(labels, valid) if labels is not None else None
-        hidden, stats = self._run_chunk(cache, layout, targets, depth, parts)
+        """See `SmolLMTRMModel.forward`. `labels` (unshifted, -100 ignored) give the loss: every supervision step of
+        every `<think>` is scored on its answer."""
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, n_cycles=n_cycles,
+            n_supervision_steps=n_supervision_steps, supervise=labels is not None,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
+        hidden = outputs.last_hidden_state
         if labels is None and logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss = lm_loss = halt_loss = None
         if labels is not None:
-            lm_loss, halt_loss = self._loss(logits, targets, layout, parts, depth[1], kwargs.get("num_items_in_batch"))
-            loss = lm_loss + self.config.halt_loss_weight * halt_loss
+            targets = next_token_targets(labels, valid_columns(input_ids, attention_mask))
+            lm_loss, halt_loss = self._loss(logits, targets, outputs.supervision, kwargs.get("num_items_in_batch"))
+            loss = self.combine_losses(lm_loss, halt_loss)
         return SmolLMTRMOutput(
-            loss=loss, lm_loss=lm_loss, halt_loss=halt_loss, logits=logits, cache=cache if use_cache else None, **stats
+            loss=loss, lm_loss=lm_loss, halt_loss=halt_loss, logits=logits, cache=outputs.cache,
+            halt_probability=outputs.halt_probability, supervision_steps=outputs.supervision_steps,
+            thought_norm=outputs.thought_norm,
         )
 
-    def _stream_cache(self, cache, use_cache: bool) -> ThoughtCache:
-        replay = self.model.is_activation_checkpointing and self.training and torch.is_grad_enabled()
-        if cache is None:
-            return ThoughtCache(config=self.config.get_text_config(decoder=True), replay=replay)
-        if not isinstance(cache, ThoughtCache):
-            raise TypeError(
-                f"SmolLMTRM needs a ThoughtCache (it records where the thoughts are), got {type(cache).__name__}; "
-                "let generate() create it, or pass `ThoughtCache(config=model.config.text_config)`."
-            )
-        if replay and cache.num_columns:
-            raise ValueError("Continuing a cache with activation checkpointing on is not supported; call `.eval()`.")
-        return cache
+    def combine_losses(self, lm_loss: torch.Tensor, halt_loss: torch.Tensor) -> torch.Tensor:
+        """The loss that trains the model: answer cross-entropy plus the weighted halting BCE."""
+        return lm_loss + self.config.halt_loss_weight * halt_loss
 
-    def _plan_chunk(self, input_ids: torch.Tensor, valid: torch.Tensor) -> ChunkLayout:
-        """Cut each row after every `<think>` and place the segments in blocks of a common width."""
-        batch, length = input_ids.shape
-        K = self.config.num_latents
-        if self.config.thought_mode == "none":
-            is_think = torch.zeros_like(valid)
-        else:
-            is_think = (input_ids == self.config.think_token_id) & valid
-        thinks_through = is_think.long().cumsum(dim=1)  # (B, L) thinks up to and including each column
-        num_blocks = int(thinks_through[:, -1].max()) + 1 if length else 1
-        if num_blocks == 1:  # no `<think>`: the chunk is one block as it stands (most decoding steps)
-            columns = torch.arange(length, device=input_ids.device).expand(batch, -1)
-            return ChunkLayout(input_ids, torch.where(valid, TOKEN, PAD), columns, [0], [length],
-                               is_think.new_zeros(0, batch), thinks_through - 1)
-        segment = thinks_through - is_think.long()  # (B, L) segment index: a `<think>` ends its segment
-        seg_len = torch.zeros(batch, num_blocks, dtype=torch.long, device=input_ids.device)
-        seg_len.scatter_add_(1, segment, torch.ones_like(segment))  # (B, S+1)
-        widths = seg_len.max(dim=0).values.tolist()
-        starts, column = [], 0
-        for j, width in enumerate(widths):
-            starts.append(column)
-            column += width + (K if j < num_blocks - 1 else 0)
-        starts_t = torch.tensor(starts, device=input_ids.device)
-        widths_t = torch.tensor(widths, device=input_ids.device)
-        # Real tokens first, in order, then the segment's padding (also the input's own left padding): a padding
-        # column always has a real column before it to attend to. A query with no visible key has a logsumexp of
-        # -inf, and fused attention kernels (cuDNN's sdpa backward in torch 2.11 on H200, seen here) then return NaN
-        # gradients.
-        layout_col = starts_t[segment] + real_tokens_first(valid, segment, num_blocks)
-        ids = input_ids.new_zeros(batch, column)
-        kinds = torch.full((batch, column), PAD, dtype=torch.long, device=input_ids.device)
-        ids.scatter_(1, layout_col, input_ids)
-        kinds.scatter_(1, layout_col, torch.where(valid, TOKEN, PAD))
-        think_rows = torch.stack([thinks_through[:, -1] > j for j in range(num_blocks - 1)]) if num_blocks > 1 else (
-            torch.zeros(0, batch, dtype=torch.bool, device=input_ids.device))
-        for j in range(num_blocks - 1):
-            first = starts[j] + widths[j]
-            kinds[:, first : first + K] = torch.where(think_rows[j], THOUGHT, PAD)[:, None]
-        last_thought_col = starts_t[segment] + widths_t[segment] + K - 1
-        out_columns = torch.where(is_think, last_thought_col, layout_col)
-        return ChunkLayout(ids, kinds, out_columns, starts, widths, think_rows, thinks_through - 1)
-
-    def _check_length(self, cache: ThoughtCache, layout: ChunkLayout) -> None:
-        """Refuse positions beyond what the backbone was built for: they would be silently wrong, not an error."""
-        seen = 0 if cache.kinds is None else (cache.kinds != PAD).sum(dim=1)
-        longest = int(((layout.kinds != PAD).sum(dim=1) + seen).max())
-        limit = getattr(self.config.text_config, "max_position_embeddings", None)
-        if limit is not None and longest > limit:
-            raise ValueError(
-                f"A row needs {longest} positions (tokens plus {self.config.num_latents} per `<think>`), more than the "
-                f"backbone's max_position_embeddings={limit}; shorten it or use fewer `<think>` / num_latents."
-            )
-
-    def _run_chunk(self, cache: ThoughtCache, layout: ChunkLayout, targets, depth, parts: LossParts):
-        """Run the blocks of a chunk in order: tokens, then the thoughts they end with. Returns the hidden states
-        behind each input column's logits, and TRM statistics."""
-        K = self.config.num_latents
-        prior_thinks = self._thinks_so_far(cache, layout.kinds.shape[0])
-        targets = self._layout_targets(targets, layout) if targets is not None else None
-        hidden_blocks, stats = [], []
-        num_blocks = len(layout.block_widths)
-        for j in range(num_blocks):
-            start, width = layout.block_starts[j], layout.block_widths[j]
-            if width:
-                ids = layout.ids[:, start : start + width]
-                drop = (prior_thinks + j) * K
-                hidden_blocks.append(self._extend(cache, self.get_input_embeddings()(ids),
-                                                  layout.kinds[:, start : start + width], drop))
-            if j == num_blocks - 1:
-                break
-            thoughts, step_stats = self._think(cache, layout, j, targets, depth, parts, prior_thinks)
-            stats.append(step_stats)
-            thought_kinds = layout.kinds[:, start + width : start + width + K]
-            hidden_blocks.append(self._extend(cache, thoughts, thought_kinds, torch.zeros_like(prior_thinks)))
-        hidden = torch.cat(hidden_blocks, dim=1)  # (B, C, D) the chunk in layout order
-        index = layout.out_columns[..., None].expand(-1, -1, hidden.shape[-1])
-        return hidden.gather(1, index), self._mean_stats(stats)
-
-    def _thinks_so_far(self, cache: ThoughtCache, batch: int) -> torch.Tensor:
-        if cache.kinds is None:
-            return torch.zeros(batch, dtype=torch.long, device=self.device)
-        return (cache.kinds == THOUGHT).sum(dim=1) // self.config.num_latents
-
-    def _extend(self, cache: ThoughtCache, embeds: torch.Tensor, kinds: torch.Tensor, drop: torch.Tensor):
-        """Run the backbone on new columns after everything in `cache`; `drop` (B,) is how many of each row's oldest
-        tokens these columns may not see (`thought_window="slide"`). Returns their last-layer hidden states."""
-        seen = cache.kinds if cache.kinds is not None else kinds[:, :0]
-        all_kinds = torch.cat([seen, kinds], dim=1)
-        positions = stream_positions(all_kinds)[:, seen.shape[1] :]
-        if self.config.thought_window != "slide":
-            drop = torch.zeros_like(drop)
-        drops = drop[:, None].expand_as(kinds)
-        if cache.replay:
-            hidden = self._replay_backbone(cache, embeds, all_kinds, drops)
-        else:
-            mask = visible_keys(all_kinds, drop[:, None])  # (B, C): every query of this call shares the row's drop
-            out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
-                             use_cache=True)
-            hidden = out.last_hidden_state
-        cache.record(kinds, hidden if self.trm is not None else None, embeds, drops)
-        return hidden
-
-    def _replay_backbone(self, cache: ThoughtCache, embeds, all_kinds, drops) -> torch.Tensor:
-        """Activation checkpointing drops the KV cache inside layers: recompute the whole stream instead, with a
-        per-query mask so that earlier columns see exactly what they saw when they were first computed."""
-        all_embeds = embeds if cache.replay_embeds is None else torch.cat([cache.replay_embeds, embeds], dim=1)
-        all_drops = drops if cache.replay_drops is None else torch.cat([cache.replay_drops, drops], dim=1)
-        positions = stream_positions(all_kinds)
-        mask = all_kinds != PAD
-        if self.config.thought_window == "slide":
-            ranks = token_ranks(all_kinds)
-
-            def slide(batch_idx, head_idx, q_idx, kv_idx):
-                return ranks[batch_idx, kv_idx] > all_drops[batch_idx, q_idx]
-
-            mask = create_causal_mask(config=self.model.config, inputs_embeds=all_embeds, attention_mask=mask,
-                                      cache=None, position_ids=positions, and_mask_function=slide)
-        out = self.model(inputs_embeds=all_embeds, attention_mask=mask, position_ids=positions, use_cache=False)
-        return out.last_hidden_state[:, -embeds.shape[1] :]
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Thoughts
-    # ------------------------------------------------------------------------------------------------------------
-
-    def _think(self, cache, layout: ChunkLayout, j: int, targets, depth, parts: LossParts, prior_thinks):
-        """The K thought vectors for the j-th `<think>` of the chunk, (B, K, D), and statistics."""
-        batch = layout.kinds.shape[0]
-        if self.trm is None:  # pause: the same learned vectors, whatever the context and depth
-            thoughts = self.pause_thoughts.expand(batch, -1, -1)
-            return thoughts, {"thought_norm": thoughts.float().norm(dim=-1).mean()}
-        n_cycles, n_sup = depth
-        x = self.trm.compressor(cache.hidden, cache.kinds != PAD)  # (B, K, d)
-        carry = self.trm.initial_carry(x)
-        halted = torch.zeros(batch, dtype=torch.bool, device=x.device)
-        steps_used = torch.zeros(batch, device=x.device)
-        for step in range(n_sup):
-            new = self.trm.deep_recursion(x, carry, self.config.n_latent_steps, n_cycles)
-            carry = carry.where(halted, new)  # rows that halted keep their thoughts
-            steps_used += (~halted).float()
-            halt_logit = self.trm.halt_logit(carry.y)
-            if targets is not None:
-                parts.halt_logits.append(halt_logit)
-                parts.halt_think.append(j)
-                last = step == n_sup - 1
-                parts.halt_targets.append(None if last else self._score_answer(
-                    cache, layout, j, self.trm.thoughts(carry.y), targets, parts, prior_thinks))
-            else:
-                halted = halted | (torch.sigmoid(halt_logit) > self.config.halt_threshold)
-                if bool(halted[layout.think_rows[j]].all()):
-                    break
-            if step < n_sup - 1:
-                carry = carry.detach()
-        thoughts = self.trm.thoughts(carry.y)
-        stats = {
-            "halt_probability": torch.sigmoid(halt_logit).mean(),
-            "supervision_steps": steps_used.mean(),
-            "thought_norm": thoughts.float().norm(dim=-1).mean(),
-        }
-        return thoughts, stats
-
-    def _score_answer(self, cache, layout: ChunkLayout, j, thoughts, targets, parts: LossParts, prior_thinks):
-        """Deep supervision: the loss of the j-th `<think>`'s answer given an intermediate step's thoughts, through a
-        pass over [thoughts; answer] on the context's cache, which is then cut back. Returns per-row correctness."""
-        K = self.config.num_latents
-        start = layout.block_starts[j] + layout.block_widths[j]
-        width = layout.block_widths[j + 1]
-        columns = slice(start, start + K + width)
-        hidden = self._extend(cache, thoughts, layout.kinds[:, start : start + K], torch.zeros_like(prior_thinks))
-        if width:
-            answer_ids = layout.ids[:, start + K : start + K + width]
-            answer_drop = (prior_thinks + j + 1) * K
-            hidden = torch.cat([hidden, self._extend(cache, self.get_input_embeddings()(answer_ids),
-                                                     layout.kinds[:, start + K : start + K + width], answer_drop)], 1)
-        cache.crop(-(K + width))
-        step_targets = targets[:, columns]
-        scored = step_targets != IGNORE_INDEX
-        logits = self.lm_head(hidden[scored])  # only the answer's columns: (N, V)
-        parts.aux_ce_sum = parts.aux_ce_sum + F.cross_entropy(logits.float(), step_targets[scored], reduction="sum")
-        wrong = torch.zeros_like(step_targets, dtype=torch.bool)
-        wrong[scored] = logits.argmax(-1) != step_targets[scored]
-        return ~wrong.any(dim=1)
-
-    @staticmethod
-    def _layout_targets(targets: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
-        """The next-token target of every layout column (-100 where a column predicts nothing)."""
-        return torch.full_like(layout.ids, IGNORE_INDEX).scatter(1, layout.out_columns, targets)
-
-    @staticmethod
-    def _mean_stats(stats: list[dict]) -> dict:
-        if not stats:
-            return {}
-        return {key: torch.stack([s[key] for s in stats]).mean() for key in stats[0]}
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Loss
-    # ------------------------------------------------------------------------------------------------------------
-
-    def _loss(self, logits, shifted, layout: ChunkLayout, parts: LossParts, n_sup: int, num_items_in_batch):
+    def _loss(self, logits, targets, supervision: ThoughtSupervision, num_items_in_batch):
         """Token-weighted CE, averaged over supervision steps for answer tokens, plus the halting BCE."""
-        scored = shifted != IGNORE_INDEX
-        token_ce = torch.zeros_like(shifted, dtype=torch.float)
-        token_ce[scored] = F.cross_entropy(logits[scored].float(), shifted[scored], reduction="none")
-        in_answer = layout.answer_index >= 0
-        step_weight = torch.where(in_answer, 1.0 / n_sup, 1.0)
-        ce_sum = (token_ce * step_weight).sum() + parts.aux_ce_sum / n_sup
+        scored = targets != IGNORE_INDEX
+        token_ce = torch.zeros_like(targets, dtype=torch.float)
+        token_ce[scored] = F.cross_entropy(logits[scored].float(), targets[scored], reduction="none")
+        per_think = supervision.steps_per_think
+        step_weight = torch.where(supervision.answer_index >= 0, 1.0 / per_think, 1.0)
+        earlier_ce_sum, earlier_correct = self._score_earlier_steps(targets, scored, supervision)
+        ce_sum = (token_ce * step_weight).sum() + earlier_ce_sum / per_think
         denominator = num_items_in_batch if num_items_in_batch is not None else scored.sum().clamp(min=1)
         lm_loss = ce_sum / denominator
-        return lm_loss, self._halt_loss(logits, shifted, scored, layout, parts)
+        return lm_loss, self._halt_loss(logits, targets, scored, supervision, earlier_correct)
+
+    def _score_earlier_steps(self, targets, scored, supervision: ThoughtSupervision):
+        """CE summed over the answers given the thoughts of earlier supervision steps, and for each step, which rows
+        predict every answer token right (None for last steps: they are scored from the main pass)."""
+        ce_sum = torch.zeros((), device=targets.device)
+        correct = []
+        for step in supervision.steps:
+            if step.hidden is None:
+                correct.append(None)
+                continue
+            answer = scored & (supervision.answer_index == step.think)
+            logits = self.lm_head(step.hidden[answer])  # only this answer's columns: (N, V)
+            ce_sum = ce_sum + F.cross_entropy(logits.float(), targets[answer], reduction="sum")
+            wrong = torch.zeros_like(answer)
+            wrong[answer] = logits.argmax(-1) != targets[answer]
+            correct.append(~wrong.any(dim=1))
+        return ce_sum, correct
 
     @staticmethod
-    def _halt_loss(logits, shifted, scored, layout: ChunkLayout, parts: LossParts) -> torch.Tensor:
+    def _halt_loss(logits, targets, scored, supervision: ThoughtSupervision, earlier_correct) -> torch.Tensor:
         """BCE of the halting head against "every answer token is predicted correctly under teacher forcing"."""
-        if not parts.halt_logits:
+        halting = [(step, correct) for step, correct in zip(supervision.steps, earlier_correct)
+                   if step.halt_logit is not None]
+        if not halting:
             return logits.new_zeros((), dtype=torch.float)
-        wrong = scored & (logits.argmax(-1) != shifted)
+        wrong = scored & (logits.argmax(-1) != targets)
         losses = []
-        for logit, target, j in zip(parts.halt_logits, parts.halt_targets, parts.halt_think):
-            answer = scored & (layout.answer_index == j)
-            if target is None:
-                target = ~(wrong & answer).any(dim=1)
-            rows = layout.think_rows[j] & answer.any(dim=1)
-            losses.append(F.binary_cross_entropy_with_logits(logit[rows], target[rows].float(), reduction="none"))
+        for step, correct in halting:
+            answer = scored & (supervision.answer_index == step.think)
+            if correct is None:
+                correct = ~(wrong & answer).any(dim=1)
+            rows = supervision.think_rows[step.think] & answer.any(dim=1)
+            losses.append(F.binary_cross_entropy_with_logits(step.halt_logit[rows], correct[rows].float(),
+                                                             reduction="none"))
         losses = torch.cat(losses)
         return losses.mean() if losses.numel() else logits.new_zeros((), dtype=torch.float)
 
@@ -759,12 +951,21 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
                 raise NotImplementedError(f"SmolLMTRM does not support `{unsupported}` in generate().")
         if kwargs.get("use_cache") is False and self.config.thought_mode != "none":
             raise NotImplementedError("SmolLMTRM generates with the cache; `use_cache=False` is not supported.")
+        Depth.of_call(self.config, kwargs.get("n_cycles"), kwargs.get("n_supervision_steps"))  # fail before decoding
         return super().generate(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def valid_columns(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, L) bool: which input columns are real tokens. generate() passes the mask of the whole sequence so far,
+    longer than the new ids: its last L columns are theirs."""
+    if attention_mask is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    return attention_mask[:, -input_ids.shape[1] :].bool()
 
 
 def next_token_targets(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -837,12 +1038,16 @@ def add_think_tokens(tokenizer, model: PreTrainedModel | None = None) -> list[st
 
 
 SmolLMTRMConfig.register_for_auto_class()
+SmolLMTRMModel.register_for_auto_class("AutoModel")
 SmolLMTRMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = [
+    "Depth",
     "HiddenStateTRM",
     "LatentAttentionCompressor",
+    "PauseThoughts",
     "SmolLMTRMForCausalLM",
+    "SmolLMTRMModel",
     "SmolLMTRMPreTrainedModel",
     "ThoughtCache",
     "TinyRecursiveNetwork",

@@ -231,7 +231,7 @@ def fsdp2_worker(out: str) -> None:
         worst = max(((grads[n] - g).abs().max() / g.abs().max().clamp(min=1e-12)).item() for n, g in expected.items())
         reference_loss = reference(input_ids=ids, labels=ids).loss.item()
         result = {"losses": [x.item() for x in losses], "reference_loss": reference_loss, "worst_grad_rel": worst,
-                  "class": type(model).__name__, "tied": model.lm_head.weight is model.model.embed_tokens.weight}
+                  "class": type(model).__name__, "tied": model.lm_head.weight is model.model.language_model.embed_tokens.weight}
         (Path(out) / "fsdp2.json").write_text(json.dumps(result))
     # Tear down together: a rank that leaves while the other still works can abort in gloo's threads.
     dist.barrier()
@@ -249,7 +249,7 @@ def test_fsdp2_on_a_cpu_mesh_matches_the_unsharded_gradients_and_saves_a_loadabl
     assert found["class"].startswith("FSDP") and found["tied"], "sharding broke the embedding tie"
     # the gather returns the tied output embedding as a tensor of its own; it is saved once, as in an unsharded save
     with safe_open(str(tmp_path / "final" / "model.safetensors"), "pt") as saved:
-        assert "lm_head.weight" not in saved.keys() and "model.embed_tokens.weight" in saved.keys()
+        assert "lm_head.weight" not in saved.keys() and "model.language_model.embed_tokens.weight" in saved.keys()
     assert sum(found["losses"]) / 2 == pytest.approx(found["reference_loss"], abs=1e-5)
     assert found["worst_grad_rel"] < 1e-5
     config = json.loads((tmp_path / "final" / "config.json").read_text())
@@ -429,7 +429,7 @@ def test_a_gathered_state_dict_saves_a_tied_weight_once_and_refuses_a_broken_tie
 
     model = tiny_model(seed=0)
     gathered = {name: tensor.clone() for name, tensor in model.state_dict().items()}  # separate tensors, as gathered
-    gathered["lm_head.weight"] = gathered["model.embed_tokens.weight"].clone()
+    gathered["lm_head.weight"] = gathered["model.language_model.embed_tokens.weight"].clone()
     kept = without_tied_copies(model, gathered)
     assert "lm_head.weight" not in kept and set(kept) == set(gathered) - {"lm_head.weight"}
     gathered["lm_head.weight"][0, 0] += 1.0

@@ -5,7 +5,7 @@ import torch
 from conftest import EOS, PAD_ID, THINK, pad_batch, tiny_model, tiny_text_config
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from modeling_smollm_trm import THOUGHT, ThoughtCache
+from modeling_smollm_trm import THOUGHT, Depth, ThoughtCache
 
 # Rows cover: `<think>` at different columns, two in one row, none, at the start, and fewer real tokens than K=4.
 ROWS = [
@@ -54,11 +54,11 @@ def test_segmented_forward_equals_one_uncached_pass_over_context_thoughts_rest()
     logits = model(input_ids=torch.tensor([context + rest])).logits
     with torch.no_grad():
         embed = model.get_input_embeddings()
-        hidden = model.model(input_ids=torch.tensor([context])).last_hidden_state
-        thoughts = model.trm(hidden, torch.ones(1, len(context), dtype=torch.bool), model.config.n_latent_steps,
-                             model.config.n_cycles)
+        hidden = model.model.language_model(input_ids=torch.tensor([context])).last_hidden_state
+        thoughts = model.model.thoughts(hidden, torch.ones(1, len(context), dtype=torch.bool),
+                                        Depth(model.config.n_cycles, 1)).thoughts
         stream = torch.cat([embed(torch.tensor([context])), thoughts, embed(torch.tensor([rest]))], dim=1)
-        reference = model.lm_head(model.model(inputs_embeds=stream).last_hidden_state)
+        reference = model.lm_head(model.model.language_model(inputs_embeds=stream).last_hidden_state)
     K = model.config.num_latents
     torch.testing.assert_close(logits[0, : len(context) - 1], reference[0, : len(context) - 1], atol=1e-5, rtol=0)
     # The `<think>` column predicts from the last thought; the rest follows the thoughts.
@@ -206,7 +206,7 @@ def test_every_trainable_parameter_gets_a_finite_nonzero_gradient(settings):
 def test_only_the_last_cycle_carries_gradient():
     model = tiny_model(n_latent_steps=3, n_cycles=4).train()
     calls = []
-    model.trm.net.register_forward_hook(lambda module, args, out: calls.append(out.requires_grad))
+    model.model.thoughts.net.register_forward_hook(lambda module, args, out: calls.append(out.requires_grad))
     model(input_ids=torch.tensor([[7, 8, THINK, 9]]), labels=torch.tensor([[7, 8, THINK, 9]]))
     n, T = 3, 4
     assert calls == [False] * (T - 1) * (n + 1) + [True] * (n + 1)
@@ -241,14 +241,24 @@ def test_pause_does_not_depend_on_depth():
 def test_none_mode_is_the_plain_backbone():
     model = tiny_model(thought_mode="none")
     ids = torch.tensor([[7, 8, THINK, 9]])
-    plain = model.lm_head(model.model(input_ids=ids).last_hidden_state)
+    plain = model.lm_head(model.model.language_model(input_ids=ids).last_hidden_state)
     torch.testing.assert_close(model(input_ids=ids).logits, plain)
-    assert model.trm is None and model.pause_thoughts is None
+    assert model.model.thoughts is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["n_cycles", "n_supervision_steps"])
+@pytest.mark.parametrize("value", [0, -1, 1.5])
+def test_a_depth_below_one_or_not_an_integer_is_refused_by_forward_and_generate(model, name, value):
+    ids = torch.tensor([[7, 8, THINK, 9]])
+    with pytest.raises(ValueError, match=f"{name} must be an integer >= 1, got {value}"):
+        model(input_ids=ids, **{name: value})
+    with pytest.raises(ValueError, match=f"{name} must be an integer >= 1, got {value}"):
+        model.generate(ids, max_new_tokens=2, **{name: value})
 
 
 def test_packed_positions_are_refused(model):
@@ -285,8 +295,8 @@ def test_float32_buffers_follow_the_dtype_of_bf16_parameters():
     """FSDP2's mixed precision casts parameters, not buffers: the recursion must not mix float32 into bf16."""
     model = tiny_model()
     model.to(torch.bfloat16)
-    model.trm.y_init.data = model.trm.y_init.data.float()
-    model.trm.z_init.data = model.trm.z_init.data.float()
+    model.model.thoughts.y_init.data = model.model.thoughts.y_init.data.float()
+    model.model.thoughts.z_init.data = model.model.thoughts.z_init.data.float()
     out = model(input_ids=torch.tensor([[7, 8, THINK, 9]]))
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
 
@@ -299,6 +309,6 @@ def test_no_padding_column_precedes_every_real_column(sides):
 
     model = tiny_model()
     ids, mask = pad_batch(ROWS, sides)
-    kinds = model._plan_chunk(ids, mask.bool()).kinds
+    kinds = model.model._plan_chunk(ids, mask.bool()).kinds
     seen_real = (kinds != PAD).long().cummax(dim=1).values.bool()
     assert seen_real.all(), kinds

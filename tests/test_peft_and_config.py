@@ -12,7 +12,7 @@ from modeling_smollm_trm import SmolLMTRMForCausalLM
 
 def test_lora_train_merge_save_reload_gives_the_merged_logits(tmp_path):
     model = tiny_model().train()
-    trm_before = {n: p.clone() for n, p in model.trm.named_parameters()}
+    trm_before = {n: p.clone() for n, p in model.model.thoughts.named_parameters()}
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["trm"])
     peft_model = get_peft_model(model, lora)
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
@@ -23,7 +23,7 @@ def test_lora_train_merge_save_reload_gives_the_merged_logits(tmp_path):
         optimizer.zero_grad()
     merged = peft_model.merge_and_unload().eval()
     assert type(merged) is SmolLMTRMForCausalLM
-    assert any(not torch.equal(p, trm_before[n]) for n, p in merged.trm.named_parameters()), "TRM did not train"
+    assert any(not torch.equal(p, trm_before[n]) for n, p in merged.model.thoughts.named_parameters()), "TRM did not train"
     expected = merged(input_ids=ids).logits
     merged.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True, attn_implementation="eager")
@@ -70,12 +70,12 @@ def test_from_base_wraps_a_loaded_backbone_and_takes_the_think_id_from_the_token
     tokenizer = tiny_tokenizer()  # already knows `<think>`: nothing is added, its id is taken
     model = SmolLMTRMForCausalLM.from_base(backbone, tokenizer=tokenizer, num_latents=4, trm_hidden_size=16,
                                            trm_num_heads=2)
-    assert model.config.think_token_id == THINK and model.model is backbone.model
+    assert model.config.think_token_id == THINK and model.model.language_model is backbone.model
     ids = torch.tensor([[7, THINK, 8]])
     out = model(input_ids=ids, labels=ids)
     assert torch.isfinite(out.loss)
     embedding_rms = backbone.get_input_embeddings().weight.pow(2).mean().sqrt()
-    assert model.trm.out_norm.weight[0].item() == pytest.approx(embedding_rms.item(), rel=1e-5)
+    assert model.model.thoughts.out_norm.weight[0].item() == pytest.approx(embedding_rms.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
@@ -89,7 +89,7 @@ def test_from_base_keeps_the_attention_the_backbone_was_loaded_with(tmp_path, at
                                            trm_num_heads=2)
     # the composite config would otherwise leave the backbone's config (shared with the model) without one
     assert model.config._attn_implementation == attention
-    assert model.model.config._attn_implementation == attention
+    assert model.model.language_model.config._attn_implementation == attention
     # and attention stays causal: a later token changes no earlier logit, through the thoughts or not
     ids = torch.tensor([[7, 8, 9, THINK, 10, 11, 12, 13]])
     changed = ids.clone()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PAD_ID, THINK, run_isolated, tiny_model, tiny_text_config, tiny_tokenizer
+from conftest import PAD_ID, THINK, pad_batch, run_isolated, tiny_model, tiny_text_config, tiny_tokenizer
 from safetensors.torch import load_file
 
 PROMPTS = [[7, 8, 9, THINK], [11, THINK, 12, 13]]
@@ -62,6 +62,39 @@ def test_reload_in_a_fresh_process_gives_identical_logits_and_generations(tmp_pa
     assert report["text"].startswith("w7 w8 <think>")
 
 
+# The base model through AutoModel, beside the causal LM through AutoModelForCausalLM, from the same folder.
+LOAD_BASE_MODEL = r"""
+import json, sys, torch
+from transformers import AutoModel, AutoModelForCausalLM
+folder, expected = sys.argv[1], torch.load(sys.argv[2])
+base = AutoModel.from_pretrained(folder, trust_remote_code=True, attn_implementation="eager").eval()
+causal_lm = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, attn_implementation="eager").eval()
+with torch.no_grad():
+    hidden = base(input_ids=expected["ids"], attention_mask=expected["mask"]).last_hidden_state
+    causal_hidden = causal_lm.model(input_ids=expected["ids"], attention_mask=expected["mask"]).last_hidden_state
+    head_logits = causal_lm.lm_head(hidden)
+print("RESULT", json.dumps({"class": type(base).__name__, "module": type(base).__module__,
+                            "hidden_diff": (hidden - causal_hidden).abs().max().item(),
+                            "logit_diff": (head_logits - expected["logits"]).abs().max().item()}))
+"""
+
+
+@pytest.mark.parametrize("settings", [{}, {"thought_mode": "pause"}])
+def test_auto_model_loads_the_base_model_whose_hidden_states_give_the_causal_lms_logits(tmp_path, settings):
+    model = tiny_model(text_config=tiny_text_config(initializer_range=0.15), **settings)
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    ids, mask = pad_batch([[7, 8, 9, THINK, 10], [11, THINK, 12]], ["right", "left"])
+    with torch.no_grad():
+        torch.save({"ids": ids, "mask": mask, "logits": model(input_ids=ids, attention_mask=mask).logits},
+                   tmp_path / "expected.pt")
+    report = json.loads(result_line(run_isolated(LOAD_BASE_MODEL, str(folder), str(tmp_path / "expected.pt"),
+                                                 cwd=tmp_path)))
+    assert report["class"] == "SmolLMTRMModel" and report["module"].startswith("transformers_modules.")
+    assert report["hidden_diff"] == 0.0
+    assert report["logit_diff"] < 1e-5  # every position, padding included, through the thoughts
+
+
 def test_checkpoint_is_safetensors_with_auto_map_and_both_code_files(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path)
@@ -70,9 +103,10 @@ def test_checkpoint_is_safetensors_with_auto_map_and_both_code_files(tmp_path):
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {"AutoConfig": "configuration_smollm_trm.SmolLMTRMConfig",
+                                  "AutoModel": "modeling_smollm_trm.SmolLMTRMModel",
                                   "AutoModelForCausalLM": "modeling_smollm_trm.SmolLMTRMForCausalLM"}
     weights = load_file(tmp_path / "model.safetensors")
-    assert "trm.y_init" in weights and "trm.compressor.latents" in weights
+    assert "model.thoughts.y_init" in weights and "model.thoughts.compressor.latents" in weights
 
 
 def test_remote_code_imports_only_torch_transformers_and_its_config():

@@ -106,9 +106,9 @@ def test_training_lowers_the_loss_and_trains_exactly_the_trainable_weights(backb
     assert batch_loss(trainer, batch) < loss_before - 0.5
     trained = {name: not torch.equal(p, before[name]) for name, p in trainer.model.named_parameters()}
     trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
-    assert all(trained[name] for name in trainable if "lora_B" in name or ".trm.modules_to_save." in name)
-    assert any(".trm.modules_to_save." in name for name in trainable), "the TRM is not trainable"
-    assert trained["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta.default"], \
+    assert all(trained[name] for name in trainable if "lora_B" in name or ".thoughts.modules_to_save." in name)
+    assert any(".thoughts.modules_to_save." in name for name in trainable), "the TRM is not trainable"
+    assert trained["base_model.model.model.language_model.embed_tokens.token_adapter.trainable_tokens_delta.default"], \
         "the new <think>/</think> rows did not train"
     assert not any(trained[name] for name in set(trained) - trainable), "a frozen weight changed"
 
@@ -122,7 +122,7 @@ def test_trainer_optimises_the_models_own_loss_with_thoughts(backbone, tmp_path)
         trainer_loss = trainer.compute_loss(model, dict(batch))
         own = model(**batch)
         # The thoughts are in that loss: changing the TRM's output changes it.
-        model.get_base_model().trm.modules_to_save["default"].out_proj.weight.add_(torch.randn_like(model.get_base_model().trm.modules_to_save["default"].out_proj.weight))
+        model.get_base_model().model.thoughts.modules_to_save["default"].out_proj.weight.add_(torch.randn_like(model.get_base_model().model.thoughts.modules_to_save["default"].out_proj.weight))
         perturbed = trainer.compute_loss(model, dict(batch))
     assert own.halt_loss is not None and own.thought_norm is not None
     torch.testing.assert_close(trainer_loss, own.loss, rtol=0, atol=0)
@@ -194,13 +194,13 @@ def test_saved_trm_weights_are_the_ema_weights(backbone, tmp_path):
     trainer.train()
     folder = train_sft.save_final(trainer, trm_args, model_args, data_args, eval_results=None)
     saved = load_file(folder / "model.safetensors")
-    prefix = "base_model.model.trm.modules_to_save.default."  # where PEFT keeps the trained TRM
-    trm_names = [name for name in saved if prefix + name.removeprefix("trm.") in trainer.ema.shadow]
+    prefix = "base_model.model.model.thoughts.modules_to_save.default."  # where PEFT keeps the trained TRM
+    trm_names = [name for name in saved if prefix + name.removeprefix("model.thoughts.") in trainer.ema.shadow]
     assert len(trm_names) == len(trainer.ema.shadow)
     online = dict(trainer.model.named_parameters())
     for name in trm_names:
-        torch.testing.assert_close(saved[name], trainer.ema.shadow[prefix + name.removeprefix("trm.")], msg=name)
-    assert any(not torch.allclose(saved[n], online[prefix + n.removeprefix("trm.")]) for n in trm_names)
+        torch.testing.assert_close(saved[name], trainer.ema.shadow[prefix + name.removeprefix("model.thoughts.")], msg=name)
+    assert any(not torch.allclose(saved[n], online[prefix + n.removeprefix("model.thoughts.")]) for n in trm_names)
 
 
 def test_early_stopping_stops_when_eval_loss_does_not_improve(backbone, tmp_path):
