@@ -22,9 +22,9 @@ tokens, then block j's K thoughts, run through the backbone for the whole batch 
 everything before them: the context is computed once and the answer's gradient reaches the TRM through the cache.
 
 `SmolLMTRMModel` is the backbone's body with the thoughts (layout, cache bookkeeping, thinking) and returns hidden
-states aligned with `input_ids`; `SmolLMTRMForCausalLM` adds the LM head, the loss and generation. The thoughts come
-from one module behind one interface: `HiddenStateTRM` (the recursion, with its deep-supervision loop) or
-`PauseThoughts` (the control); `Depth` is the validated (T, N_sup) of a call.
+states aligned with `input_ids`; `SmolLMTRMForCausalLM` adds the LM head, the loss and generation. One module behind
+one interface gives the thoughts: `HiddenStateTRM` (the recursion, with its deep-supervision loop) or `PauseThoughts`
+(the control); `Depth` is the validated (T, N_sup) of a call.
 
 This file is remote code: it is copied into every checkpoint and imports only torch, transformers and its config.
 """
@@ -214,7 +214,7 @@ class HiddenStateTRM(nn.Module):
     def __init__(self, config: SmolLMTRMConfig):
         super().__init__()
         width = config.trm_hidden_size
-        self.n_latent_steps = config.n_latent_steps
+        self.config = config  # n is read at every call: benchmarks sweep it on a built model
         self.compressor = LatentAttentionCompressor(config)
         self.net = TinyRecursiveNetwork(config)
         # Fixed starting points, as in the TRM reference code (buffers, not parameters; saved with the weights).
@@ -259,7 +259,7 @@ class HiddenStateTRM(nn.Module):
 
     def latent_recursion(self, x: torch.Tensor, carry: TRMCarry) -> TRMCarry:
         y, z = carry.y, carry.z
-        for _ in range(self.n_latent_steps):
+        for _ in range(self.config.n_latent_steps):
             z = self.net(x + y + z)
         y = self.net(y + z)
         return TRMCarry(y, z)

@@ -18,7 +18,7 @@ Model (`--shape reduced`, the default): a randomly initialised SmolLMTRM on a re
 layers of width 1024 (16 heads, 4 KV heads, MLP 4096), SmolLM3's vocabulary size 128256 (embeddings tied), K = 64
 thoughts, the default TRM (d = 512, 2 blocks, n = 6, T = 3): 267 M parameters, trained in full (no LoRA) so that
 FSDP2 / ZeRO-3 shard everything. `--shape 3b`: SmolLM3-3B's shape, 3.09 B parameters (see SHAPES).
-Data: the arith task (`eval.tasks.make_arith`), a BPE tokenizer trained here on it (no network on the GPU machine).
+Data: the arith task (`smollm_trm.arith.make_arith`), a BPE tokenizer trained here on it (no network on the GPU machine).
 Every run: global batch 8 (8 rows on 1 GPU, 4 per GPU on 2), seed 0, bf16 (or `--precision fp32`), AdamW lr 3e-4,
 30 steps.
 
@@ -90,7 +90,7 @@ def write_backbone(folder: Path, shape: dict) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, SmolLM3Config, SmolLM3ForCausalLM
 
-    from eval.tasks import make_arith
+    from smollm_trm.arith import make_arith
 
     rows = make_arith(500, (1, 4), 0, "train")
     text = [f"{r['question']} {r['reasoning']} {r['answer']}" for r in rows]
@@ -122,7 +122,7 @@ def write_backbone(folder: Path, shape: dict) -> None:
 def write_data(folder: Path) -> Path:
     """The arith splits, written once here (not by every rank)."""
     sys.path.insert(0, str(ROOT))
-    from train_sft import write_arith
+    from smollm_trm.named_datasets import write_arith
 
     return write_arith(folder, seed=0)
 
@@ -190,10 +190,12 @@ def worker(out: Path, flags: list[str]) -> None:
     import torch
     from transformers import TrainerCallback
 
-    import train_sft
+    from smollm_trm.arguments import make_parser
+    from smollm_trm.export import save_final
+    from smollm_trm.training import build_trainer
 
-    data_args, training_args, model_args, trm_args = train_sft.make_parser().parse_args_and_config(flags)
-    trainer, data = train_sft.build_trainer(data_args, training_args, model_args, trm_args)
+    data_args, training_args, model_args, trm_args = make_parser().parse_args_and_config(flags)
+    trainer, data = build_trainer(data_args, training_args, model_args, trm_args)
     cuda = torch.cuda.is_available() and not training_args.use_cpu
     record = {"losses": {}, "step_end_s": {}, "num_tokens": {}}
 
@@ -215,7 +217,7 @@ def worker(out: Path, flags: list[str]) -> None:
     peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0],
                         device=trainer.accelerator.device)
     peaks = trainer.accelerator.gather(peak).tolist()
-    folder = train_sft.save_final(trainer, trm_args, model_args, data_args, None)
+    folder = save_final(trainer, trm_args, model_args, data_args, None)
     if trainer.is_world_process_zero():
         record.update(peak_memory_gib=peaks, world_size=trainer.accelerator.num_processes,
                       distributed_type=str(trainer.accelerator.distributed_type), final=str(folder),

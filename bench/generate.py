@@ -63,7 +63,7 @@ def plain_backbone(model):
 
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(model.config.text_config)
-    plain.model, plain.lm_head = model.model, model.lm_head
+    plain.model, plain.lm_head = model.model.language_model, model.lm_head
     return plain.eval()
 
 

@@ -51,7 +51,7 @@ def make_batch(batch: int, length: int, with_think: bool) -> dict:
 
 def lora_model(thought_mode: str, num_latents: int, checkpointing: bool):
     model = build_model(thought_mode, num_latents)
-    keep = {"trm": ["trm"], "pause": ["pause_thoughts"], "none": None}[thought_mode]
+    keep = None if thought_mode == "none" else ["thoughts"]  # the thought module trains in full
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS,
                                              modules_to_save=keep))
     if checkpointing:

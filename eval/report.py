@@ -6,7 +6,8 @@
         results.md                   the runs side by side
         accuracy_vs_depth.png        only when a TRM model ran at two or more depths
 
-`write_model_card(folder, runs, ...)` puts a model's results into its README.md as `model-index` metadata.
+`write_model_card(folder, runs, ...)` puts a model's results into its README.md as `model-index` metadata, through
+the project's one card writer (`smollm_trm.hub`).
 """
 
 import itertools
@@ -17,10 +18,11 @@ import subprocess
 from pathlib import Path
 
 from eval.runner import Run
+from smollm_trm.hub import add_eval_results
+from smollm_trm.rows import write_jsonl
 
 PLOT_FILE = "accuracy_vs_depth.png"
 BASELINE_DEPTH = "- (no recursion: run once)"
-CARD_BODY = "\n# {name}\n\nEvaluation results are written into the metadata above by `python -m eval --write_card`.\n"
 # Hub dataset ids of the tasks, for the card's `dataset.type`; arith and sample are generated/shipped here.
 TASK_DATASETS = {"gsm8k": "openai/gsm8k", "math": "HuggingFaceH4/MATH-500", "sample": "sample", "arith": "arith"}
 
@@ -42,12 +44,6 @@ def run_files(runs: list[Run]) -> list[str]:
         depth = "" if run.depth is None else f"__T{run.depth.n_cycles}_N{run.depth.n_supervision_steps}"
         names.append(f"{stems[run.model.name]}{depth}.jsonl")
     return names
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    """One JSON object a line; the folder is created when missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def versions() -> dict:
@@ -189,22 +185,8 @@ def eval_results(runs: list[Run], task: dict):
 
 
 def write_model_card(folder: Path, runs: list[Run], task: dict) -> Path:
-    """Create or update `folder/README.md`: the runs' results replace earlier ones of the same task, split,
-    arguments and depth; other results and the card's text are kept."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    path = folder / "README.md"
-    new = eval_results(runs, task)
-    if not path.is_file():
-        data = ModelCardData(model_name=folder.name, eval_results=new)
-        ModelCard(f"---\n{data.to_yaml()}\n---\n{CARD_BODY.format(name=folder.name)}").save(path)
-        return path
-    card = ModelCard.load(path)
-    kept = [old for old in card.data.eval_results or [] if not any(old.is_equal_except_value(n) for n in new)]
-    card.data.eval_results = kept + new
-    card.data.model_name = card.data.model_name or folder.name  # model-index needs a name
-    card.save(path)
-    return path
+    """Put the runs' results into `folder/README.md` (see `smollm_trm.hub.add_eval_results`)."""
+    return add_eval_results(folder, eval_results(runs, task))
 
 
 __all__ = ["write_model_card", "write_outputs"]

@@ -2,7 +2,7 @@
 
 A model is a SmolLMTRM folder or Hub id (`model_type == "smollm_trm"`, loaded with trust_remote_code), any other
 causal LM (a baseline), or an embedded GGUF checkpoint such as `embedded:smollm2`. The prompt is the tokenizer's
-chat template over one user turn with the generation prompt, as `sft_data.py` trains; a model with thoughts then
+chat template over one user turn with the generation prompt, as training renders it (`smollm_trm.chat`); a model with thoughts then
 gets `<think>`, after which it inserts its K latent thoughts. The answer is what follows the last `</think>` of the
 generation (the whole generation when there is none), special tokens removed, passed to `eval.answers`.
 
@@ -20,7 +20,6 @@ What is measured per example:
 
 import itertools
 import logging
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,35 +29,18 @@ import torch
 from eval import load_metric
 from eval.answers import extract_answer
 from eval.tasks import Task
-from modeling_smollm_trm import THINK_TOKENS
+from modeling_smollm_trm import THINK_TOKENS, Depth
+from smollm_trm.chat import chat_prompt
+from smollm_trm.hub import is_hub_id
+from smollm_trm.model_sources import TRM_MODEL_TYPE, embedded_smollm2
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
 # Embedded name -> (package shipping the file, GGUF file in the package folder); the package is never imported.
-EMBEDDED_MODELS = ("smollm2",)  # located by train_sft.embedded_smollm2, the one place that knows the package
-TRM_MODEL_TYPE = "smollm_trm"
-THINK_TOKEN, END_THINK_TOKEN = THINK_TOKENS
+EMBEDDED_MODELS = ("smollm2",)  # located by smollm_trm.model_sources, the one place that knows the package
+END_THINK_TOKEN = THINK_TOKENS[1]
 PROMPT_STYLES = ("think", "plain")
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-
-
-@dataclass(frozen=True)
-class Depth:
-    """TRM recursion depth for one run: T cycles per supervision step, N_sup supervision steps."""
-
-    n_cycles: int
-    n_supervision_steps: int
-
-    @property
-    def label(self) -> str:
-        return f"T={self.n_cycles}, N_sup={self.n_supervision_steps}"
-
-    def effective(self, config) -> int:
-        """Network applications per thought, as the TRM paper counts depth: N_sup * T * (n + 1) * layers.
-        An upper bound when N_sup > 1: a row whose halting head fires stops its supervision steps early."""
-        per_cycle = (config.n_latent_steps + 1) * config.trm_num_layers
-        return self.n_supervision_steps * self.n_cycles * per_cycle
 
 
 @dataclass(frozen=True)
@@ -103,12 +85,10 @@ class Run:
 
 def embedded_source(name: str) -> tuple[str, str]:
     """(folder, GGUF file) of an embedded model (its package is found, never imported)."""
-    import train_sft  # deferred: it imports TRL, which plain evaluation of Hub models does not need
-
     key = name.removeprefix(EMBEDDED_PREFIX)
     if key not in EMBEDDED_MODELS:
         raise ValueError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED_PREFIX + k for k in EMBEDDED_MODELS)}")
-    return train_sft.embedded_smollm2()
+    return embedded_smollm2()
 
 
 def _local_gguf(folder: Path, gguf_file: str | None) -> str | None:
@@ -134,7 +114,7 @@ def resolve_source(name: str, gguf_file: str | None) -> tuple[str, str | None]:
     local = Path(name).expanduser()
     if local.is_dir():
         return str(local), _local_gguf(local, gguf_file)
-    if _HUB_ID.fullmatch(name) and not name.startswith("."):
+    if is_hub_id(name):
         return name, gguf_file
     raise FileNotFoundError(f"model {name!r}: no folder at {local.resolve()}, and it is not a Hub id like 'owner/name'")
 
@@ -201,15 +181,6 @@ def uses_think(loaded: LoadedModel, prompt_style: str | None) -> bool:
     if prompt_style not in PROMPT_STYLES:
         raise ValueError(f"prompt_style must be one of {PROMPT_STYLES} or None, got {prompt_style!r}")
     return prompt_style == "think"
-
-
-def chat_prompt(tokenizer, messages: list[dict], think: bool) -> str:
-    """Chat template over `messages` with the generation prompt, then `<think>` when the model should think: the
-    assistant turn starts as in training, so the thoughts are inserted there."""
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if think and not prompt.rstrip().endswith(THINK_TOKEN):  # some templates open the think block themselves
-        prompt += THINK_TOKEN
-    return prompt
 
 
 def build_prompt(tokenizer, question: str, think: bool) -> str:

@@ -1,6 +1,6 @@
 r"""Experiment harness of the results issue: does thinking in latent space help, and does deeper recursion help more?
 
-Experiment 1, `depth` (controlled depth). Generated multi-step arithmetic (`eval.tasks.make_arith`): train on
+Experiment 1, `depth` (controlled depth). Generated multi-step arithmetic (`smollm_trm.arith.make_arith`): train on
 problems of 1-4 operations, test on held-out problems (a disjoint hash split) at each depth 1..5, one beyond
 training. The backbone is a small SmolLM3-shaped model trained FROM SCRATCH: `SmolLM3ForCausalLM` with random
 weights (one init per seed, shared by the arms of that seed) and the SmolLM2 tokenizer taken from the embedded
@@ -12,7 +12,7 @@ train, evaluated on GSM8K test with accuracy and time to answer (`mean_latency_s
 
 Arms. Within an experiment the arms share the data rows, K, steps, learning rate, seed and backbone init; only
 `thought_mode` and the completion text differ. Every completion has the form `<think>{reasoning}</think>{answer}`
-(`sft_data.COMPLETION_FORMAT`), and every arm is prompted as it was trained: the chat prompt ends with `<think>`
+(`smollm_trm.sft_data.COMPLETION_FORMAT`), and every arm is prompted as it was trained: the chat prompt ends with `<think>`
 (`eval --prompt_style think` for all). eval's default would prompt a `thought_mode == "none"` folder without
 `<think>` (a "baseline"), so that model would first have to write `<think>` itself; forcing `think` makes the
 prompts identical token for token, and the arms differ only in the K positions inserted after `<think>`.

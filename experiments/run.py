@@ -17,13 +17,17 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from eval.report import write_jsonl
 from experiments.settings import TASKS, Arm, ExperimentSettings
+from smollm_trm import arith, gsm8k
+from smollm_trm.export import FINAL_FOLDER
+from smollm_trm.model_sources import embedded_smollm2
+from smollm_trm.rows import read_rows, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +42,6 @@ def backbone_tokenizer(saved: str | None):
     """The tokenizer of a from-scratch backbone: a saved folder, or the SmolLM2-135M-Instruct tokenizer read from
     the embedded GGUF (the package is found, never imported)."""
     from transformers import AutoTokenizer
-
-    from train_sft import embedded_smollm2
 
     if saved is not None:
         return AutoTokenizer.from_pretrained(saved)
@@ -73,34 +75,28 @@ def build_backbone(shape: dict[str, Any], folder: Path, seed: int, tokenizer_fol
 
 def arith_train_data(settings: ExperimentSettings, folder: Path, seed: int) -> Path:
     """`train.jsonl` of generated problems (qa rows with written reasoning, dropped by `--reasoning latent`)."""
-    from eval.tasks import ARITH_DEFAULT_SIZE, make_arith
-
     if not (folder / "train.jsonl").is_file():
         write_jsonl(folder / "train.jsonl",
-                    make_arith(settings.train_size or ARITH_DEFAULT_SIZE, settings.train_depth, seed, "train"))
+                    arith.make_arith(settings.train_size or arith.DEFAULT_SIZE, settings.train_depth, seed, "train"))
     return folder
 
 
 def gsm8k_train_data(settings: ExperimentSettings, folder: Path) -> Path:
     """`train.jsonl` with the first `train_size` GSM8K train rows, and no test split: the eval loss comes from a
     held-out share of train (`eval_fraction`), so GSM8K test is only ever seen by the final evaluation."""
-    from eval.tasks import GSM8K_DIR, read_rows
-
     if not (folder / "train.jsonl").is_file():
-        write_jsonl(folder / "train.jsonl", read_rows(GSM8K_DIR / "train.jsonl")[: settings.train_size])
+        write_jsonl(folder / "train.jsonl", read_rows(gsm8k.LOCAL_DIR / "train.jsonl")[: settings.train_size])
     return folder
 
 
 def arith_test_size(depth: int, seed: int, wanted: int) -> int:
     """The largest n <= wanted for which make_arith finds n distinct held-out problems of this depth (depth 1 has
     only a few hundred); n problems are a prefix of n + 1, so every arm and seed sees the same ones."""
-    from eval.tasks import make_arith
-
     low, high = 1, wanted
     while low < high:  # binary search on "make_arith(n) succeeds", which holds for every n up to the limit
         middle = (low + high + 1) // 2
         try:
-            make_arith(middle, depth, seed, "test")
+            arith.make_arith(middle, depth, seed, "test")
             low = middle
         except ValueError:
             high = middle - 1
@@ -112,10 +108,9 @@ def arith_test_size(depth: int, seed: int, wanted: int) -> int:
 
 def train_arm(arm: Arm, seed: int, run_dir: Path, train_config: Path, backbone: Path | None, data: Path,
               extra_args: list[str]) -> Path:
-    """Train one arm with train_sft.main (in-process) unless its final folder is complete; returns that folder."""
-    import train_sft
-
-    final = run_dir / train_sft.FINAL_FOLDER
+    """Train one arm with `python -m train_sft` unless its final folder is complete; returns that folder. Its output
+    goes to this process's (a --jobs worker's log)."""
+    final = run_dir / FINAL_FOLDER
     if (final / "README.md").is_file():  # the model card is the last file save_final writes
         logger.info("%s exists; not retraining %s seed %d", final, arm.name, seed)
         return final
@@ -125,7 +120,11 @@ def train_arm(arm: Arm, seed: int, run_dir: Path, train_config: Path, backbone: 
     if backbone is not None:
         args += ["--model_name_or_path", str(backbone)]
     logger.info("training %s seed %d: train_sft.py %s", arm.name, seed, " ".join(args + extra_args))
-    return train_sft.main(*train_sft.make_parser().parse_args_and_config(args + extra_args))
+    code = subprocess.run([sys.executable, "-m", "train_sft", *args, *extra_args]).returncode
+    if code:
+        raise RuntimeError(f"training {arm.name} seed {seed} failed (train_sft.py exit code {code}); its output is "
+                           "above.")
+    return final
 
 
 # ---------------------------------------------------------------------------------------------------------- eval

@@ -22,7 +22,7 @@ class Arm:
 
     name: str
     thought_mode: str  # SmolLMTRMConfig.thought_mode
-    reasoning: str  # sft_data.SFTDataArguments.reasoning
+    reasoning: str  # smollm_trm.sft_data.SFTDataArguments.reasoning
 
 
 ARMS = {

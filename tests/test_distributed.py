@@ -23,7 +23,7 @@ from conftest import ROOT, THINK, tiny_model, tiny_tokenizer
 from test_train_sft import ENV, TINY_TRM, backbone, write_data  # noqa: F401  (backbone is a fixture)
 
 CONFIGS = ROOT / "configs" / "accelerate"
-# train_sft.apply_lora's model arguments for the tiny model
+# smollm_trm.loading.apply_lora's model arguments for the tiny model
 TINY_LORA = SimpleNamespace(lora_target_modules=None, lora_modules_to_save=None, lora_r=4, lora_alpha=8,
                             lora_dropout=0.0, use_rslora=False, use_dora=False)
 REQUIRED = {
@@ -204,11 +204,11 @@ def sharded_as_in_fsdp2_yaml(model):
 def fsdp2_worker(out: str) -> None:
     """torchrun'd: the tiny model sharded as fsdp2.yaml shards it (decoder layers, TRM blocks, root) on a gloo CPU mesh;
     each rank runs half the batch. Rank 0 checks loss and gradients against the whole batch on one unsharded copy, then
-    saves a final folder from the gathered full state dict the way train_sft.save_final does."""
+    saves a final folder from the gathered full state dict the way smollm_trm.export.save_final does."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    import train_sft
+    from smollm_trm import export, loading
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -226,7 +226,7 @@ def fsdp2_worker(out: str) -> None:
     grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
-        train_sft.export_model(model, tiny_tokenizer(), Path(out) / "final", dict(state))
+        export.export_model(model, tiny_tokenizer(), Path(out) / "final", dict(state))
         expected = {name: p.grad for name, p in reference.named_parameters()}
         worst = max(((grads[n] - g).abs().max() / g.abs().max().clamp(min=1e-12)).item() for n, g in expected.items())
         reference_loss = reference(input_ids=ids, labels=ids).loss.item()
@@ -279,11 +279,11 @@ def test_bench_distributed_smoke_runs_end_to_end(tmp_path):
 def lora_fsdp2_worker(out: str) -> None:
     """torchrun'd: a LoRA model sharded as fsdp2.yaml shards it, on a gloo CPU mesh; rank 0 compares loss and LoRA /
     TRM gradients with one unsharded copy over the whole batch, and writes the final folder from the gathered state
-    dict as train_sft.save_final does."""
+    dict as smollm_trm.export.save_final does."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    import train_sft
+    from smollm_trm import export, loading
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -292,7 +292,7 @@ def lora_fsdp2_worker(out: str) -> None:
     ids[:, 5] = THINK
 
     def lora_model():
-        model = train_sft.apply_lora(tiny_model(seed=0, attn_implementation="sdpa"), TINY_LORA, tiny_tokenizer(), [])
+        model = loading.apply_lora(tiny_model(seed=0, attn_implementation="sdpa"), TINY_LORA, tiny_tokenizer(), [])
         torch.manual_seed(2)  # LoRA's B starts at zero: give it values, so that the merge is not a no-op
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -309,8 +309,8 @@ def lora_fsdp2_worker(out: str) -> None:
     grads = {name: p.grad.full_tensor() for name, p in model.named_parameters() if p.requires_grad}
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
-        train_sft.export_model(model, tiny_tokenizer(), Path(out) / "final", dict(state))
-        train_sft.standalone(reference).save_pretrained(Path(out) / "reference")
+        export.export_model(model, tiny_tokenizer(), Path(out) / "final", dict(state))
+        export.standalone(reference).save_pretrained(Path(out) / "reference")
         expected = {name: p.grad for name, p in reference.named_parameters() if p.requires_grad}
         worst = max(((grads[n] - g).abs().max() / g.abs().max().clamp(min=1e-12)).item() for n, g in expected.items())
         result = {"losses": [x.item() for x in losses],
@@ -352,7 +352,7 @@ def zero3_worker(out: str) -> None:
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
-    import train_sft
+    from smollm_trm import export, loading
     from modeling_smollm_trm import SmolLMTRMForCausalLM
 
     torch.set_num_threads(1)
@@ -372,7 +372,7 @@ def zero3_worker(out: str) -> None:
         return AutoModelForCausalLM.from_pretrained(backbone, attn_implementation="sdpa")
 
     reference = wrapped(load()).train()
-    lora = train_sft.apply_lora(wrapped(load()), TINY_LORA, tiny_tokenizer(), [])
+    lora = loading.apply_lora(wrapped(load()), TINY_LORA, tiny_tokenizer(), [])
     config = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1}
     zero3_on = HfDeepSpeedConfig(config)  # kept alive until the end: transformers holds only a weak reference
     base = load()
@@ -395,7 +395,7 @@ def zero3_worker(out: str) -> None:
             reference_loss.backward()
             optimizer.step()
     if rank == 0:
-        whole = train_sft.merged_from_state_dict(lora, lora.state_dict())
+        whole = export.merged_from_state_dict(lora, lora.state_dict())
         (Path(out) / "zero3.json").write_text(json.dumps(
             {"partitioned": partitioned, "losses": losses, "merged": type(whole).__name__}))
     dist.barrier()
@@ -425,7 +425,7 @@ def test_zero3_on_a_cpu_group_wraps_the_partitioned_backbone_and_trains_like_one
 
 
 def test_a_gathered_state_dict_saves_a_tied_weight_once_and_refuses_a_broken_tie():
-    from train_sft import without_tied_copies
+    from smollm_trm.export import without_tied_copies
 
     model = tiny_model(seed=0)
     gathered = {name: tensor.clone() for name, tensor in model.state_dict().items()}  # separate tensors, as gathered
@@ -438,7 +438,7 @@ def test_a_gathered_state_dict_saves_a_tied_weight_once_and_refuses_a_broken_tie
 
 
 def test_lora_that_trains_new_token_rows_is_refused_under_fsdp():
-    from train_sft import check_sharded_lora
+    from smollm_trm.training import check_sharded_lora
 
     check_sharded_lora(True, fsdp=False)
     check_sharded_lora(False, fsdp=True)

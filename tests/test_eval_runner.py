@@ -14,8 +14,10 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from conftest import tiny_model, tiny_text_config, tiny_tokenizer
 from eval import runner
 from eval.__main__ import main
-from eval.runner import Depth, LoadedModel, answer_text, build_prompt, tokens_until_eos
-from eval.tasks import GSM8K_DIR, load_task
+from eval.runner import LoadedModel, answer_text, build_prompt, tokens_until_eos
+from eval.tasks import load_task
+from modeling_smollm_trm import Depth
+from smollm_trm.gsm8k import LOCAL_DIR as GSM8K_DIR
 
 # Word-level chat template for the tiny tokenizer: words it does not know become <unk>, which is fine for a
 # random model; "w10" stands in for the assistant header.
@@ -263,7 +265,7 @@ def test_depth_flags_without_a_trm_model_warn(caplog, tiny_folders, tmp_path):
 def test_embedded_smollm2_and_its_trm_wrap_run_on_gsm8k(tmp_path):
     from modeling_smollm_trm import SmolLMTRMForCausalLM
 
-    from train_sft import embedded_smollm2
+    from smollm_trm.model_sources import embedded_smollm2
 
     folder, gguf_file = embedded_smollm2()
     wrapped = SmolLMTRMForCausalLM.from_base(folder, gguf_file=gguf_file, num_latents=8, trm_hidden_size=64,

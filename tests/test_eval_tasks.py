@@ -6,15 +6,11 @@ import re
 
 import pytest
 
-from eval.tasks import (
-    ARITH_MAX_VALUE,
-    GSM8K_DIR,
-    TASK_KINDS,
-    arith_split_of,
-    load_task,
-    make_arith,
-    parse_depth,
-)
+from eval.tasks import TASK_KINDS, load_task
+from smollm_trm.arith import MAX_VALUE as ARITH_MAX_VALUE
+from smollm_trm.arith import make_arith, parse_depth
+from smollm_trm.arith import split_of as arith_split_of
+from smollm_trm.gsm8k import LOCAL_DIR as GSM8K_DIR
 
 GSM8K_ROWS = [
     {"question": "Ann has 2 bags of 617 nuts. How many nuts?", "answer": "2 * 617 = <<2*617=1234>>1,234 nuts.\n#### 1,234"},

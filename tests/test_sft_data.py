@@ -14,12 +14,12 @@ from trl.data_utils import _tokenize, is_conversational
 
 from modeling_smollm_trm import add_think_tokens
 
-import sft_data
-from sft_data import (
+from smollm_trm import sft_data
+from smollm_trm.rows import load_rows
+from smollm_trm.sft_data import (
     PreparedData,
     SFTDataArguments,
     detect_format,
-    load_rows,
     prepare_sft_data,
     sequence_length,
     split_indices,
@@ -44,7 +44,7 @@ MESSAGES_ROW = {
 @pytest.fixture(scope="module")
 def base_tokenizer():
     """SmolLM2's tokenizer as shipped, without think tokens; deep-copy it before changing it."""
-    from train_sft import embedded_smollm2
+    from smollm_trm.model_sources import embedded_smollm2
 
     folder, gguf_file = embedded_smollm2()
     return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)

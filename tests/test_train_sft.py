@@ -19,7 +19,12 @@ from conftest import EOS, PAD_ID, ROOT, VOCAB, run_isolated, tiny_text_config
 from safetensors.torch import load_file
 
 import train_sft
-from train_sft import TRMSFTTrainer, build_trainer, last_complete_checkpoint, make_parser
+from smollm_trm.arguments import make_parser
+from smollm_trm.checkpoints import last_complete_checkpoint, resume_point
+from smollm_trm.export import export_model, save_final
+from smollm_trm.hub import push_folder
+from smollm_trm.trainer import TRMSFTTrainer
+from smollm_trm.training import build_trainer
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} </s> {% endfor %}"
@@ -165,6 +170,25 @@ def trained_state(trainer) -> dict:
     return {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
 
 
+def test_every_config_setting_is_a_flag_with_the_configs_own_description():
+    from configuration_smollm_trm import SmolLMTRMConfig
+
+    declared = set(SmolLMTRMConfig.__annotations__) - {"text_config", "tie_word_embeddings"}  # backbone's / derived
+    assert set(SmolLMTRMConfig.thought_settings()) == declared
+    actions = {action.dest: action for action in train_sft.make_parser()._actions}
+    for name in declared:
+        assert name in actions, f"--{name} is not a train_sft.py flag"
+        assert actions[name].help and actions[name].default is None, name
+    assert tuple(actions["thought_mode"].choices) == ("trm", "pause", "none")
+    settings = {"think_token_id": "7", "trm_rms_norm_eps": "1e-6", "thought_window": "slide", "n_cycles": "4"}
+    flags = [part for name, value in settings.items() for part in (f"--{name}", value)]
+    trm = train_sft.make_parser().parse_args_and_config(["--dataset_name", "d", "--output_dir", "o", *flags])[3]
+    assert trm.trm_settings() == {"think_token_id": 7, "trm_rms_norm_eps": 1e-6, "thought_window": "slide",
+                                  "n_cycles": 4}
+    with pytest.raises(SystemExit):
+        train_sft.make_parser().parse_args_and_config(["--dataset_name", "d", "--thought_mode", "deep"])
+
+
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(backbone, tmp_path):
     data = write_data(tmp_path, "qa")
     saving = ["--save_strategy", "steps", "--save_steps", "3", "--ema_decay", "0.5", "--dataloader_num_workers", "0"]
@@ -176,7 +200,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(backbone, tmp_path)
     os.rename(tmp_path / "full/checkpoint-3", resumed_dir / "checkpoint-3")
     args = make_parser().parse_args_and_config(cli(backbone, data, resumed_dir, *saving))
     resumed, _ = build_trainer(*args)
-    checkpoint = train_sft.resume_point(args[1])
+    checkpoint = resume_point(args[1])
     assert checkpoint == str(resumed_dir / "checkpoint-3")
     resumed.train(resume_from_checkpoint=checkpoint)
     assert resumed.state.global_step == 6
@@ -192,7 +216,7 @@ def test_saved_trm_weights_are_the_ema_weights(backbone, tmp_path):
         cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--ema_decay", "0.7"))
     trainer, _ = build_trainer(data_args, training_args, model_args, trm_args)
     trainer.train()
-    folder = train_sft.save_final(trainer, trm_args, model_args, data_args, eval_results=None)
+    folder = save_final(trainer, trm_args, model_args, data_args, eval_results=None)
     saved = load_file(folder / "model.safetensors")
     prefix = "base_model.model.model.thoughts.modules_to_save.default."  # where PEFT keeps the trained TRM
     trm_names = [name for name in saved if prefix + name.removeprefix("model.thoughts.") in trainer.ema.shadow]
@@ -261,7 +285,7 @@ def test_final_folder_logits_equal_the_trained_peft_model(backbone, tmp_path, so
     trainer.train()
     batch = first_batch(trainer)
     state_dict = trainer.model.state_dict() if source == "gathered_state_dict" else None
-    folder = train_sft.export_model(trainer.model, trainer.processing_class, tmp_path / "final", state_dict)
+    folder = export_model(trainer.model, trainer.processing_class, tmp_path / "final", state_dict)
     reloaded = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     trainer.model.eval()
     with torch.no_grad():
@@ -290,7 +314,7 @@ def test_push_uploads_the_folder_through_the_hub_client(trained_run, monkeypatch
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
     monkeypatch.setattr(HfApi, "upload_folder",
                         lambda self, **kw: calls.append(("upload", kw["repo_id"], kw["folder_path"])) or "url")
-    assert train_sft.push_folder(trained_run / "final", "me/tiny-trm") == "url"
+    assert push_folder(trained_run / "final", "me/tiny-trm") == "url"
     assert calls[0][:2] == ("create", "me/tiny-trm") and calls[0][2]["exist_ok"] is True
     assert calls[1] == ("upload", "me/tiny-trm", str(trained_run / "final"))
 
@@ -301,7 +325,7 @@ def test_push_without_network_says_so_and_keeps_the_folder(trained_run, monkeypa
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(RuntimeError, match="folder is kept"):
-        train_sft.push_folder(trained_run / "final", "me/tiny-trm", token="hf_fake")
+        push_folder(trained_run / "final", "me/tiny-trm", token="hf_fake")
     assert (trained_run / "final/model.safetensors").is_file()
 
 
@@ -333,13 +357,14 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 import train_sft
-original = train_sft.TRMSFTTrainer._save_rng_state
+from smollm_trm.trainer import TRMSFTTrainer
+original = TRMSFTTrainer._save_rng_state
 def slow_save(self, output_dir):  # inside _save_checkpoint: weights written, trainer_state.json not yet
     original(self, output_dir)
     if self.state.global_step == 4:
         Path({marker!r}).write_text(output_dir)
         time.sleep(120)
-train_sft.TRMSFTTrainer._save_rng_state = slow_save
+TRMSFTTrainer._save_rng_state = slow_save
 train_sft.main(*train_sft.make_parser().parse_args_and_config({args!r}))
 """
 
@@ -363,7 +388,7 @@ def test_sigkill_while_saving_resumes_from_the_last_complete_checkpoint(backbone
     assert (half_written / "model.safetensors").is_file() and not (half_written / "trainer_state.json").exists()
     assert last_complete_checkpoint(str(output_dir)) == str(output_dir / "checkpoint-2")
     parsed = make_parser().parse_args_and_config(args)
-    assert train_sft.resume_point(parsed[1]) == str(output_dir / "checkpoint-2")
+    assert resume_point(parsed[1]) == str(output_dir / "checkpoint-2")
     folder = train_sft.main(*parsed)
     state = json.loads((output_dir / "checkpoint-6/trainer_state.json").read_text())
     assert state["global_step"] == 6 and (folder / "model.safetensors").is_file()
@@ -411,7 +436,7 @@ def test_report_to_wandb_runs_offline_without_a_key(backbone, tmp_path, monkeypa
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     args = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--max_steps", "2", "--report_to", "wandb")
-    from train_sft import configure_reporting
+    from smollm_trm.training import configure_reporting
 
     configure_reporting(["wandb"])
     assert os.environ["WANDB_MODE"] == "offline"
@@ -426,7 +451,7 @@ def test_report_to_wandb_runs_offline_without_a_key(backbone, tmp_path, monkeypa
 def test_a_non_finite_loss_or_gradient_norm_stops_the_run(backbone, tmp_path):
     from types import SimpleNamespace
 
-    from train_sft import StopOnNonFiniteLoss
+    from smollm_trm.callbacks import StopOnNonFiniteLoss
 
     trainer, _ = trainer_for(cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out"))
     callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnNonFiniteLoss))

@@ -16,10 +16,12 @@ reasoning, empty by default) follows the thoughts. Three source forms are unders
 Rows that cannot be converted, or that would not fit in `max_length` positions once thoughts are counted, are
 reported by index and reason, then skipped or raised on (`on_bad_row`); nothing is truncated silently.
 
-A dry run prepares the data as training would and prints what it kept and skipped:
+Rows are read by `smollm_trm.rows.load_rows` (the reader eval shares); GSM8K solutions are parsed by
+`smollm_trm.gsm8k.split_solution`. A dry run prepares the data as training would and prints what it kept and skipped:
 
-    python sft_data.py --dataset_name data/ --tokenizer_name HuggingFaceTB/SmolLM3-3B --num_latents 8 --max_length 1024
-    python sft_data.py --dataset_name openai/gsm8k --dataset_config main --reasoning latent+text \
+    python -m smollm_trm.sft_data --dataset_name data/ --tokenizer_name HuggingFaceTB/SmolLM3-3B --num_latents 8 \
+        --max_length 1024
+    python -m smollm_trm.sft_data --dataset_name openai/gsm8k --dataset_config main --reasoning latent+text \
         --tokenizer_name HuggingFaceTB/SmolLM3-3B --num_latents 8 --max_length 1024
 """
 
@@ -28,15 +30,15 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import datasets
 from transformers import PreTrainedTokenizerBase
 
 from modeling_smollm_trm import THINK_TOKENS, add_think_tokens
+from smollm_trm import gsm8k
+from smollm_trm.rows import load_rows
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +53,9 @@ ReasoningMode = Literal["latent", "latent+text"]
 OnBadRow = Literal["skip", "error"]
 Rows = list[dict[str, Any]] | datasets.Dataset
 
-JSON_SUFFIXES = (".json", ".jsonl")
 EVAL_SPLITS = ("validation", "test")  # preferred order: keep a `test` split for final evaluation when both exist
 CHAT_ROLES = ("system", "user", "assistant")
 SHOWN_BAD_ROWS = 5  # how many offenders an error message or log summary lists
-GSM8K_ANNOTATION = re.compile(r"<<[^>]*>>")
-GSM8K_FINAL_MARK = "####"
-GSM8K_FINAL_LINE = re.compile(r"^####", re.MULTILINE)
 FORMAT_SAMPLE_ROWS = 100  # rows looked at to detect the form; a few bad ones must not flip it
 
 
@@ -119,83 +117,6 @@ def think_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
     return added[THINK_TOKEN], added[END_THINK_TOKEN]
 
 
-# --------------------------------------------------------------------------------------------------------- loading
-
-
-def load_rows(dataset_name: str, split: str | None = None, config_name: str | None = None) -> dict[str, Rows]:
-    """Rows of every split (or only `split`) of a local JSON file or folder, or of a Hub dataset."""
-    path = Path(dataset_name)
-    if path.is_dir():
-        splits = _read_json_folder(path)
-    elif path.is_file():
-        splits = {"train": _read_json_file(path)}
-    elif path.suffix in JSON_SUFFIXES:
-        raise FileNotFoundError(f"No such data file: {dataset_name!r}.")
-    else:
-        return _load_hub(dataset_name, split, config_name)
-    if split is None:
-        return splits
-    if split not in splits:
-        raise ValueError(f"{dataset_name!r} has no split {split!r}; it has {sorted(splits)}.")
-    return {split: splits[split]}
-
-
-def _load_hub(dataset_name: str, split: str | None, config_name: str | None) -> dict[str, Rows]:
-    try:
-        loaded = datasets.load_dataset(dataset_name, config_name, split=split)
-    except datasets.exceptions.DatasetNotFoundError as err:
-        raise FileNotFoundError(
-            f"{dataset_name!r} is neither a local file or folder nor a dataset found on the Hub ({err})."
-        ) from err
-    return {split: loaded} if split is not None else dict(loaded)
-
-
-def _read_json_folder(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    """One split per `.json`/`.jsonl` file, named after the file's stem (train.jsonl -> `train`)."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in JSON_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"Folder {str(folder)!r} holds no .json or .jsonl file.")
-    splits: dict[str, list[dict[str, Any]]] = {}
-    for path in files:
-        if path.stem in splits:
-            raise ValueError(f"Folder {str(folder)!r} has two files for split {path.stem!r}; keep one.")
-        splits[path.stem] = _read_json_file(path)
-    return splits
-
-
-def _read_json_file(path: Path) -> list[dict[str, Any]]:
-    """A JSON list of objects (`.json` whose text starts with `[`) or JSON lines (one object per line)."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}.") from err
-        for index, row in enumerate(rows):
-            _check_is_object(row, f"{path}: item {index}")
-        return rows
-    rows = []
-    # Split on "\n" only: GSM8K's text holds U+2028, on which str.splitlines() would also split a row.
-    for line_number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{path}: invalid JSON at line {line_number}, column {err.colno}: {err.msg}. Expected a JSON list "
-                "of objects or one JSON object per line."
-            ) from err
-        _check_is_object(row, f"{path}: line {line_number}")
-        rows.append(row)
-    return rows
-
-
-def _check_is_object(row: Any, where: str) -> None:
-    if not isinstance(row, dict):
-        raise ValueError(f"{where} is a JSON {type(row).__name__}, expected an object (one row).")
-
-
 # ---------------------------------------------------------------------------------------------- rows -> conversation
 
 
@@ -207,7 +128,7 @@ def detect_format(rows: Rows) -> str:
         return "messages"
     if {"question", "answer"} <= keys:
         answers = [row.get("answer") for row in sample]
-        is_gsm8k = any(isinstance(answer, str) and GSM8K_FINAL_LINE.search(answer) for answer in answers)
+        is_gsm8k = any(isinstance(answer, str) and gsm8k.FINAL_LINE.search(answer) for answer in answers)
         return "gsm8k" if is_gsm8k and "reasoning" not in keys else "qa"
     raise ValueError(
         f"Cannot tell the row form from the fields {sorted(keys)}: expected `messages`, or `question` and `answer`. "
@@ -256,15 +177,10 @@ def _split_qa(row: dict[str, Any]) -> tuple[str, str]:
 def _split_gsm8k(row: dict[str, Any]) -> tuple[str, str]:
     """The worked solution without `<<a*b=c>>` annotations becomes the reasoning, N of `#### N` the answer."""
     solution = _text_field(row, "answer")
-    worked, mark, final = solution.rpartition(GSM8K_FINAL_MARK)
-    if not mark:
-        raise BadRowError("gsm8k 'answer' has no final '#### N' line")
-    final = final.strip()
-    if not final:
-        raise BadRowError("gsm8k 'answer' has nothing after '####'")
-    if "\n" in final:
-        raise BadRowError(f"gsm8k '#### N' is not the last line of 'answer' (after it: {final!r})")
-    return GSM8K_ANNOTATION.sub("", worked).strip(), final
+    try:
+        return gsm8k.split_solution(solution)
+    except ValueError as err:
+        raise BadRowError(f"gsm8k 'answer': {err}") from None
 
 
 def _split_messages(row: dict[str, Any]) -> tuple[list[dict[str, str]], str, str]:

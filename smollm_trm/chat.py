@@ -1,0 +1,37 @@
+"""Chat prompts as training renders them, opened with `<think>` where the model should think; and answering chat
+prompts with a saved model (the demo at the end of a training run)."""
+
+from __future__ import annotations
+
+import os
+
+from modeling_smollm_trm import THINK_TOKENS
+
+THINK_TOKEN = THINK_TOKENS[0]
+DEMO_MAX_NEW_TOKENS = 24
+
+
+def chat_prompt(tokenizer, messages: list[dict], think: bool) -> str:
+    """Chat template over `messages` with the generation prompt, then `<think>` when the model should think: the
+    assistant turn starts as in training, so the thoughts are inserted there."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if think and not prompt.rstrip().endswith(THINK_TOKEN):  # some templates open the think block themselves
+        prompt += THINK_TOKEN
+    return prompt
+
+
+def demo_answers(folder: str | os.PathLike, prompts: list[list[dict]], max_new_tokens: int = DEMO_MAX_NEW_TOKENS):
+    """Reload `folder` as a user would and answer each chat prompt greedily, through the thoughts."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    answers = []
+    for prompt in prompts:
+        text = chat_prompt(tokenizer, prompt, think=True)
+        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    return answers

@@ -1,0 +1,80 @@
+"""The model a training run starts from (a saved SmolLM+TRM folder, or a backbone wrapped with a new TRM), and LoRA
+on its backbone."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from modeling_smollm_trm import SmolLMTRMForCausalLM, add_think_tokens
+from smollm_trm.model_sources import is_smollm_trm_folder, resolve_model_source
+
+THOUGHT_MODULE = "thoughts"  # SmolLMTRMModel's attribute holding the TRM (or the pause vectors)
+
+
+def is_thought_parameter(name: str) -> bool:
+    """A parameter of the thought module, also inside PEFT's wrappers."""
+    return f".{THOUGHT_MODULE}." in f".{name}"
+
+
+def load_model(model_args, trm_args):
+    """(model, tokenizer, think tokens added to the tokenizer): a saved SmolLM+TRM, or a backbone wrapped."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, gguf_file = resolve_model_source(model_args.model_name_or_path, trm_args.gguf_file)
+    loading = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
+               "revision": model_args.model_revision}
+    loading = {key: value for key, value in loading.items() if value is not None}
+    if is_smollm_trm_folder(source):
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True, **loading,
+                                                     **trm_args.trm_settings())
+        return model, tokenizer, []
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, revision=model_args.model_revision)
+    # Added here rather than in from_base, so that we know which rows are new and must train.
+    added = add_think_tokens(tokenizer)
+    model = SmolLMTRMForCausalLM.from_base(source, tokenizer=tokenizer, gguf_file=gguf_file, **loading,
+                                           **trm_args.trm_settings())
+    return model, tokenizer, added
+
+
+def apply_lora(model, model_args, tokenizer, added_tokens: list[str]):
+    """LoRA on the backbone's linear layers; the thought modules and any new think-token rows train in full."""
+    from peft import LoraConfig, get_peft_model
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    backbone_linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.model.language_model.named_modules()
+                              if isinstance(module, torch.nn.Linear)})
+    wanted = model_args.lora_target_modules or ["all-linear"]
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    names = backbone_linear if wanted == ["all-linear"] else wanted
+    if set(names) - set(backbone_linear):
+        raise ValueError(f"lora_target_modules {sorted(set(names) - set(backbone_linear))} are not linear layers of "
+                         f"the backbone; it has {backbone_linear} (or pass all-linear).")
+    modules_to_save = list(model_args.lora_modules_to_save or [])
+    if model.model.thoughts is not None:
+        modules_to_save.append(THOUGHT_MODULE)
+    new_ids = tokenizer.convert_tokens_to_ids(added_tokens)
+    config = LoraConfig(
+        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+        # Anchored on the backbone: the TRM has its own q_proj / o_proj, which train in full instead.
+        target_modules=rf"^model\.language_model\..*\.({'|'.join(map(re.escape, names))})$",
+        modules_to_save=modules_to_save or None,
+        trainable_token_indices={"embed_tokens": new_ids} if new_ids else None,
+        use_rslora=model_args.use_rslora, use_dora=model_args.use_dora, task_type="CAUSAL_LM",
+    )
+    # Under ZeRO-3 the adapters keep the backbone's dtype: DeepSpeed packs the trainable partitions into one buffer of
+    # one dtype, and PEFT would otherwise upcast them to float32 beside a bfloat16 TRM (the fix TRL applies too).
+    return get_peft_model(model, config, autocast_adapter_dtype=not is_deepspeed_zero3_enabled())
+
+
+def is_peft(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def thought_model(model) -> SmolLMTRMForCausalLM:
+    """The SmolLMTRMForCausalLM itself, under PEFT's wrapper or not."""
+    return model.get_base_model() if is_peft(model) else model

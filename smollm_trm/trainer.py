@@ -1,0 +1,198 @@
+"""`TRMSFTTrainer`: TRL's `SFTTrainer` for SmolLM+TRM (the model's own loss, TRM metrics, EMA, loadable checkpoints)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import torch
+from trl import SFTTrainer
+
+from modeling_smollm_trm import IGNORE_INDEX, THINK_TOKENS
+from smollm_trm.callbacks import TRMWeightsEMA
+from smollm_trm.checkpoints import TRAINABLE_FILE, UNIVERSAL_LATEST_FILE, check_zero_world_size
+from smollm_trm.export import export_model
+from smollm_trm.loading import is_peft, thought_model
+
+logger = logging.getLogger(__name__)
+
+END_THINK_TOKEN = THINK_TOKENS[1]
+
+
+def check_padded_rows(training_args) -> None:
+    """Packed or padding-free batches would let thoughts cross the sequences packed into a row."""
+    if training_args.packing or training_args.padding_free:
+        raise ValueError(
+            f"packing={training_args.packing}, padding_free={training_args.padding_free}: SmolLMTRM needs padded "
+            "rows (thoughts would cross packed sequences); set both to False."
+        )
+
+
+class TRMSFTTrainer(SFTTrainer):
+    """SFTTrainer that optimises the model's own loss (thoughts, deep supervision, halting), logs TRM metrics, keeps
+    an optional EMA of the TRM weights, and writes checkpoints that load with AutoModelForCausalLM."""
+
+    _tag_names = ["trl", "sft", "smollm-trm"]
+
+    def __init__(self, *args, ema_decay: float | None = None, **kwargs):
+        if kwargs.get("args") is not None:
+            check_padded_rows(kwargs["args"])
+        super().__init__(*args, **kwargs)
+        self.thought_lm = thought_model(self.model)
+        # TRL patched `forward` with a fused LM head that runs the backbone alone, i.e. without thoughts.
+        self.thought_lm.__dict__.pop("forward", None)
+        self.end_think_id = self.processing_class.convert_tokens_to_ids(END_THINK_TOKEN)
+        if ema_decay is not None and self.is_sharded:
+            # Under ZeRO-3 a rank holds an empty placeholder for each parameter outside forward, so the average would
+            # silently be of nothing; under FSDP2 the average and its checkpoint file have not been made shard-aware.
+            raise ValueError("--ema_decay is not supported under FSDP2 or DeepSpeed; use DDP or one GPU for EMA.")
+        self.ema = TRMWeightsEMA(self.model, ema_decay) if ema_decay is not None else None
+        if self.ema is not None:
+            self.add_callback(self.ema)
+
+    # -------------------------------------------------------------------------------------------------------- loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        inputs = {key: inputs[key] for key in ("input_ids", "attention_mask", "labels", "position_ids") if key in inputs}
+        outputs = model(**inputs, use_cache=False, num_items_in_batch=num_items_in_batch)
+        loss = outputs.loss
+        if num_items_in_batch is not None:
+            # lm_loss is already divided by the tokens of all accumulated micro-batches; the halting BCE is a
+            # per-micro-batch mean, so average it over the accumulation steps as TRL does for MoE aux losses.
+            steps = self.current_gradient_accumulation_steps if self.model.training else 1
+            loss = outputs.lm_loss
+            if self.args.average_tokens_across_devices:
+                # lm_loss is divided by the tokens of every rank while DDP / FSDP average gradients over ranks: scale
+                # it back. The halting BCE is a per-rank mean, which that average already gets right.
+                loss = loss * self.accelerator.num_processes
+            loss = self.thought_lm.combine_losses(loss, outputs.halt_loss / steps)
+        self._record_metrics(mode, inputs, outputs, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def _record_metrics(self, mode: str, inputs: dict, outputs, num_items_in_batch) -> None:
+        metrics = self._metrics[mode]
+        labels, logits = inputs["labels"][:, 1:], outputs.logits[:, :-1].detach()  # logits[:, i] predicts i + 1
+        scored = labels != IGNORE_INDEX
+        # Answer tokens: after `</think>`, i.e. what the thoughts are for (not the closing tag itself).
+        in_answer = scored & ((inputs["input_ids"][:, :-1] == self.end_think_id).long().cumsum(dim=1) > 0)
+        correct = logits.argmax(dim=-1) == labels
+        for name, mask in (("mean_token_accuracy", scored), ("answer_token_accuracy", in_answer)):
+            counts = self.accelerator.gather_for_metrics(torch.stack([(correct & mask).sum(), mask.sum()])[None])
+            counts = counts.view(-1, 2).sum(dim=0)
+            if counts[1] > 0:
+                metrics[name].append((counts[0] / counts[1]).item())
+        lm_loss = outputs.lm_loss.detach()
+        if num_items_in_batch is not None:  # back to a per-token mean of this micro-batch, for logging
+            lm_loss = lm_loss * num_items_in_batch / scored.sum().clamp(min=1)
+        values = {"lm_loss": lm_loss, "halt_loss": outputs.halt_loss.detach()}
+        for name in ("halt_probability", "supervision_steps", "thought_norm"):
+            if getattr(outputs, name) is not None:
+                values[name] = getattr(outputs, name).detach()
+        for name, value in values.items():
+            metrics[name].append(self.accelerator.gather_for_metrics(value.float()[None]).mean().item())
+        if mode == "train":
+            self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+        metrics["num_tokens"] = [self._total_train_tokens]
+
+    # ------------------------------------------------------------------------------------------ EMA: eval and save
+
+    def ema_weights(self):
+        """Context with the EMA weights in place of the online ones (no-op without EMA): evaluation and saving."""
+        return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+
+    def evaluate(self, *args, **kwargs):
+        with self.ema_weights():
+            return super().evaluate(*args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        with self.ema_weights():
+            super().save_model(output_dir, _internal_call)
+        if _internal_call and self.ema is not None:  # a checkpoint: keep the state for an exact resume
+            self.ema.save(output_dir)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """PEFT: a standalone merged model (so the checkpoint loads with AutoModelForCausalLM) plus the trainable
+        tensors for resuming; the adapter files are not written, as AutoModel would follow them to the backbone."""
+        if not is_peft(self.model):
+            return super()._save(output_dir, state_dict)
+        if not self.args.should_save or self.is_sharded:  # one writer in a distributed run
+            # Sharded (FSDP2, ZeRO-3): the checkpoint's shard files are what resumes; the loadable merged folder is
+            # written once, by save_final, from a gather of the whole model.
+            return None
+        from safetensors.torch import save_file
+
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        export_model(self.model, self.processing_class, output_dir)
+        trainable = {name: p.detach().contiguous() for name, p in self.model.named_parameters() if p.requires_grad}
+        save_file(trainable, os.path.join(output_dir, TRAINABLE_FILE))
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    # ------------------------------------------------------------------------------------------------------ loading
+
+    @property
+    def is_sharded(self) -> bool:
+        return self.is_fsdp_enabled or self.is_deepspeed_enabled
+
+    def resumes_universal(self, checkpoint) -> bool:
+        """A ZeRO checkpoint that `ds_to_universal` converted: DeepSpeed loads the conversion, whatever the number
+        of GPUs it was saved on."""
+        return (self.is_deepspeed_enabled and isinstance(checkpoint, str)
+                and os.path.isfile(os.path.join(checkpoint, UNIVERSAL_LATEST_FILE)))
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if self.resumes_universal(resume_from_checkpoint):
+            # Read when DeepSpeed's engine is built, inside train(): set before it.
+            deepspeed_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            deepspeed_config.setdefault("checkpoint", {})["load_universal"] = True
+        elif self.is_deepspeed_enabled and isinstance(resume_from_checkpoint, str):
+            check_zero_world_size(resume_from_checkpoint, self.accelerator.num_processes)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self.resumes_universal(checkpoint):
+            # DeepSpeed's universal ZeRO-3 loader hands every parameter sub-group one shared `step` tensor, which
+            # AdamW then increments in place once per sub-group at every step: all groups but the first (the
+            # Trainer's no-weight-decay one among them) bias-correct with a wrong count. One tensor each, as a
+            # normal load gives.
+            for state in self.model_wrapped.optimizer.optimizer.state.values():
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].clone()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if is_peft(self.model) and not self.is_sharded:
+            self._load_trainable(resume_from_checkpoint)
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.ema is not None:
+            self.ema.load(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        if is_peft(self.model) and not self.is_sharded:  # sharded: the Trainer reads the shard files
+            logger.info("Loading best model from %s (score: %s).", best, self.state.best_metric)
+            self._load_trainable(best)
+        else:
+            super()._load_best_model()
+        if self.ema is not None:
+            self.ema.load(best)
+
+    def _load_trainable(self, checkpoint: str) -> None:
+        from safetensors.torch import load_file
+
+        path = os.path.join(checkpoint, TRAINABLE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{checkpoint} has no {TRAINABLE_FILE}; it was not written by a PEFT run of "
+                                    "train_sft.py.")
+        tensors = load_file(path)
+        params = dict(self.model.named_parameters())
+        missing = sorted(name for name, p in params.items() if p.requires_grad and name not in tensors)
+        if missing or set(tensors) - set(params):
+            raise ValueError(f"{path} does not match the model: missing {missing[:5]}, unexpected "
+                             f"{sorted(set(tensors) - set(params))[:5]}; resume with the same --use_peft settings.")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                params[name].copy_(value)

@@ -1,0 +1,57 @@
+"""Setting up a training run: checks of the settings, reporting, the model, LoRA, the data and the trainer."""
+
+from __future__ import annotations
+
+import os
+
+from smollm_trm.callbacks import StopOnNonFiniteLoss
+from smollm_trm.loading import apply_lora, load_model
+from smollm_trm.named_datasets import resolve_dataset
+from smollm_trm.sft_data import prepare_sft_data
+from smollm_trm.trainer import TRMSFTTrainer, check_padded_rows
+
+
+def check_training_args(training_args) -> None:
+    check_padded_rows(training_args)
+    if training_args.max_length is None:
+        raise ValueError("max_length must be set: rows are validated against it with thoughts counted, so that TRL "
+                         "never truncates.")
+
+
+def configure_reporting(report_to: list[str]) -> None:
+    if "wandb" in report_to and not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")  # no key (or no network): keep the run local, sync later
+
+
+def check_sharded_lora(trains_new_token_rows: bool, fsdp: bool) -> None:
+    """LoRA that trains new think-token rows cannot run under FSDP2: PEFT wraps the tied embed_tokens / lm_head pair
+    (TrainableTokensWrapper), which hides the tie from accelerate, so it would shard the shared weight twice."""
+    if trains_new_token_rows and fsdp:
+        raise ValueError("--use_peft under FSDP needs a tokenizer that already has <think> and </think> (SmolLM3's "
+                         "has them): the backbone's tokenizer lacks them, and LoRA training of the new rows hides the "
+                         "tied embeddings from FSDP2. Use configs/accelerate/ddp.yaml, or train without "
+                         "--use_peft.")
+
+
+def build_trainer(data_args, training_args, model_args, trm_args):
+    """(trainer, prepared data): the model loaded or wrapped, LoRA applied, the data validated at max_length."""
+    from transformers import EarlyStoppingCallback, set_seed
+
+    check_training_args(training_args)
+    configure_reporting(training_args.report_to)
+    # Seeded before the model is built: the new TRM, the new think-token rows (frozen under LoRA, only their delta
+    # trains) and LoRA's init must come out the same when a resumed run rebuilds the model.
+    set_seed(training_args.seed)
+    model, tokenizer, added = load_model(model_args, trm_args)
+    with training_args.main_process_first(desc="writing and tokenizing the data"):  # one writer of arith's files
+        data = prepare_sft_data(resolve_dataset(data_args, training_args.output_dir), tokenizer,
+                                model.config.num_latents, training_args.max_length)
+    if model_args.use_peft:
+        model = apply_lora(model, model_args, tokenizer, added)
+    callbacks = [StopOnNonFiniteLoss()]
+    if trm_args.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=trm_args.early_stopping_patience))
+    trainer = TRMSFTTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval,
+                            processing_class=tokenizer, callbacks=callbacks, ema_decay=trm_args.ema_decay)
+    check_sharded_lora(model_args.use_peft and bool(added), trainer.is_fsdp_enabled)
+    return trainer, data
