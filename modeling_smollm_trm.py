@@ -419,6 +419,7 @@ class SmolLMTRMModelOutput(ModelOutput):
 
     last_hidden_state: torch.Tensor | None = None
     cache: ThoughtCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # (B, L, D) per layer, embeddings first, input-aligned
     halt_probability: torch.Tensor | None = None
     supervision_steps: torch.Tensor | None = None
     thought_norm: torch.Tensor | None = None
@@ -435,6 +436,7 @@ class SmolLMTRMOutput(ModelOutput):
     halt_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     cache: ThoughtCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
     halt_probability: torch.Tensor | None = None
     supervision_steps: torch.Tensor | None = None
     thought_norm: torch.Tensor | None = None
@@ -528,6 +530,7 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         n_cycles: int | None = None,
         n_supervision_steps: int | None = None,
         supervise: bool = False,
+        insert_thoughts: bool = True,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         **kwargs,
@@ -535,24 +538,31 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         """`position_ids` are derived from `attention_mask` and the thoughts; ones passed in are checked for packing
         (unsupported) and otherwise ignored. `n_cycles` / `n_supervision_steps` override the config for this call.
         `supervise=True` (training) runs every supervision step and returns what the head needs to score each;
-        otherwise a row stops its steps once it halts."""
-        if output_attentions or output_hidden_states:
-            raise NotImplementedError("SmolLMTRM does not return attentions or hidden states.")
+        otherwise a row stops its steps once it halts. `insert_thoughts=False` reads `<think>` as an ordinary token
+        (the written-reasoning teacher of self-distillation, an ablation). `output_hidden_states=True` also returns
+        every layer's states, aligned with `input_ids` like `last_hidden_state`."""
+        if output_attentions:
+            raise NotImplementedError("SmolLMTRM does not return attentions.")
         if input_ids is None or inputs_embeds is not None:
             raise ValueError("SmolLMTRM needs `input_ids` (to find `<think>`), not `inputs_embeds`.")
         reject_packed_positions(position_ids, attention_mask)
         depth = Depth.of_call(self.config, n_cycles, n_supervision_steps)
         use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
         cache = self._stream_cache(cache)
-        layout = self._plan_chunk(input_ids, valid_columns(input_ids, attention_mask))
+        layout = self._plan_chunk(input_ids, valid_columns(input_ids, attention_mask), insert_thoughts)
         self._check_length(cache, layout)
-        hidden, stats, steps = self._run_chunk(cache, layout, depth, supervise)
+        layers = [] if output_hidden_states else None
+        hidden, stats, steps = self._run_chunk(cache, layout, depth, supervise, layers)
         supervision = None
         if supervise:
             per_think = self.thoughts.supervision_steps(depth) if self.thoughts is not None else 1
             supervision = ThoughtSupervision(layout.answer_index, layout.think_rows, steps, per_think)
+        hidden_states = None
+        if layers is not None:  # per block, a tuple over layers: join each layer's blocks, then align
+            hidden_states = tuple(self._input_aligned(torch.cat(layer, dim=1), layout.out_columns)
+                                  for layer in zip(*layers))
         return SmolLMTRMModelOutput(last_hidden_state=hidden, cache=cache if use_cache else None,
-                                    supervision=supervision, **stats)
+                                    hidden_states=hidden_states, supervision=supervision, **stats)
 
     def _stream_cache(self, cache) -> ThoughtCache:
         replay = self.language_model.is_activation_checkpointing and self.training and torch.is_grad_enabled()
@@ -571,11 +581,11 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
     # Layout
     # ------------------------------------------------------------------------------------------------------------
 
-    def _plan_chunk(self, input_ids: torch.Tensor, valid: torch.Tensor) -> ChunkLayout:
+    def _plan_chunk(self, input_ids: torch.Tensor, valid: torch.Tensor, insert_thoughts: bool = True) -> ChunkLayout:
         """Cut each row after every `<think>` and place the segments in blocks of a common width."""
         batch, length = input_ids.shape
         K = self.config.num_latents
-        if self.config.thought_mode == "none":
+        if self.config.thought_mode == "none" or not insert_thoughts:
             is_think = torch.zeros_like(valid)
         else:
             is_think = (input_ids == self.config.think_token_id) & valid
@@ -625,9 +635,11 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
     # Running the backbone
     # ------------------------------------------------------------------------------------------------------------
 
-    def _run_chunk(self, cache: ThoughtCache, layout: ChunkLayout, depth: Depth, supervise: bool):
+    def _run_chunk(self, cache: ThoughtCache, layout: ChunkLayout, depth: Depth, supervise: bool,
+                   layers: list | None = None):
         """Run the blocks of a chunk in order: tokens, then the thoughts they end with. Returns the hidden states
-        behind each input column's logits, TRM statistics and (supervised) every supervision step."""
+        behind each input column's logits, TRM statistics and (supervised) every supervision step; `layers`, when
+        given, receives every block's per-layer states."""
         K = self.config.num_latents
         prior_thinks = self._thinks_so_far(cache, layout.kinds.shape[0])
         hidden_blocks, stats, steps = [], [], []
@@ -635,14 +647,14 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
             tokens = layout.tokens(j)
             if tokens.stop > tokens.start:
                 hidden_blocks.append(self._extend(cache, self.get_input_embeddings()(layout.ids[:, tokens]),
-                                                  layout.kinds[:, tokens], (prior_thinks + j) * K))
+                                                  layout.kinds[:, tokens], (prior_thinks + j) * K, layers))
             if j == layout.num_thinks:
                 break
             thoughts, think_stats, think_steps = self._think(cache, layout, j, depth, supervise, prior_thinks)
             stats.append(think_stats)
             steps += think_steps
             hidden_blocks.append(self._extend(cache, thoughts, layout.kinds[:, layout.thoughts(j)],
-                                              torch.zeros_like(prior_thinks)))
+                                              torch.zeros_like(prior_thinks), layers))
         hidden = torch.cat(hidden_blocks, dim=1)  # (B, C, D) the chunk in layout order
         return self._input_aligned(hidden, layout.out_columns), self._mean_stats(stats), steps
 
@@ -656,9 +668,11 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
             return torch.zeros(batch, dtype=torch.long, device=self.device)
         return (cache.kinds == THOUGHT).sum(dim=1) // self.config.num_latents
 
-    def _extend(self, cache: ThoughtCache, embeds: torch.Tensor, kinds: torch.Tensor, drop: torch.Tensor):
+    def _extend(self, cache: ThoughtCache, embeds: torch.Tensor, kinds: torch.Tensor, drop: torch.Tensor,
+                layers: list | None = None):
         """Run the backbone on new columns after everything in `cache`; `drop` (B,) is how many of each row's oldest
-        tokens these columns may not see (`thought_window="slide"`). Returns their last-layer hidden states."""
+        tokens these columns may not see (`thought_window="slide"`). Returns their last-layer hidden states, and
+        appends every layer's to `layers` when given."""
         seen = cache.kinds if cache.kinds is not None else kinds[:, :0]
         all_kinds = torch.cat([seen, kinds], dim=1)
         positions = stream_positions(all_kinds)[:, seen.shape[1] :]
@@ -666,19 +680,22 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
             drop = torch.zeros_like(drop)
         drops = drop[:, None].expand_as(kinds)
         if cache.replay:
-            hidden = self._replay_backbone(cache, embeds, all_kinds, drops)
+            out = self._replay_backbone(cache, embeds, all_kinds, drops, layers is not None)
         else:
             mask = visible_keys(all_kinds, drop[:, None])  # (B, C): every query of this call shares the row's drop
             out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
-                                      use_cache=True)
-            hidden = out.last_hidden_state
+                                      use_cache=True, output_hidden_states=layers is not None)
+        hidden = out.last_hidden_state[:, -embeds.shape[1] :]
+        if layers is not None:
+            layers.append(tuple(state[:, -embeds.shape[1] :] for state in out.hidden_states))
         reads_context = self.thoughts is not None and self.thoughts.reads_context
         cache.record(kinds, hidden if reads_context else None, embeds, drops)
         return hidden
 
-    def _replay_backbone(self, cache: ThoughtCache, embeds, all_kinds, drops) -> torch.Tensor:
+    def _replay_backbone(self, cache: ThoughtCache, embeds, all_kinds, drops, output_hidden_states: bool):
         """Activation checkpointing drops the KV cache inside layers: recompute the whole stream instead, with a
-        per-query mask so that earlier columns see exactly what they saw when they were first computed."""
+        per-query mask so that earlier columns see exactly what they saw when they were first computed. Returns the
+        backbone's output over the whole stream (the new columns are its last)."""
         all_embeds = embeds if cache.replay_embeds is None else torch.cat([cache.replay_embeds, embeds], dim=1)
         all_drops = drops if cache.replay_drops is None else torch.cat([cache.replay_drops, drops], dim=1)
         positions = stream_positions(all_kinds)
@@ -692,9 +709,8 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
             mask = create_causal_mask(config=self.language_model.config, inputs_embeds=all_embeds,
                                       attention_mask=mask, cache=None, position_ids=positions,
                                       and_mask_function=slide)
-        out = self.language_model(inputs_embeds=all_embeds, attention_mask=mask, position_ids=positions,
-                                  use_cache=False)
-        return out.last_hidden_state[:, -embeds.shape[1] :]
+        return self.language_model(inputs_embeds=all_embeds, attention_mask=mask, position_ids=positions,
+                                   use_cache=False, output_hidden_states=output_hidden_states)
 
     # ------------------------------------------------------------------------------------------------------------
     # Thoughts
@@ -849,6 +865,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         n_cycles: int | None = None,
         n_supervision_steps: int | None = None,
+        insert_thoughts: bool = True,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         **kwargs,
@@ -858,7 +875,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, n_cycles=n_cycles,
-            n_supervision_steps=n_supervision_steps, supervise=labels is not None,
+            n_supervision_steps=n_supervision_steps, supervise=labels is not None, insert_thoughts=insert_thoughts,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
         )
         hidden = outputs.last_hidden_state
@@ -872,7 +889,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
             loss = self.combine_losses(lm_loss, halt_loss)
         return SmolLMTRMOutput(
             loss=loss, lm_loss=lm_loss, halt_loss=halt_loss, logits=logits, cache=outputs.cache,
-            halt_probability=outputs.halt_probability, supervision_steps=outputs.supervision_steps,
+            hidden_states=outputs.hidden_states, halt_probability=outputs.halt_probability, supervision_steps=outputs.supervision_steps,
             thought_norm=outputs.thought_norm,
         )
 

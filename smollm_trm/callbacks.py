@@ -1,4 +1,5 @@
-"""Trainer callbacks: an EMA of the thought module's weights, and a stop on a non-finite loss."""
+"""Trainer callbacks: an EMA of the thought module's weights, a stop on a non-finite loss, and the curriculum's
+stage changes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import torch
 from transformers import TrainerCallback
 
+from smollm_trm.curriculum import CurriculumArguments, stage_at
 from smollm_trm.loading import is_thought_parameter
 
 EMA_FILE = "trm_ema.safetensors"
@@ -75,3 +77,31 @@ class StopOnNonFiniteLoss(TrainerCallback):
         if bad:
             raise RuntimeError(f"training diverged at step {state.global_step}: {bad}. The checkpoints in "
                                f"{args.output_dir} are from earlier steps; lower the learning rate or check the data.")
+
+
+class CurriculumStages(TrainerCallback):
+    """The curriculum's schedule over optimizer steps (`smollm_trm.curriculum`), and at each new stage a fresh
+    optimizer state when asked: the moments of the previous stage's objective would steer the first updates."""
+
+    def __init__(self, curriculum: CurriculumArguments, max_steps: int):
+        if max_steps is None or max_steps < 1:
+            raise ValueError("A curriculum runs over --max_steps optimizer steps: set it (epochs are not supported).")
+        self.num_stages = curriculum.curriculum_stages
+        self.steps_per_stage = curriculum.curriculum_steps_per_stage or max(1, max_steps // (self.num_stages + 1))
+        if self.steps_per_stage * self.num_stages >= max_steps:
+            raise ValueError(f"curriculum_steps_per_stage={self.steps_per_stage} x {self.num_stages} stages leaves no "
+                             f"step of max_steps={max_steps} for the last stage.")
+        self.mix, self.reset_optimizer = curriculum.curriculum_mix, curriculum.curriculum_reset_optimizer
+        self.stage: int | None = None
+
+    def stage_of(self, step: int) -> int:
+        return stage_at(step, self.steps_per_stage, self.num_stages)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.stage = self.stage_of(state.global_step)  # a resumed run restored its stage's optimizer state
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        stage = self.stage_of(state.global_step)
+        if stage != self.stage and self.reset_optimizer and optimizer is not None:
+            optimizer.state.clear()  # AdamW starts its moments and step count afresh
+        self.stage = stage

@@ -36,8 +36,9 @@ from typing import Any, Literal
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from modeling_smollm_trm import THINK_TOKENS, add_think_tokens
+from modeling_smollm_trm import IGNORE_INDEX, THINK_TOKENS, add_think_tokens
 from smollm_trm import gsm8k
+from smollm_trm.curriculum import STAGE_COLUMN, CurriculumArguments, split_steps, staged_completion
 from smollm_trm.rows import load_rows
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ THINK_TOKEN, END_THINK_TOKEN = THINK_TOKENS
 COMPLETION_FORMAT = THINK_TOKEN + "{reasoning}" + END_THINK_TOKEN + "{answer}"
 
 DataFormat = Literal["auto", "qa", "messages", "gsm8k"]
-ReasoningMode = Literal["latent", "latent+text"]
+ReasoningMode = Literal["latent", "latent+text", "curriculum"]
 OnBadRow = Literal["skip", "error"]
 Rows = list[dict[str, Any]] | datasets.Dataset
 
@@ -60,8 +61,9 @@ FORMAT_SAMPLE_ROWS = 100  # rows looked at to detect the form; a few bad ones mu
 
 
 @dataclass
-class SFTDataArguments:
-    """Where the data comes from and how it becomes prompt/completion rows (parse with `HfArgumentParser`)."""
+class SFTDataArguments(CurriculumArguments):
+    """Where the data comes from and how it becomes prompt/completion rows (parse with `HfArgumentParser`); the
+    curriculum's settings apply with `reasoning='curriculum'`."""
 
     dataset_name: str = field(
         metadata={"help": "A .json/.jsonl file, a folder of them (train.jsonl, test.jsonl, ...), or a Hub dataset."}
@@ -70,7 +72,8 @@ class SFTDataArguments:
     data_format: DataFormat = field(default="auto", metadata={"help": "Row form; `auto` detects it per dataset."})
     reasoning: ReasoningMode = field(
         default="latent",
-        metadata={"help": "`latent`: answer from the latent thoughts alone; `latent+text`: written reasoning too."},
+        metadata={"help": "`latent`: answer from the latent thoughts alone; `latent+text`: written reasoning too; "
+                          "`curriculum`: written reasoning replaced by latent steps stage by stage."},
     )
     on_bad_row: OnBadRow = field(default="skip", metadata={"help": "Skip (and report) or raise on unusable rows."})
     train_split: str = field(default="train", metadata={"help": "Source split to train on."})
@@ -81,6 +84,7 @@ class SFTDataArguments:
     split_seed: int = field(default=0, metadata={"help": "Seed of the train/eval split."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         choices = {"data_format": DataFormat, "reasoning": ReasoningMode, "on_bad_row": OnBadRow}
         for name, kind in choices.items():
             if getattr(self, name) not in kind.__args__:
@@ -91,7 +95,11 @@ class SFTDataArguments:
 
 @dataclass
 class PreparedData:
-    """Trainer-ready rows plus what was left out: `skipped[split]` lists `(row index in that source split, reason)`."""
+    """Trainer-ready rows plus what was left out: `skipped[split]` lists `(row index in that source split, reason)`.
+
+    With the curriculum every train row is there once per stage (column `curriculum_stage`) and the eval rows are at
+    the last stage, as inference asks. With `teacher` rows, each also holds `teacher_input_ids` / `teacher_labels`:
+    the same conversation with its written reasoning, for self-distillation."""
 
     train: datasets.Dataset
     eval: datasets.Dataset | None
@@ -136,8 +144,8 @@ def detect_format(rows: Rows) -> str:
     )
 
 
-def to_conversation(row: dict[str, Any], data_format: str, reasoning_mode: ReasoningMode) -> dict[str, list]:
-    """One source row as a prompt/completion conversation; raises `BadRowError` with the reason it cannot be."""
+def row_parts(row: dict[str, Any], data_format: str) -> tuple[list[dict[str, str]], str, str]:
+    """(prompt turns, written reasoning or "", answer) of a source row; raises `BadRowError` with the reason."""
     if data_format == "messages":
         prompt, reasoning, answer = _split_messages(row)
     else:
@@ -147,10 +155,56 @@ def to_conversation(row: dict[str, Any], data_format: str, reasoning_mode: Reaso
         _reject_think_tags(message["content"], f"{message['role']} turn")
     _reject_think_tags(reasoning, "reasoning")
     _reject_think_tags(answer, "answer")
+    return prompt, reasoning, answer
+
+
+def conversation(prompt: list[dict[str, str]], completion: str) -> dict[str, list]:
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": completion}]}
+
+
+def to_conversation(row: dict[str, Any], data_format: str, reasoning_mode: ReasoningMode) -> dict[str, list]:
+    """One source row as a prompt/completion conversation (`latent` or `latent+text`; the curriculum's stages are
+    `training_rows`'); raises `BadRowError` with the reason it cannot be."""
+    prompt, reasoning, answer = row_parts(row, data_format)
     if reasoning_mode == "latent":
         reasoning = ""
-    content = COMPLETION_FORMAT.format(reasoning=reasoning, answer=answer)
-    return {"prompt": prompt, "completion": [{"role": "assistant", "content": content}]}
+    return conversation(prompt, COMPLETION_FORMAT.format(reasoning=reasoning, answer=answer))
+
+
+def reasoning_steps(reasoning: str) -> list[str]:
+    """The written steps of a row that the curriculum or the teacher needs; a row without any is unusable."""
+    steps = split_steps(reasoning)
+    if not steps:
+        raise BadRowError("no written reasoning to split into steps (the curriculum and the distillation teacher "
+                          "need it)")
+    return steps
+
+
+def training_rows(row: dict[str, Any], data_format: str, args: SFTDataArguments, final_stage_only: bool
+                  ) -> list[dict[str, Any]]:
+    """The conversations one source row trains on: one, or with the curriculum one per stage (the last stage only
+    when `final_stage_only`, as eval rows are)."""
+    if args.reasoning != "curriculum":
+        return [to_conversation(row, data_format, args.reasoning)]
+    prompt, reasoning, answer = row_parts(row, data_format)
+    steps = reasoning_steps(reasoning)
+    stages = [args.curriculum_stages] if final_stage_only else range(args.curriculum_stages + 1)
+    return [{**conversation(prompt, staged_completion(steps, answer, stage, args.curriculum_pad_latent_steps)),
+             STAGE_COLUMN: stage} for stage in stages]
+
+
+def teacher_tokens(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any], data_format: str, max_length: int
+                   ) -> dict[str, list[int]]:
+    """The distillation teacher's row: the conversation with its written reasoning, tokenized as TRL does, labels
+    on the completion only. It runs without thoughts, so its length is its tokens."""
+    prompt, reasoning, answer = row_parts(row, data_format)
+    written = "\n".join(reasoning_steps(reasoning))
+    teacher = conversation(prompt, COMPLETION_FORMAT.format(reasoning=written, answer=answer))
+    ids = _chat_ids(tokenizer, teacher["prompt"] + teacher["completion"])
+    if len(ids) > max_length:
+        raise BadRowError(f"the teacher's written reasoning takes {len(ids)} tokens, more than max_length={max_length}")
+    prompt_length = len(_chat_ids(tokenizer, prompt, add_generation_prompt=True))
+    return {"teacher_input_ids": ids, "teacher_labels": [IGNORE_INDEX] * prompt_length + ids[prompt_length:]}
 
 
 def _text_field(row: dict[str, Any], name: str) -> str:
@@ -271,9 +325,11 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase, think_id: int) -> No
 
 
 def prepare_sft_data(
-    args: SFTDataArguments, tokenizer: PreTrainedTokenizerBase, num_latents: int, max_length: int
+    args: SFTDataArguments, tokenizer: PreTrainedTokenizerBase, num_latents: int, max_length: int,
+    teacher: bool = False,
 ) -> PreparedData:
-    """Load, convert and validate `args.dataset_name` into train (and eval) prompt/completion datasets."""
+    """Load, convert and validate `args.dataset_name` into train (and eval) prompt/completion datasets; `teacher`
+    adds the distillation teacher's tokens to the train rows."""
     think_id, _ = think_token_ids(tokenizer)
     check_chat_template(tokenizer, think_id)
     splits = load_rows(args.dataset_name, None, args.dataset_config)
@@ -289,12 +345,16 @@ def prepare_sft_data(
         conversations, bad = [], []
         for index in indices:
             try:
-                conversation = to_conversation(rows[index], data_format, args.reasoning)
-                _check_length(tokenizer, conversation, num_latents, think_id, max_length)
+                variants = training_rows(rows[index], data_format, args, final_stage_only=part == "eval")
+                for variant in variants:
+                    _check_length(tokenizer, variant, num_latents, think_id, max_length)
+                if teacher and part == "train":
+                    extra = teacher_tokens(tokenizer, rows[index], data_format, max_length)
+                    variants = [{**variant, **extra} for variant in variants]
             except BadRowError as err:
                 bad.append((index, str(err)))
                 continue
-            conversations.append(conversation)
+            conversations += variants
         where = f"{part} rows of split {split_name!r} of {args.dataset_name!r}"
         _report_bad_rows(where, len(indices), len(conversations), bad, args.on_bad_row)
         skipped[split_name] = sorted(skipped.get(split_name, []) + bad)

@@ -7,10 +7,12 @@ import logging
 import os
 
 import torch
+import torch.nn.functional as F
 from trl import SFTTrainer
 
 from modeling_smollm_trm import IGNORE_INDEX, THINK_TOKENS
-from smollm_trm.callbacks import TRMWeightsEMA
+from smollm_trm.callbacks import CurriculumStages, TRMWeightsEMA
+from smollm_trm.curriculum import STAGE_COLUMN, CurriculumArguments, CurriculumSampler
 from smollm_trm.checkpoints import TRAINABLE_FILE, UNIVERSAL_LATEST_FILE, check_zero_world_size
 from smollm_trm.export import export_model
 from smollm_trm.loading import is_peft, thought_model
@@ -18,6 +20,8 @@ from smollm_trm.loading import is_peft, thought_model
 logger = logging.getLogger(__name__)
 
 END_THINK_TOKEN = THINK_TOKENS[1]
+TEACHER_COLUMNS = ("teacher_input_ids", "teacher_labels")  # smollm_trm.sft_data's teacher rows
+TEACHER_INPUTS = ("teacher_input_ids", "teacher_attention_mask", "teacher_labels")  # a collated batch's
 
 
 def check_padded_rows(training_args) -> None:
@@ -35,10 +39,25 @@ class TRMSFTTrainer(SFTTrainer):
 
     _tag_names = ["trl", "sft", "smollm-trm"]
 
-    def __init__(self, *args, ema_decay: float | None = None, **kwargs):
+    def __init__(self, *args, ema_decay: float | None = None, curriculum: CurriculumArguments | None = None,
+                 distill_weight: float = 0.0, teacher_loss_weight: float = 1.0, **kwargs):
+        """`curriculum`: train the stages of `--reasoning curriculum` rows in order (their `curriculum_stage`
+        column). `distill_weight` / `teacher_loss_weight`: with teacher rows (`teacher_input_ids`), the weights of
+        the hidden-state distillation towards the written-reasoning teacher and of the teacher's own CE."""
         if kwargs.get("args") is not None:
             check_padded_rows(kwargs["args"])
         super().__init__(*args, **kwargs)
+        self.distill_weight, self.teacher_loss_weight = distill_weight, teacher_loss_weight
+        self.data_collator = TeacherCollator(self.data_collator)
+        self.curriculum = None
+        if curriculum is not None:
+            if STAGE_COLUMN not in self.train_dataset.column_names:
+                raise ValueError(f"A curriculum needs train rows with a {STAGE_COLUMN!r} column (--reasoning "
+                                 "curriculum).")
+            # Read now: the Trainer drops columns the model does not take before it builds the sampler.
+            self.row_stages = self.train_dataset[STAGE_COLUMN]
+            self.curriculum = CurriculumStages(curriculum, self.args.max_steps)
+            self.add_callback(self.curriculum)
         self.thought_lm = thought_model(self.model)
         # TRL patched `forward` with a fused LM head that runs the backbone alone, i.e. without thoughts.
         self.thought_lm.__dict__.pop("forward", None)
@@ -55,21 +74,47 @@ class TRMSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
+        teacher = {key: inputs[key] for key in TEACHER_INPUTS if key in inputs}
         inputs = {key: inputs[key] for key in ("input_ids", "attention_mask", "labels", "position_ids") if key in inputs}
-        outputs = model(**inputs, use_cache=False, num_items_in_batch=num_items_in_batch)
+        distill = bool(teacher) and self.distill_weight > 0
+        outputs = model(**inputs, use_cache=False, num_items_in_batch=num_items_in_batch, output_hidden_states=distill)
         loss = outputs.loss
+        # Per-micro-batch means (the halting BCE, the teacher's terms) are averaged over the accumulation steps, as
+        # TRL does for MoE aux losses.
+        steps = self.current_gradient_accumulation_steps if self.model.training and num_items_in_batch else 1
         if num_items_in_batch is not None:
-            # lm_loss is already divided by the tokens of all accumulated micro-batches; the halting BCE is a
-            # per-micro-batch mean, so average it over the accumulation steps as TRL does for MoE aux losses.
-            steps = self.current_gradient_accumulation_steps if self.model.training else 1
+            # lm_loss is already divided by the tokens of all accumulated micro-batches.
             loss = outputs.lm_loss
             if self.args.average_tokens_across_devices:
                 # lm_loss is divided by the tokens of every rank while DDP / FSDP average gradients over ranks: scale
                 # it back. The halting BCE is a per-rank mean, which that average already gets right.
                 loss = loss * self.accelerator.num_processes
             loss = self.thought_lm.combine_losses(loss, outputs.halt_loss / steps)
+        if teacher:
+            loss = loss + self._teacher_terms(model, mode, inputs, outputs, teacher) / steps
         self._record_metrics(mode, inputs, outputs, num_items_in_batch)
+        if self.curriculum is not None:
+            self._metrics[mode]["curriculum_stage"].append(float(self.curriculum.stage_of(self.state.global_step)))
         return (loss, outputs) if return_outputs else loss
+
+    def _teacher_terms(self, model, mode: str, inputs: dict, outputs, teacher: dict) -> torch.Tensor:
+        """Self-distillation (CODI, arXiv 2502.21074): the same model reads each row with its written reasoning and no
+        thoughts (the teacher, whose CE trains too), and the student's hidden states of every layer at the position
+        that predicts the first answer token (`</think>`'s) are pulled to the teacher's, which are detached."""
+        taught = model(input_ids=teacher["teacher_input_ids"], attention_mask=teacher["teacher_attention_mask"],
+                       labels=teacher["teacher_labels"], insert_thoughts=False, use_cache=False,
+                       output_hidden_states=self.distill_weight > 0)
+        terms = self.teacher_loss_weight * taught.lm_loss
+        self._metrics[mode]["teacher_lm_loss"].append(self.accelerator.gather_for_metrics(
+            taught.lm_loss.detach().float()[None]).mean().item())
+        if self.distill_weight > 0:
+            distill = hidden_state_distillation(
+                outputs.hidden_states, last_position(inputs["input_ids"], self.end_think_id),
+                taught.hidden_states, last_position(teacher["teacher_input_ids"], self.end_think_id))
+            terms = terms + self.distill_weight * distill
+            self._metrics[mode]["distill_loss"].append(self.accelerator.gather_for_metrics(
+                distill.detach().float()[None]).mean().item())
+        return terms
 
     def _record_metrics(self, mode: str, inputs: dict, outputs, num_items_in_batch) -> None:
         metrics = self._metrics[mode]
@@ -95,6 +140,21 @@ class TRMSFTTrainer(SFTTrainer):
         if mode == "train":
             self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
         metrics["num_tokens"] = [self._total_train_tokens]
+
+    # --------------------------------------------------------------------------------------- curriculum and teacher
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *TEACHER_COLUMNS]))
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.curriculum is None:
+            return super()._get_train_sampler(train_dataset)
+        args, schedule = self.args, self.curriculum
+        # accelerate hands each process every world_size-th batch of this one order
+        rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        return CurriculumSampler(self.row_stages, rows_per_step, args.max_steps, schedule.steps_per_stage,
+                                 schedule.num_stages, schedule.mix, args.seed)
 
     # ------------------------------------------------------------------------------------------ EMA: eval and save
 
@@ -196,3 +256,40 @@ class TRMSFTTrainer(SFTTrainer):
         with torch.no_grad():
             for name, value in tensors.items():
                 params[name].copy_(value)
+
+
+class TeacherCollator:
+    """A collator plus, for rows that carry them, the distillation teacher's padded tokens (`teacher_input_ids`,
+    `teacher_attention_mask`, `teacher_labels`), padded by the same collator."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict]) -> dict:
+        student = [{k: v for k, v in example.items() if k not in TEACHER_COLUMNS} for example in examples]
+        batch = self.collator(student)
+        if TEACHER_COLUMNS[0] in examples[0]:
+            taught = self.collator([{"input_ids": e["teacher_input_ids"], "labels": e["teacher_labels"]}
+                                    for e in examples])
+            batch.update(teacher_input_ids=taught["input_ids"], teacher_attention_mask=taught["attention_mask"],
+                         teacher_labels=taught["labels"])
+        return batch
+
+
+def last_position(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
+    """(B,) the column of each row's last `token_id` (the row must hold one)."""
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+    return torch.where(input_ids == token_id, columns, -1).amax(dim=1)
+
+
+def hidden_state_distillation(student: tuple, student_positions: torch.Tensor, teacher: tuple,
+                              teacher_positions: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of SmoothL1(student, teacher) at one position per row, each layer divided by the std of the
+    teacher's states there (as CODI normalises), the teacher detached."""
+    rows = torch.arange(student_positions.shape[0], device=student_positions.device)
+    losses = []
+    for student_layer, teacher_layer in zip(student, teacher):
+        target = teacher_layer[rows, teacher_positions].detach().float()  # (B, D)
+        prediction = student_layer[rows, student_positions].float()
+        losses.append(F.smooth_l1_loss(prediction, target) / target.std().clamp(min=1e-6))
+    return torch.stack(losses).mean()

@@ -43,15 +43,21 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     # trains) and LoRA's init must come out the same when a resumed run rebuilds the model.
     set_seed(training_args.seed)
     model, tokenizer, added = load_model(model_args, trm_args)
+    distill = trm_args.distill_weight > 0
+    if distill and model.config.thought_mode == "none":
+        raise ValueError("--distill_weight needs thoughts to distil into: thought_mode 'none' has none.")
     with training_args.main_process_first(desc="writing and tokenizing the data"):  # one writer of arith's files
         data = prepare_sft_data(resolve_dataset(data_args, training_args.output_dir), tokenizer,
-                                model.config.num_latents, training_args.max_length)
+                                model.config.num_latents, training_args.max_length, teacher=distill)
     if model_args.use_peft:
         model = apply_lora(model, model_args, tokenizer, added)
     callbacks = [StopOnNonFiniteLoss()]
     if trm_args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=trm_args.early_stopping_patience))
+    curriculum = data_args if data_args.reasoning == "curriculum" else None
     trainer = TRMSFTTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval,
-                            processing_class=tokenizer, callbacks=callbacks, ema_decay=trm_args.ema_decay)
+                            processing_class=tokenizer, callbacks=callbacks, ema_decay=trm_args.ema_decay,
+                            curriculum=curriculum, distill_weight=trm_args.distill_weight,
+                            teacher_loss_weight=trm_args.teacher_loss_weight)
     check_sharded_lora(model_args.use_peft and bool(added), trainer.is_fsdp_enabled)
     return trainer, data

@@ -48,6 +48,44 @@ def test_num_items_in_batch_sets_the_denominator(model):
     torch.testing.assert_close(summed, mean * 4 / 8)
 
 
+def test_every_layers_hidden_states_of_a_padded_batch_equal_the_rows_alone():
+    model = tiny_model(**VIVID)
+    ids, mask = pad_batch(ROWS, SIDES)
+    batch = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    assert len(batch.hidden_states) == model.config.text_config.num_hidden_layers + 1
+    for i, row in enumerate(ROWS):
+        alone = model(input_ids=torch.tensor([row]), output_hidden_states=True).hidden_states
+        for layer, (batched, single) in enumerate(zip(batch.hidden_states, alone)):
+            torch.testing.assert_close(batched[i, real_span(mask[i])], single[0], atol=1e-4, rtol=0, msg=str(layer))
+
+
+def test_hidden_states_through_the_thoughts_equal_an_uncached_pass_over_the_stream():
+    model = tiny_model(**VIVID)
+    context, rest = [7, 8, 9, THINK], [10, 11]
+    out = model(input_ids=torch.tensor([context + rest]), output_hidden_states=True)
+    with torch.no_grad():
+        backbone = model.model.language_model
+        hidden = backbone(input_ids=torch.tensor([context])).last_hidden_state
+        thoughts = model.model.thoughts(hidden, torch.ones(1, len(context), dtype=torch.bool),
+                                        Depth(model.config.n_cycles, 1)).thoughts
+        embed = model.get_input_embeddings()
+        stream = torch.cat([embed(torch.tensor([context])), thoughts, embed(torch.tensor([rest]))], dim=1)
+        reference = backbone(inputs_embeds=stream, output_hidden_states=True).hidden_states
+    K, think = model.config.num_latents, len(context) - 1
+    for layer, (ours, theirs) in enumerate(zip(out.hidden_states, reference)):
+        torch.testing.assert_close(ours[0, :think], theirs[0, :think], atol=1e-5, rtol=0, msg=str(layer))
+        torch.testing.assert_close(ours[0, think:], theirs[0, think + K :], atol=1e-5, rtol=0, msg=str(layer))
+
+
+@pytest.mark.parametrize("settings", [{}, {"thought_mode": "pause"}])
+def test_insert_thoughts_false_reads_think_as_an_ordinary_token(settings):
+    model = tiny_model(**VIVID, **settings)
+    ids = torch.tensor([[7, 8, THINK, 9, THINK, 10]])
+    plain = model.lm_head(model.model.language_model(input_ids=ids).last_hidden_state)
+    torch.testing.assert_close(model(input_ids=ids, insert_thoughts=False).logits, plain, atol=1e-6, rtol=0)
+    assert not torch.allclose(model(input_ids=ids).logits, plain, atol=1e-3)
+
+
 def test_segmented_forward_equals_one_uncached_pass_over_context_thoughts_rest():
     model = tiny_model(**VIVID)
     context, rest = [7, 8, 9, THINK], [10, 11, 12]

@@ -1,0 +1,116 @@
+"""The curriculum from written to latent reasoning (Coconut, arXiv 2412.06769), for `--reasoning curriculum`.
+
+A row's written reasoning is a list of steps (its lines). Stage 0 trains on every step written; at stage k the first k
+steps are latent: each becomes one `<think>`, whose K thoughts the model computes from everything before it (the
+earlier thoughts included), and the remaining steps follow written, then `</think>` and the answer:
+
+    stage 0   <think>7+5=12\\n12*3=36</think>36        (the opening `<think>` is the prompt's, as at inference)
+    stage 1   <think>12*3=36</think>36                 (one latent step: its thoughts must carry 12)
+    stage 2   <think><think></think>36                 (every step latent; the last stage of a 2-step row)
+
+With `pad_latent_steps`, a row whose steps are all latent gets one `<think>` per stage reached (Coconut's
+`pad_latent_to_max`), so that the last stage asks every row for the same number of latent steps, the number a prompt
+gives at inference. Every row is prepared at every stage; `CurriculumSampler` draws the rows of the current stage,
+and a share `mix` of them from an earlier stage, which keeps what those stages taught (forgetting is the known
+failure of stage-wise training).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from modeling_smollm_trm import THINK_TOKENS
+
+THINK_TOKEN, END_THINK_TOKEN = THINK_TOKENS
+STAGE_COLUMN = "curriculum_stage"
+
+
+@dataclass(kw_only=True)  # keyword-only: a dataclass with required fields (SFTDataArguments) can extend it
+class CurriculumArguments:
+    """How `--reasoning curriculum` moves from written to latent steps (parse with `HfArgumentParser`)."""
+
+    curriculum_stages: int = field(
+        default=4, metadata={"help": "Latent stages after stage 0; at the last one every step (up to this many) is "
+                                     "latent."})
+    curriculum_steps_per_stage: int | None = field(
+        default=None, metadata={"help": "Optimizer steps of each stage before the last, which runs to the end "
+                                        "(default: max_steps split evenly over the stages)."})
+    curriculum_mix: float = field(
+        default=0.0, metadata={"help": "Share of each batch's rows drawn from an earlier stage (against forgetting)."})
+    curriculum_reset_optimizer: bool = field(
+        default=True, metadata={"help": "Start every stage with a fresh optimizer state (Coconut resets it)."})
+    curriculum_pad_latent_steps: bool = field(
+        default=False, metadata={"help": "A row whose steps are all latent gets one <think> per stage reached, so the "
+                                         "last stage has the same number of latent steps for every row."})
+
+    def __post_init__(self) -> None:
+        if self.curriculum_stages < 1:
+            raise ValueError(f"curriculum_stages must be >= 1, got {self.curriculum_stages}.")
+        if self.curriculum_steps_per_stage is not None and self.curriculum_steps_per_stage < 1:
+            raise ValueError(f"curriculum_steps_per_stage must be >= 1, got {self.curriculum_steps_per_stage}.")
+        if not 0.0 <= self.curriculum_mix < 1.0:
+            raise ValueError(f"curriculum_mix must lie in [0, 1), got {self.curriculum_mix}.")
+
+
+def split_steps(reasoning: str) -> list[str]:
+    """The steps of written reasoning: its non-empty lines, stripped."""
+    return [line.strip() for line in reasoning.split("\n") if line.strip()]
+
+
+def latent_steps(num_steps: int, stage: int, pad: bool) -> int:
+    """How many of a row's `num_steps` steps are latent at `stage` (with `pad`, a fully latent row counts every
+    stage reached)."""
+    return stage if pad and stage >= num_steps else min(stage, num_steps)
+
+
+def staged_completion(steps: list[str], answer: str, stage: int, pad: bool) -> str:
+    """The completion of a row at `stage`: one `<think>` per latent step (at least the opening one), the written rest,
+    `</think>`, the answer."""
+    latent = latent_steps(len(steps), stage, pad)
+    return THINK_TOKEN * max(1, latent) + "\n".join(steps[latent:]) + END_THINK_TOKEN + answer
+
+
+def stage_at(step: int, steps_per_stage: int, num_stages: int) -> int:
+    """The stage that optimizer step `step` (0-based) trains: stage 0, then each latent stage for `steps_per_stage`
+    steps; the last stage runs to the end."""
+    return min(step // steps_per_stage, num_stages)
+
+
+class CurriculumSampler(torch.utils.data.Sampler):
+    """Row indices in training order: each optimizer step's rows come from the stage `stage_at` gives, a share `mix`
+    of them from an uniformly drawn earlier stage. Within a stage, rows are drawn in a fresh shuffled order each pass,
+    seeded: the same arguments give the same order, so a resumed run (which skips the batches already seen) continues
+    exactly."""
+
+    def __init__(self, stages: list[int], rows_per_step: int, total_steps: int, steps_per_stage: int,
+                 num_stages: int, mix: float, seed: int):
+        self.by_stage: dict[int, list[int]] = {}
+        for index, stage in enumerate(stages):
+            self.by_stage.setdefault(stage, []).append(index)
+        missing = sorted(set(range(num_stages + 1)) - set(self.by_stage))
+        if missing:
+            raise ValueError(f"The curriculum has no training row for stage(s) {missing}.")
+        self.rows_per_step, self.total_steps = rows_per_step, total_steps
+        self.steps_per_stage, self.num_stages = steps_per_stage, num_stages
+        self.mix, self.seed = mix, seed
+
+    def __len__(self) -> int:
+        return self.rows_per_step * self.total_steps
+
+    def __iter__(self):
+        rng = random.Random(self.seed)
+        queues: dict[int, list[int]] = {stage: [] for stage in self.by_stage}
+
+        def draw(stage: int) -> int:
+            if not queues[stage]:
+                queues[stage] = rng.sample(self.by_stage[stage], len(self.by_stage[stage]))
+            return queues[stage].pop()
+
+        for step in range(self.total_steps):
+            stage = stage_at(step, self.steps_per_stage, self.num_stages)
+            for _ in range(self.rows_per_step):
+                earlier = stage > 0 and rng.random() < self.mix
+                yield draw(rng.randrange(stage) if earlier else stage)

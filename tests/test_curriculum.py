@@ -1,0 +1,126 @@
+"""The curriculum from written to latent steps and the self-distillation teacher: the staged rows, the sampler's
+order, the optimizer reset at each stage, and the teacher's terms in the trainer's loss (tiny models, CPU)."""
+
+import json
+
+import pytest
+import torch
+from test_train_sft import backbone, cli, trainer_for  # noqa: F401  (backbone is a fixture)
+
+from smollm_trm.curriculum import STAGE_COLUMN, CurriculumSampler, latent_steps, staged_completion, stage_at
+from smollm_trm.trainer import hidden_state_distillation, last_position
+
+STEPS, ANSWER = ["7+5=12", "12*3=36"], "36"
+
+
+def reasoning_rows(count: int) -> list[dict]:
+    """Tiny-vocabulary rows with two written steps each ("w7" is token 7)."""
+    return [{"question": f"w{10 + i} w{11 + i}", "reasoning": f"w{50 + i % 3} w51\nw{55 + i % 4}",
+             "answer": f"w{40 + i % 5}"} for i in range(count)]
+
+
+def write_rows(folder, rows) -> str:
+    path = folder / "reasoning.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("stage, pad, completion", [
+    (0, False, "<think>7+5=12\n12*3=36</think>36"),
+    (1, False, "<think>12*3=36</think>36"),
+    (2, False, "<think><think></think>36"),
+    (4, False, "<think><think></think>36"),
+    (4, True, "<think><think><think><think></think>36"),
+    (1, True, "<think>12*3=36</think>36"),
+])
+def test_stage_k_replaces_the_first_k_steps_with_one_think_each(stage, pad, completion):
+    assert staged_completion(STEPS, ANSWER, stage, pad) == completion
+    assert latent_steps(len(STEPS), stage, pad) == completion.count("<think>") - (stage == 0)
+
+
+def test_the_schedule_and_the_sampler_draw_each_steps_rows_from_its_stage():
+    assert [stage_at(step, 3, 2) for step in range(10)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    stages = [row % 3 for row in range(30)]
+    order = list(CurriculumSampler(stages, rows_per_step=4, total_steps=9, steps_per_stage=3, num_stages=2, mix=0.0,
+                                   seed=1))
+    assert len(order) == 36
+    assert [stages[i] for i in order] == [stage_at(k // 4, 3, 2) for k in range(36)]
+    again = list(CurriculumSampler(stages, 4, 9, 3, 2, 0.0, 1))
+    assert order == again  # a resumed run skips the batches it saw and meets the same rows after them
+    mixed = list(CurriculumSampler(stages, 4, 9, 3, 2, 0.5, 1))
+    drawn = [(stages[i], stage_at(k // 4, 3, 2)) for k, i in enumerate(mixed)]
+    assert all(row <= current for row, current in drawn) and any(row < current for row, current in drawn)
+    with pytest.raises(ValueError, match=r"no training row for stage\(s\) \[3\]"):
+        CurriculumSampler(stages, 4, 9, 3, 3, 0.0, 1)
+
+
+def test_curriculum_rows_have_every_stage_and_eval_rows_the_last(backbone, tmp_path):
+    rows = reasoning_rows(8) + [{"question": "w20 w21", "answer": "w40"}]  # the last has no written steps
+    trainer, data = trainer_for(cli(backbone, write_rows(tmp_path, rows), tmp_path / "out", "--reasoning",
+                                    "curriculum", "--curriculum_stages", "2", "--eval_fraction", "0.25"))
+    assert sorted(set(data.train[STAGE_COLUMN])) == [0, 1, 2]
+    assert len(data.train) == 3 * len(set(row["prompt"][0]["content"] for row in data.train))
+    assert all(row[0]["content"].startswith("<think><think></think>") for row in data.eval["completion"])
+    assert any("no written reasoning" in reason for _, reason in data.skipped["train"])
+
+
+def test_curriculum_training_resets_the_optimizer_at_each_stage_and_logs_it(backbone, tmp_path):
+    from transformers import TrainerCallback
+
+    trainer, _ = trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(12)), tmp_path / "out",
+                                 "--reasoning", "curriculum", "--curriculum_stages", "2",
+                                 "--curriculum_steps_per_stage", "2", "--max_steps", "6"))
+    adam_steps = []
+
+    class AdamStep(TrainerCallback):
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            param = next(p for p in trainer.model.parameters() if p.requires_grad)
+            adam_steps.append(int(optimizer.state[param]["step"]))
+
+    trainer.add_callback(AdamStep())
+    trainer.train()
+    assert adam_steps == [1, 2, 1, 2, 1, 2]  # a fresh AdamW state at steps 2 and 4
+    stages = [log["curriculum_stage"] for log in trainer.state.log_history if "curriculum_stage" in log]
+    assert stages == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_curriculum_needs_max_steps_and_room_for_its_last_stage(backbone, tmp_path):
+    data = write_rows(tmp_path, reasoning_rows(8))
+    with pytest.raises(ValueError, match="leaves no step"):
+        trainer_for(cli(backbone, data, tmp_path / "out", "--reasoning", "curriculum", "--curriculum_stages", "3",
+                        "--curriculum_steps_per_stage", "2", "--max_steps", "6"))
+
+
+def test_distillation_matches_a_manual_computation():
+    torch.manual_seed(0)
+    student = tuple(torch.randn(2, 5, 8) for _ in range(3))
+    teacher = tuple(torch.randn(2, 7, 8) for _ in range(3))
+    s_pos, t_pos = torch.tensor([4, 2]), torch.tensor([6, 1])
+    expected = torch.stack([torch.nn.functional.smooth_l1_loss(s[[0, 1], s_pos], t[[0, 1], t_pos])
+                            / t[[0, 1], t_pos].std() for s, t in zip(student, teacher)]).mean()
+    torch.testing.assert_close(hidden_state_distillation(student, s_pos, teacher, t_pos), expected)
+    same = hidden_state_distillation(teacher, t_pos, teacher, t_pos)
+    assert same.item() == 0.0
+    assert last_position(torch.tensor([[1, 4, 2, 4, 3], [4, 0, 0, 0, 0]]), 4).tolist() == [3, 0]
+
+
+def test_the_teacher_reads_the_written_reasoning_without_thoughts_and_its_terms_train(backbone, tmp_path):
+    trainer, data = trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(12)), tmp_path / "out",
+                                    "--distill_weight", "1.0", "--teacher_loss_weight", "0.5", "--max_steps", "2"))
+    assert "teacher_input_ids" in data.train.column_names
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    assert {"teacher_input_ids", "teacher_attention_mask", "teacher_labels"} <= set(batch)
+    model = trainer.model.train()
+    loss = trainer.compute_loss(model, dict(batch))
+    student = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                    output_hidden_states=True)
+    teacher = model(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+                    labels=batch["teacher_labels"], insert_thoughts=False, output_hidden_states=True)
+    end_think = trainer.end_think_id
+    distill = hidden_state_distillation(student.hidden_states, last_position(batch["input_ids"], end_think),
+                                        teacher.hidden_states, last_position(batch["teacher_input_ids"], end_think))
+    torch.testing.assert_close(loss, student.loss + 0.5 * teacher.lm_loss + distill, rtol=1e-5, atol=1e-6)
+    assert distill.item() > 0
+    trainer.train()
+    logged = next(log for log in trainer.state.log_history if "distill_loss" in log)
+    assert "teacher_lm_loss" in logged
