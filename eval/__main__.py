@@ -60,6 +60,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_cycles", type=positive_int_list, default=[], help="TRM depths T to sweep, e.g. 1,2,3,6,12.")
     parser.add_argument("--n_supervision_steps", type=positive_int_list, default=[], help="TRM N_sup values to sweep, e.g. 1,2.")
     parser.add_argument("--gguf_file", help="GGUF file to load from a --model folder without config.json.")
+    parser.add_argument("--latent_steps", type=positive_int, default=1,
+                        help="`<think>` tokens a thinking prompt ends with: 1 (default) lets the model emit further "
+                             "latent steps itself; N gives it N (as a curriculum's padded last stage trains).")
     parser.add_argument("--prompt_style", choices=PROMPT_STYLES,
                         help="Force `think` (end the prompt with <think>) or `plain`; default: think for models with thoughts.")
     parser.add_argument("--output_dir", type=Path, default=Path("runs/eval"), help="Where the outputs go.")
@@ -82,6 +85,7 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, do_sample=args.do_sample,
         temperature=args.temperature or 1.0, top_p=args.top_p or 1.0, seed=args.seed, prompt_style=args.prompt_style,
+        latent_steps=args.latent_steps,
     )
     runs = evaluate_models(args.model, task, settings, args.n_cycles, args.n_supervision_steps, args.gguf_file)
     task_info = {"name": task.name, "kind": task.kind, "split": args.split, "path": args.task_path, "limit": args.limit,

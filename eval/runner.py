@@ -52,6 +52,7 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int = 0
     prompt_style: str | None = None  # None: "think" for models with thoughts, "plain" for baselines
+    latent_steps: int = 1  # `<think>` tokens a thinking prompt ends with (1: the model may emit more itself)
 
 
 @dataclass
@@ -183,8 +184,8 @@ def uses_think(loaded: LoadedModel, prompt_style: str | None) -> bool:
     return prompt_style == "think"
 
 
-def build_prompt(tokenizer, question: str, think: bool) -> str:
-    return chat_prompt(tokenizer, [{"role": "user", "content": question}], think)
+def build_prompt(tokenizer, question: str, think: bool, latent_steps: int = 1) -> str:
+    return chat_prompt(tokenizer, [{"role": "user", "content": question}], think, latent_steps)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -234,7 +235,7 @@ def warm_up(loaded: LoadedModel, task: Task, settings: GenerationSettings) -> No
     """One untimed single-token generation, so that one-off start-up costs (kernel selection, allocator growth)
     do not land in the first run's latency and skew comparisons between depths."""
     think = uses_think(loaded, settings.prompt_style)
-    prompt = build_prompt(loaded.tokenizer, task.examples[0]["question"], think)
+    prompt = build_prompt(loaded.tokenizer, task.examples[0]["question"], think, settings.latent_steps)
     generate_batch(loaded, [prompt], replace(settings, max_new_tokens=1), None)
 
 
@@ -278,7 +279,7 @@ def run_model(loaded: LoadedModel, task: Task, settings: GenerationSettings, dep
     with tqdm(total=len(task.examples), desc=desc, unit="ex") as progress:
         for start in range(0, len(task.examples), settings.batch_size):
             examples = task.examples[start : start + settings.batch_size]
-            prompts = [build_prompt(loaded.tokenizer, ex["question"], think) for ex in examples]
+            prompts = [build_prompt(loaded.tokenizer, ex["question"], think, settings.latent_steps) for ex in examples]
             records += _batch_records(loaded, examples, prompts, settings, depth, task.kind)
             progress.update(len(examples))
     return Run(model=loaded, depth=depth, records=records, metrics=score(records))

@@ -37,7 +37,7 @@ def percent(row: dict) -> str:
 
 
 def depth_tables(summary: list[dict], arms: list[str], train_depth: str) -> list[str]:
-    """Arms x test depths at the training depth, then the trm arm's n_cycles x test depths."""
+    """Arms x test depths at the training depth, then each recurrent arm's n_cycles x test depths."""
     depths = sorted({row["test_depth"] for row in summary})
     primary = {(row["arm"], row["test_depth"]): row for row in summary if row["primary"]}
     header = [f"depth {d}" for d in depths]
@@ -45,11 +45,14 @@ def depth_tables(summary: list[dict], arms: list[str], train_depth: str) -> list
              "| arm | " + " | ".join(header) + " |", "|---" * (len(depths) + 1) + "|"]
     lines += [f"| {arm} | " + " | ".join(percent(primary[arm, d]) if (arm, d) in primary else "-" for d in depths)
               + " |" for arm in arms]
-    sweep = {(row["n_cycles"], row["test_depth"]): row for row in summary if row["n_cycles"] is not None}
-    if sweep:
-        lines += ["", "trm arm at inference depth n_cycles (training value marked *):", "",
+    for arm in arms:
+        sweep = {(row["n_cycles"], row["test_depth"]): row for row in summary
+                 if row["arm"] == arm and row["n_cycles"] is not None}
+        if not sweep:
+            continue
+        lines += ["", f"{arm} at inference depth n_cycles (training value marked *):", "",
                   "| n_cycles | " + " | ".join(header) + " |", "|---" * (len(depths) + 1) + "|"]
-        trained = {row["n_cycles"] for row in summary if row["n_cycles"] is not None and row["primary"]}
+        trained = {t for (t, d), row in sweep.items() if row["primary"]}
         for t in sorted({t for t, _ in sweep}):
             cells = " | ".join(percent(sweep[t, d]) if (t, d) in sweep else "-" for d in depths)
             lines.append(f"| {t}{'*' if t in trained else ''} | {cells} |")
@@ -104,25 +107,26 @@ def plot_depth(summary: list[dict], arms: list[str], train_depth: str, path: Pat
 
 
 def plot_n_cycles(summary: list[dict], path: Path) -> None:
-    """trm accuracy against inference n_cycles, a line per test depth (one line for gsm8k); arms without recursion
-    as dashed levels when there is a single test set."""
+    """Accuracy against inference n_cycles, a line per recurrent arm and test depth (one test set for gsm8k); arms
+    without recursion as dashed levels when there is a single test set."""
     plt, figure, axes = _axes()
-    depths = sorted({r["test_depth"] for r in summary if r["n_cycles"] is not None}, key=lambda d: d or 0)
-    for depth in depths:
-        rows = sorted((r for r in summary if r["n_cycles"] is not None and r["test_depth"] == depth),
+    swept = sorted({(r["arm"], r["test_depth"]) for r in summary if r["n_cycles"] is not None},
+                   key=lambda key: (key[0], key[1] or 0))
+    for arm, depth in swept:
+        rows = sorted((r for r in summary if r["n_cycles"] is not None and (r["arm"], r["test_depth"]) == (arm, depth)),
                       key=lambda r: r["n_cycles"])
         axes.errorbar([r["n_cycles"] for r in rows], [r["accuracy_mean"] for r in rows],
                       yerr=[r["accuracy_std"] for r in rows], marker="o", capsize=3,
-                      label="trm" if depth is None else f"trm, depth {depth}")
-    if depths == [None]:
-        for color, row in enumerate((r for r in summary if r["n_cycles"] is None), start=1):
+                      label=arm if depth is None else f"{arm}, depth {depth}")
+    if {depth for _, depth in swept} == {None}:
+        for color, row in enumerate((r for r in summary if r["n_cycles"] is None), start=len(swept)):
             axes.axhline(row["accuracy_mean"], linestyle="--", color=f"C{color}", label=row["arm"])
     trained = [r["n_cycles"] for r in summary if r["n_cycles"] is not None and r["primary"]]
     if trained:
         axes.axvline(trained[0], color="grey", linestyle=":", label="training n_cycles")
     axes.set(xlabel="inference n_cycles (T)", ylabel="accuracy", ylim=(-0.02, 1.02))
     axes.set_xticks(sorted({r["n_cycles"] for r in summary if r["n_cycles"] is not None}))
-    axes.legend(fontsize="small")
+    axes.legend(fontsize="x-small", ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -132,7 +136,7 @@ def plot_time(summary: list[dict], path: Path) -> None:
     """Accuracy against seconds per answer, a point per arm (and per trm n_cycles)."""
     plt, figure, axes = _axes()
     for row in summary:
-        label = row["arm"] if row["n_cycles"] is None else f"trm T={row['n_cycles']}"
+        label = row["arm"] if row["n_cycles"] is None else f"{row['arm']} T={row['n_cycles']}"
         axes.errorbar(row["mean_latency_s_mean"], row["accuracy_mean"], xerr=row["mean_latency_s_std"],
                       yerr=row["accuracy_std"], marker="o", capsize=3, label=label)
     axes.set(xlabel="seconds per answer (batched generate time / rows)", ylabel="accuracy", xscale="log")
@@ -144,7 +148,8 @@ def plot_time(summary: list[dict], path: Path) -> None:
 
 def write_report(output_dir: Path, experiment: str, entries: list[dict], header: dict[str, Any]) -> dict:
     """results.json, results.md and the plots; returns the results.json content."""
-    arms, seeds = header["arms"], header["seeds"]
+    arms = list(dict.fromkeys(entry["arm"] for entry in entries))  # arms given latent steps are rows of their own
+    seeds = header["seeds"]
     summary = summarize(entries)
     train_depth = header["settings"]["train_depth"]
     plots = []

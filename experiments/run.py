@@ -116,7 +116,7 @@ def train_arm(arm: Arm, seed: int, run_dir: Path, train_config: Path, backbone: 
         return final
     args = ["--config", str(train_config), "--dataset_name", str(data), "--output_dir", str(run_dir),
             "--seed", str(seed), "--split_seed", str(seed), "--thought_mode", arm.thought_mode,
-            "--reasoning", arm.reasoning]
+            "--reasoning", arm.reasoning, *arm.train_flags]
     if backbone is not None:
         args += ["--model_name_or_path", str(backbone)]
     logger.info("training %s seed %d: train_sft.py %s", arm.name, seed, " ".join(args + extra_args))
@@ -140,28 +140,39 @@ def test_tasks(experiment: str, settings: ExperimentSettings) -> list[tuple[str,
             for depth in settings.test_depths]
 
 
-def evaluate_arm(model_dir: Path, eval_dir: Path, tasks: list[tuple[str, dict]], settings: ExperimentSettings,
+def arm_tests(arm: Arm, tasks: list[tuple[str, dict]], settings: ExperimentSettings) -> list[tuple[str, dict, int]]:
+    """(folder name, load_task arguments, `<think>` tokens the prompt ends with) of every test of an arm: each task
+    with one `<think>` (further latent steps are the model's own), and for curriculum arms again with
+    `given_latent_steps`."""
+    tests = [(name, spec, 1) for name, spec in tasks]
+    if arm.reasoning == "curriculum" and settings.given_latent_steps:
+        steps = settings.given_latent_steps
+        tests += [(f"{name}-given{steps}", spec, steps) for name, spec in tasks]
+    return tests
+
+
+def evaluate_arm(model_dir: Path, eval_dir: Path, tests: list[tuple[str, dict, int]], settings: ExperimentSettings,
                  seed: int) -> dict[str, dict]:
-    """eval's results.json of every test set, {folder name: content}; the model loads once, sets already
-    evaluated are read back. The trm arm runs at every inference n_cycles."""
+    """eval's results.json of every test, {folder name: content}; the model loads once, tests already evaluated are
+    read back. The trm arms run at every inference n_cycles."""
     from eval.report import write_outputs
     from eval.runner import GenerationSettings, depths_for, load_model, run_model, warm_up
     from eval.tasks import load_task
 
-    done = {name: eval_dir / name / "results.json" for name, _ in tasks}
+    done = {name: eval_dir / name / "results.json" for name, _, _ in tests}
     results = {name: json.loads(path.read_text()) for name, path in done.items() if path.is_file()}
-    todo = [(name, spec) for name, spec in tasks if name not in results]
+    todo = [test for test in tests if test[0] not in results]
     if not todo:
         return results
-    generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, batch_size=settings.eval_batch_size,
-                                    seed=seed, prompt_style=PROMPT_STYLE)
     loaded = load_model(str(model_dir))
     n_cycles = settings.trm_n_cycles or list(range(1, 2 * loaded.config.n_cycles + 1))
-    for name, spec in todo:
+    for name, spec, latent_steps in todo:
+        generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, batch_size=settings.eval_batch_size,
+                                        seed=seed, prompt_style=PROMPT_STYLE, latent_steps=latent_steps)
         task = load_task(**spec)
         warm_up(loaded, task, generation)
         runs = [run_model(loaded, task, generation, depth) for depth in depths_for(loaded, n_cycles, [])]
-        task_info = {**spec, "kind": task.kind, "path": None, "n": len(task.examples)}
+        task_info = {**spec, "kind": task.kind, "path": None, "n": len(task.examples), "latent_steps": latent_steps}
         results[name] = write_outputs(eval_dir / name, task_info, {**asdict(generation), "model": str(model_dir)}, runs)
     loaded.model = None
     return results
@@ -218,14 +229,15 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
         if not evaluate:
             train_arm(arm, seed, run_dir, train_config, backbone, data, extra_args)
             continue
-        if all((eval_dir / name / "results.json").is_file() for name, _ in tasks):
+        tests = arm_tests(arm, tasks, settings)
+        if all((eval_dir / name / "results.json").is_file() for name, _, _ in tests):
             # Evaluated: the report needs no model (a rerun elsewhere may have only the evals, see docs/RESULTS.md).
-            found = {name: json.loads((eval_dir / name / "results.json").read_text()) for name, _ in tasks}
+            found = {name: json.loads((eval_dir / name / "results.json").read_text()) for name, _, _ in tests}
             n_cycles = configured_n_cycles(train_config, extra_args)
         else:
             model_dir = train_arm(arm, seed, run_dir, train_config, backbone, data, extra_args)
             n_cycles = json.loads((model_dir / "config.json").read_text())["n_cycles"]
-            found = evaluate_arm(model_dir, eval_dir, tasks, settings, seed)
+            found = evaluate_arm(model_dir, eval_dir, tests, settings, seed)
         for name, results in found.items():
             entries += result_entries(arm, seed, name, results, (eval_dir / name).relative_to(output_dir), n_cycles)
     return entries
@@ -309,11 +321,14 @@ def result_entries(arm: Arm, seed: int, test_name: str, results: dict, folder: P
     `primary` marks the run at the training depth (every run of an arm without recursion), the one compared across
     arms; the others are the trm arm's inference-depth sweep."""
     task = results["task"]
+    given = task.get("latent_steps", 1)
     entries = []
     for run in results["runs"]:
         depth = run["depth"]
         entries.append({
-            "arm": arm.name, "thought_mode": arm.thought_mode, "reasoning": arm.reasoning, "seed": seed,
+            # an arm given its latent steps in the prompt is reported as its own row
+            "arm": arm.name if given == 1 else f"{arm.name}@{given}", "latent_steps": given,
+            "thought_mode": arm.thought_mode, "reasoning": arm.reasoning, "seed": seed,
             "test": test_name, "test_depth": int(task["depth"]) if task.get("depth") else None,
             "n_cycles": depth["n_cycles"] if depth else None,
             "n_supervision_steps": depth["n_supervision_steps"] if depth else None,

@@ -18,15 +18,23 @@ TASKS = {"depth": "arith", "gsm8k": "gsm8k"}
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm: the thought mode of the model and the `--reasoning` mode of its training rows."""
+    """One arm: the thought mode of the model, the `--reasoning` mode of its training rows, and any train_sft.py
+    flags of its recipe (the rest, the curriculum's schedule included, is the config's, shared by every arm)."""
 
     name: str
     thought_mode: str  # SmolLMTRMConfig.thought_mode
     reasoning: str  # smollm_trm.sft_data.SFTDataArguments.reasoning
+    train_flags: tuple[str, ...] = ()
 
 
+DISTILL = ("--distill_weight", "1.0")  # CODI's weights: distillation 1, teacher CE 1 (the default)
 ARMS = {
-    "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent")),
+    "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
+              Arm("cot", "none", "latent+text"),
+              Arm("pause_curriculum", "pause", "curriculum"), Arm("trm_curriculum", "trm", "curriculum"),
+              Arm("pause_distill", "pause", "latent", DISTILL), Arm("trm_distill", "trm", "latent", DISTILL),
+              Arm("pause_curriculum_distill", "pause", "curriculum", DISTILL),
+              Arm("trm_curriculum_distill", "trm", "curriculum", DISTILL)),
     "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text")),
 }
@@ -51,11 +59,15 @@ class ExperimentSettings:
     test_seed: int = field(default=0, metadata={"help": "arith: generator seed of the test problems, fixed over seeds."})
     trm_n_cycles: list[int] | None = field(
         default=None, metadata={"help": "Inference n_cycles of the trm arm; None: 1 .. 2x its training n_cycles."})
+    given_latent_steps: int | None = field(
+        default=None, metadata={"help": "Curriculum arms are also evaluated with this many <think> in the prompt "
+                                        "(the number a padded last stage trains), beside emitting them themselves."})
     eval_batch_size: int = field(default=64, metadata={"help": "Prompts per generate() call."})
     max_new_tokens: int = field(default=16, metadata={"help": "Generation limit of every arm."})
 
     def __post_init__(self) -> None:
         positive = {"train_size": self.train_size, "test_size": self.test_size,
+                    "given_latent_steps": self.given_latent_steps,
                     "eval_batch_size": self.eval_batch_size, "max_new_tokens": self.max_new_tokens}
         bad = {name: value for name, value in positive.items() if value is not None and value < 1}
         if bad:

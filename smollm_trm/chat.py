@@ -11,12 +11,16 @@ THINK_TOKEN = THINK_TOKENS[0]
 DEMO_MAX_NEW_TOKENS = 24
 
 
-def chat_prompt(tokenizer, messages: list[dict], think: bool) -> str:
-    """Chat template over `messages` with the generation prompt, then `<think>` when the model should think: the
-    assistant turn starts as in training, so the thoughts are inserted there."""
+def chat_prompt(tokenizer, messages: list[dict], think: bool, latent_steps: int = 1) -> str:
+    """Chat template over `messages` with the generation prompt, then, when the model should think, `<think>`
+    `latent_steps` times: the assistant turn starts as in training, so the thoughts are inserted there. With 1 the
+    model may emit further `<think>` (latent steps) itself; with N it is given N latent steps."""
+    if latent_steps < 1:
+        raise ValueError(f"latent_steps must be >= 1, got {latent_steps}.")
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if think and not prompt.rstrip().endswith(THINK_TOKEN):  # some templates open the think block themselves
-        prompt += THINK_TOKEN
+    if think:
+        opened = prompt.rstrip().endswith(THINK_TOKEN)  # some templates open the think block themselves
+        prompt += THINK_TOKEN * (latent_steps - opened)
     return prompt
 
 

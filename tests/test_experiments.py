@@ -33,14 +33,20 @@ def check_outputs(folder, experiment: str, plots: set[str]) -> dict:
 def test_depth_smoke(tmp_path):
     main(["depth", "--smoke", "--output_dir", str(tmp_path)])
     results = check_outputs(tmp_path, "depth", {"accuracy_vs_depth.png", "trm_n_cycles.png"})
-    # every arm at every test depth 1..5, the trm arm at inference n_cycles 1 and 2 (twice the trained 1)
+    # every arm at every test depth 1..6, the trm arms at inference n_cycles 1 and 2 (twice the trained 1), the
+    # curriculum arms also given the padded last stage's 2 latent steps (as arm "<name>@2")
     cells = {(e["arm"], e["test_depth"], e["n_cycles"]) for e in results["results"]}
-    expected = {(arm, d, None) for arm in ("none", "pause") for d in range(1, 6)}
-    expected |= {("trm", d, t) for d in range(1, 6) for t in (1, 2)}
+    labels = [(arm, arm.name) for arm in ARMS["depth"]]
+    labels += [(arm, f"{arm.name}@2") for arm in ARMS["depth"] if arm.reasoning == "curriculum"]
+    expected = {(label, d, t) for arm, label in labels for d in range(1, 7)
+                for t in ((1, 2) if arm.thought_mode == "trm" else (None,))}
     assert cells == expected
+    given = json.loads((tmp_path / "evals/trm_curriculum/seed0/depth3-given2/final__T1_N1.jsonl").read_text()
+                       .splitlines()[0])["prompt"]
+    assert given.endswith("<think><think>") and not given.endswith("<think><think><think>")
     prompt = json.loads((tmp_path / "evals/none/seed0/depth1/final.jsonl").read_text().splitlines()[0])["prompt"]
     assert prompt.endswith("<think>"), "every arm is prompted as trained, ending with <think>"
-    assert "| depth 5 |" in (tmp_path / "results.md").read_text()
+    assert "| depth 6 |" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.slow
@@ -57,7 +63,7 @@ def test_configs_load_and_arms_differ_only_in_thoughts():
         settings, train = load_config(path)
         assert "thought_mode" not in train and "reasoning" not in train, f"{path.name}: set per arm, not shared"
     for experiment, arms in ARMS.items():
-        assert len({(arm.thought_mode, arm.reasoning) for arm in arms}) == len(arms), experiment
+        assert len({(arm.thought_mode, arm.reasoning, arm.train_flags) for arm in arms}) == len(arms), experiment
 
 
 def test_config_errors(tmp_path):
@@ -68,8 +74,8 @@ def test_config_errors(tmp_path):
     bad.write_text("train: {}\n")
     with pytest.raises(ValueError, match="experiment"):
         load_config(bad)
-    with pytest.raises(ValueError, match="cot"):
-        select_arms("depth", ["cot"])
+    with pytest.raises(ValueError, match="deep"):
+        select_arms("depth", ["deep"])
 
 
 @pytest.mark.slow
