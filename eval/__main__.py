@@ -18,6 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from eval.diagnostics import ABLATIONS
 from eval.runner import EMBEDDED_MODELS, EMBEDDED_PREFIX, PROMPT_STYLES
 from eval.tasks import TASK_KINDS
 
@@ -63,6 +64,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latent_steps", type=positive_int, default=1,
                         help="`<think>` tokens a thinking prompt ends with: 1 (default) lets the model emit further "
                              "latent steps itself; N gives it N (as a curriculum's padded last stage trains).")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help=f"Also answer with the thoughts ablated ({', '.join(ABLATIONS)}; eval/diagnostics.py): "
+                             "models with thoughts, at their configured depth; reported with follows_donor.")
     parser.add_argument("--prompt_style", choices=PROMPT_STYLES,
                         help="Force `think` (end the prompt with <think>) or `plain`; default: think for models with thoughts.")
     parser.add_argument("--output_dir", type=Path, default=Path("runs/eval"), help="Where the outputs go.")
@@ -87,7 +91,8 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
         temperature=args.temperature or 1.0, top_p=args.top_p or 1.0, seed=args.seed, prompt_style=args.prompt_style,
         latent_steps=args.latent_steps,
     )
-    runs = evaluate_models(args.model, task, settings, args.n_cycles, args.n_supervision_steps, args.gguf_file)
+    runs = evaluate_models(args.model, task, settings, args.n_cycles, args.n_supervision_steps, args.gguf_file,
+                           ABLATIONS if args.diagnostics else ())
     task_info = {"name": task.name, "kind": task.kind, "split": args.split, "path": args.task_path, "limit": args.limit,
                  "seed": args.seed if task.name == "arith" else None, "depth": args.depth, "n": len(task.examples)}
     results = write_outputs(args.output_dir, task_info, {**vars(args), "output_dir": str(args.output_dir)}, runs)

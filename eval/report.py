@@ -42,7 +42,8 @@ def run_files(runs: list[Run]) -> list[str]:
             base, taken = slug(run.model.name), set(stems.values())
             stems[run.model.name] = next(s for i in itertools.count(1) if (s := base if i == 1 else f"{base}-{i}") not in taken)
         depth = "" if run.depth is None else f"__T{run.depth.n_cycles}_N{run.depth.n_supervision_steps}"
-        names.append(f"{stems[run.model.name]}{depth}.jsonl")
+        ablation = f"__{run.ablation}" if run.ablation else ""
+        names.append(f"{stems[run.model.name]}{depth}{ablation}.jsonl")
     return names
 
 
@@ -67,7 +68,8 @@ def run_summary(run: Run, file: str) -> dict:
     model = run.model
     summary = {
         "model": model.name, "source": model.source, "gguf_file": model.gguf_file, "kind": model.kind,
-        "num_parameters": model.num_parameters, "depth": None, "predictions_file": file, **run.metrics,
+        "num_parameters": model.num_parameters, "depth": None, "ablation": run.ablation, "predictions_file": file,
+        **run.metrics,
     }
     if run.depth is not None:
         summary["depth"] = {
@@ -96,8 +98,11 @@ def markdown_table(task: dict, summaries: list[dict], runs: list[Run]) -> str:
     ]
     for summary, run in zip(summaries, runs):
         accuracy = f"{summary['accuracy']:.1%} ({summary['ci_low']:.1%}-{summary['ci_high']:.1%})"
+        kind = summary["kind"] if run.ablation is None else f"{summary['kind']}, {run.ablation} thoughts"
+        if summary.get("follows_donor") is not None:
+            kind += f" (follows the donor: {summary['follows_donor']:.0%})"
         lines.append(
-            f"| {summary['model']} | {summary['kind']} | {depth_cell(run)} | {accuracy} | "
+            f"| {summary['model']} | {kind} | {depth_cell(run)} | {accuracy} | "
             f"{summary['mean_tokens_generated']:.1f} | {summary['mean_latency_s']:.3f} |"
         )
     return "\n".join(lines) + "\n"
@@ -108,14 +113,15 @@ def _depth_lines(runs: list[Run]) -> dict[str, list[Run]]:
     effective depth) stay apart; each line sorted by depth."""
     lines: dict[str, list[Run]] = {}
     for run in runs:
-        if run.depth is not None:
+        if run.depth is not None and run.ablation is None:
             lines.setdefault(f"{run.model.name} (N_sup={run.depth.n_supervision_steps})", []).append(run)
     return {label: sorted(line, key=lambda r: r.depth.n_cycles) for label, line in lines.items()}
 
 
 def plot_depth(runs: list[Run], path: Path) -> bool:
     """Accuracy (with CI bars) against effective TRM depth, a line per TRM model and N_sup, baselines as dashed
-    levels. Draws nothing and returns False unless some model ran at two or more depths."""
+    levels (ablated runs are left out). Draws nothing and returns False unless some model ran at two or more depths."""
+    runs = [run for run in runs if run.ablation is None]
     if not any(sum(r.model.name == run.model.name for r in runs) >= 2 for run in runs if run.depth is not None):
         return False
     import matplotlib
@@ -172,7 +178,7 @@ def eval_results(runs: list[Run], task: dict):
     from huggingface_hub import EvalResult
 
     results = []
-    for run in runs:
+    for run in (run for run in runs if run.ablation is None):  # ablations are diagnostics, not the model's score
         depth = None if run.depth is None else f"n_cycles={run.depth.n_cycles},n_supervision_steps={run.depth.n_supervision_steps}"
         results.append(EvalResult(
             task_type="text-generation", task_name="Math word problems",

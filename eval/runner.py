@@ -28,6 +28,7 @@ import torch
 
 from eval import load_metric
 from eval.answers import extract_answer
+from eval.diagnostics import donor, follows_donor, replacement, thoughts_through
 from eval.tasks import Task
 from modeling_smollm_trm import THINK_TOKENS, Depth
 from smollm_trm.chat import chat_prompt
@@ -79,6 +80,7 @@ class Run:
     depth: Depth | None
     records: list[dict]
     metrics: dict = field(default_factory=dict)
+    ablation: str | None = None  # eval.diagnostics.ABLATIONS: the thoughts replaced while it answered
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -251,10 +253,16 @@ def answer_text(tokenizer, token_ids: list[int]) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
-def _batch_records(loaded: LoadedModel, examples: list[dict], prompts: list[str], settings, depth, kind: str) -> list[dict]:
-    outputs, seconds = generate_batch(loaded, prompts, settings, depth)
+def _batch_records(loaded: LoadedModel, examples: list[dict], prompts: list[str], settings, depth, kind: str,
+                   ablation: str | None = None) -> list[dict]:
+    if ablation is None:
+        outputs, seconds = generate_batch(loaded, prompts, settings, depth)
+    else:
+        replace = replacement(loaded.model, ablation, lambda: generate_batch(loaded, prompts, settings, depth))
+        with thoughts_through(loaded.model, replace):
+            outputs, seconds = generate_batch(loaded, prompts, settings, depth)
     records = []
-    for example, prompt, token_ids in zip(examples, prompts, outputs):
+    for row, (example, prompt, token_ids) in enumerate(zip(examples, prompts, outputs)):
         generated, answer = answer_text(loaded.tokenizer, token_ids)
         extracted = extract_answer(answer, kind) or ""  # "" scores as wrong in the metric
         records.append({
@@ -263,11 +271,15 @@ def _batch_records(loaded: LoadedModel, examples: list[dict], prompts: list[str]
             "correct": extracted == example["answer"], "tokens_generated": len(token_ids),
             "latency_s": seconds / len(prompts), "batch_latency_s": seconds, "batch_size": len(prompts),
         })
+        if ablation is not None:
+            records[-1].update(ablation=ablation, donor_gold=examples[donor(row, len(examples))]["answer"])
     return records
 
 
-def run_model(loaded: LoadedModel, task: Task, settings: GenerationSettings, depth: Depth | None) -> Run:
-    """Generate and score every example of `task` with one model at one depth."""
+def run_model(loaded: LoadedModel, task: Task, settings: GenerationSettings, depth: Depth | None,
+              ablation: str | None = None) -> Run:
+    """Generate and score every example of `task` with one model at one depth (its thoughts ablated, if asked:
+    `eval.diagnostics`)."""
     from tqdm.auto import tqdm  # deferred with the other heavy imports
 
     from transformers import set_seed
@@ -276,13 +288,17 @@ def run_model(loaded: LoadedModel, task: Task, settings: GenerationSettings, dep
     think = uses_think(loaded, settings.prompt_style)
     records = []
     desc = loaded.name if depth is None else f"{loaded.name} ({depth.label})"
+    desc += f", {ablation} thoughts" if ablation else ""
     with tqdm(total=len(task.examples), desc=desc, unit="ex") as progress:
         for start in range(0, len(task.examples), settings.batch_size):
             examples = task.examples[start : start + settings.batch_size]
             prompts = [build_prompt(loaded.tokenizer, ex["question"], think, settings.latent_steps) for ex in examples]
-            records += _batch_records(loaded, examples, prompts, settings, depth, task.kind)
+            records += _batch_records(loaded, examples, prompts, settings, depth, task.kind, ablation)
             progress.update(len(examples))
-    return Run(model=loaded, depth=depth, records=records, metrics=score(records))
+    metrics = score(records)
+    if ablation is not None:
+        metrics["follows_donor"] = follows_donor(records)
+    return Run(model=loaded, depth=depth, records=records, metrics=metrics, ablation=ablation)
 
 
 def score(records: list[dict]) -> dict:
@@ -305,14 +321,18 @@ def evaluate_models(
     n_cycles: list[int] | None = None,
     n_supervision_steps: list[int] | None = None,
     gguf_file: str | None = None,
+    ablations: tuple[str, ...] = (),
 ) -> list[Run]:
-    """Every model on `task`, TRM models once per depth; one model is loaded at a time and freed after its runs."""
+    """Every model on `task`, TRM models once per depth, models with thoughts also with each of `ablations` (at
+    their configured depth); one model is loaded at a time and freed after its runs."""
     runs = []
     for name in names:
         loaded = load_model(name, gguf_file)
         warm_up(loaded, task, settings)
         for depth in depths_for(loaded, n_cycles or [], n_supervision_steps or []):
             runs.append(run_model(loaded, task, settings, depth))
+        for ablation in ablations if loaded.has_thoughts else ():
+            runs.append(run_model(loaded, task, settings, depths_for(loaded, [], [])[0], ablation))
         loaded.model = None  # free the weights before the next model loads; reports need only the metadata
     if (n_cycles or n_supervision_steps) and not any(run.model.kind == "trm" for run in runs):
         logger.warning("--n_cycles/--n_supervision_steps were given but no model is a TRM model (%s); "

@@ -12,20 +12,21 @@ DEPTH_PLOT = "accuracy_vs_depth.png"
 N_CYCLES_PLOT = "trm_n_cycles.png"
 TIME_PLOT = "accuracy_vs_time.png"
 METRICS = ("accuracy", "mean_tokens_generated", "mean_latency_s")
-GROUP_KEYS = ("arm", "test_depth", "n_cycles")
+GROUP_KEYS = ("arm", "test_depth", "n_cycles", "ablation")
 
 
 def summarize(entries: list[dict]) -> list[dict]:
-    """Mean and std over seeds of each metric, per (arm, test depth, inference n_cycles); std is the sample
-    standard deviation (0 with one seed)."""
+    """Mean and std over seeds of each metric, per (arm, test depth, inference n_cycles, thought ablation); std is
+    the sample standard deviation (0 with one seed). `follows_donor` where an ablation has it."""
     groups: dict[tuple, list[dict]] = {}
     for entry in entries:
-        groups.setdefault(tuple(entry[key] for key in GROUP_KEYS), []).append(entry)
+        groups.setdefault(tuple(entry.get(key) for key in GROUP_KEYS), []).append(entry)
     summary = []
     for key, group in groups.items():
         row = {**dict(zip(GROUP_KEYS, key)), "primary": group[0]["primary"], "seeds": [e["seed"] for e in group]}
-        for metric in METRICS:
-            values = [e[metric] for e in group]
+        measured = [*METRICS, *(["follows_donor"] if group[0].get("follows_donor") is not None else [])]
+        for metric in measured:
+            values = [e[metric] for e in group if e.get(metric) is not None]
             row[f"{metric}_mean"] = statistics.fmean(values)
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         summary.append(row)
@@ -47,7 +48,7 @@ def depth_tables(summary: list[dict], arms: list[str], train_depth: str) -> list
               + " |" for arm in arms]
     for arm in arms:
         sweep = {(row["n_cycles"], row["test_depth"]): row for row in summary
-                 if row["arm"] == arm and row["n_cycles"] is not None}
+                 if row["arm"] == arm and row["n_cycles"] is not None and row["ablation"] is None}
         if not sweep:
             continue
         lines += ["", f"{arm} at inference depth n_cycles (training value marked *):", "",
@@ -56,6 +57,26 @@ def depth_tables(summary: list[dict], arms: list[str], train_depth: str) -> list
         for t in sorted({t for t, _ in sweep}):
             cells = " | ".join(percent(sweep[t, d]) if (t, d) in sweep else "-" for d in depths)
             lines.append(f"| {t}{'*' if t in trained else ''} | {cells} |")
+    return lines + diagnostics_table(summary, arms, depths)
+
+
+def diagnostics_table(summary: list[dict], arms: list[str], depths: list) -> list[str]:
+    """Accuracy with the thoughts ablated (eval/diagnostics.py), and how often a transplant's answer is the donor's."""
+    ablated = {(row["arm"], row["ablation"], row["test_depth"]): row for row in summary if row["ablation"]}
+    if not ablated:
+        return []
+    lines = ["", "With the thoughts ablated (eval/diagnostics.py): accuracy (%), and for shuffled / transplanted "
+             "thoughts the share of answers that are the donor's (in brackets; pairs whose answers differ):", "",
+             "| arm | thoughts | " + " | ".join(f"depth {d}" for d in depths) + " |",
+             "|---|---" * 1 + "|---" * len(depths) + "|"]
+    for arm in arms:
+        for ablation in sorted({a for a_arm, a, _ in ablated if a_arm == arm}):
+            cells = []
+            for depth in depths:
+                row = ablated.get((arm, ablation, depth))
+                follows = f" [{100 * row['follows_donor_mean']:.0f}]" if row and "follows_donor_mean" in row else ""
+                cells.append(percent(row) + follows if row else "-")
+            lines.append(f"| {arm} | {ablation} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -67,7 +88,8 @@ def gsm8k_table(summary: list[dict], arms: list[str]) -> list[str]:
     rows = sorted(summary, key=lambda r: (not r["primary"], order[r["arm"]], r["n_cycles"] or 0))
     for row in rows:
         cycles = "-" if row["n_cycles"] is None else f"{row['n_cycles']}{'*' if row['primary'] else ''}"
-        lines.append(f"| {row['arm']} | {cycles} | {percent(row)} | {row['mean_tokens_generated_mean']:.1f} | "
+        arm = row["arm"] if row["ablation"] is None else f"{row['arm']}, {row['ablation']} thoughts"
+        lines.append(f"| {arm} | {cycles} | {percent(row)} | {row['mean_tokens_generated_mean']:.1f} | "
                      f"{row['mean_latency_s_mean']:.3f} ± {row['mean_latency_s_std']:.3f} |")
     return lines
 
@@ -110,6 +132,7 @@ def plot_n_cycles(summary: list[dict], path: Path) -> None:
     """Accuracy against inference n_cycles, a line per recurrent arm and test depth (one test set for gsm8k); arms
     without recursion as dashed levels when there is a single test set."""
     plt, figure, axes = _axes()
+    summary = [r for r in summary if r["ablation"] is None]
     swept = sorted({(r["arm"], r["test_depth"]) for r in summary if r["n_cycles"] is not None},
                    key=lambda key: (key[0], key[1] or 0))
     for arm, depth in swept:
@@ -135,7 +158,7 @@ def plot_n_cycles(summary: list[dict], path: Path) -> None:
 def plot_time(summary: list[dict], path: Path) -> None:
     """Accuracy against seconds per answer, a point per arm (and per trm n_cycles)."""
     plt, figure, axes = _axes()
-    for row in summary:
+    for row in (r for r in summary if r["ablation"] is None):
         label = row["arm"] if row["n_cycles"] is None else f"{row['arm']} T={row['n_cycles']}"
         axes.errorbar(row["mean_latency_s_mean"], row["accuracy_mean"], xerr=row["mean_latency_s_std"],
                       yerr=row["accuracy_std"], marker="o", capsize=3, label=label)

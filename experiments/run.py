@@ -155,6 +155,7 @@ def evaluate_arm(model_dir: Path, eval_dir: Path, tests: list[tuple[str, dict, i
                  seed: int) -> dict[str, dict]:
     """eval's results.json of every test, {folder name: content}; the model loads once, tests already evaluated are
     read back. The trm arms run at every inference n_cycles."""
+    from eval.diagnostics import ABLATIONS
     from eval.report import write_outputs
     from eval.runner import GenerationSettings, depths_for, load_model, run_model, warm_up
     from eval.tasks import load_task
@@ -172,6 +173,9 @@ def evaluate_arm(model_dir: Path, eval_dir: Path, tests: list[tuple[str, dict, i
         task = load_task(**spec)
         warm_up(loaded, task, generation)
         runs = [run_model(loaded, task, generation, depth) for depth in depths_for(loaded, n_cycles, [])]
+        if settings.diagnostics and loaded.has_thoughts:
+            trained = depths_for(loaded, [], [])[0]
+            runs += [run_model(loaded, task, generation, trained, ablation) for ablation in ABLATIONS]
         task_info = {**spec, "kind": task.kind, "path": None, "n": len(task.examples), "latent_steps": latent_steps}
         results[name] = write_outputs(eval_dir / name, task_info, {**asdict(generation), "model": str(model_dir)}, runs)
     loaded.model = None
@@ -332,7 +336,8 @@ def result_entries(arm: Arm, seed: int, test_name: str, results: dict, folder: P
             "test": test_name, "test_depth": int(task["depth"]) if task.get("depth") else None,
             "n_cycles": depth["n_cycles"] if depth else None,
             "n_supervision_steps": depth["n_supervision_steps"] if depth else None,
-            "primary": depth is None or depth["n_cycles"] == trained_n_cycles,
+            "ablation": run.get("ablation"), "follows_donor": run.get("follows_donor"),
+            "primary": run.get("ablation") is None and (depth is None or depth["n_cycles"] == trained_n_cycles),
             **{key: run[key] for key in ("n", "accuracy", "ci_low", "ci_high", "mean_tokens_generated",
                                          "mean_latency_s")},
             "eval_dir": str(folder),  # relative to the output_dir

@@ -62,6 +62,9 @@ class ExperimentSettings:
     given_latent_steps: int | None = field(
         default=None, metadata={"help": "Curriculum arms are also evaluated with this many <think> in the prompt "
                                         "(the number a padded last stage trains), beside emitting them themselves."})
+    diagnostics: bool = field(
+        default=True, metadata={"help": "Also answer with the thoughts zeroed, shuffled and transplanted "
+                                        "(eval/diagnostics.py), arms with thoughts at their training depth."})
     eval_batch_size: int = field(default=64, metadata={"help": "Prompts per generate() call."})
     max_new_tokens: int = field(default=16, metadata={"help": "Generation limit of every arm."})
 

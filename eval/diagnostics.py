@@ -1,0 +1,84 @@
+"""Ablations that can fail: do the answers use what the thoughts carry?
+
+Each replaces the thoughts of every `<think>` while a model answers, through a forward hook on its thought module
+(so any SmolLM+TRM folder, trm or pause, is ablated as it is):
+
+    zeroed      the thoughts are zeros
+    shuffled    row i gets the thoughts that row i + 1 of its batch computes in the same call (a roll per call)
+    transplant  row i gets the thoughts recorded when problem i + 1 (its donor) was answered normally, call for call
+
+`follows_donor` is the share of problems, among those whose donor has another answer, answered with the donor's answer:
+thoughts that carry the computation move the answer with them (near 1), thoughts that carry nothing leave it (near 0).
+The transplant replays the donor's calls in order, which is exact when the prompts hold every `<think>` (`latent_steps`
+given); where a model emits further `<think>` itself, calls past the donor's recorded ones fall back to a roll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+
+ABLATIONS = ("zeroed", "shuffled", "transplant")
+
+
+def donor(index: int, size: int) -> int:
+    """The batch row whose thoughts row `index` gets: the next one, the last row taking the first's."""
+    return (index + 1) % size
+
+
+def next_row(thoughts: torch.Tensor) -> torch.Tensor:
+    return torch.roll(thoughts, shifts=-1, dims=0)  # row i <- row i + 1
+
+
+@contextlib.contextmanager
+def thoughts_through(model, replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """While inside, every `<think>`'s thoughts (B, K, D) are `replace(thoughts)`."""
+
+    def hook(module, args, thinking):
+        # The classes of the model's own code (a folder's copy under trust_remote_code): `Thinking`, `ThoughtStep`.
+        last = thinking.steps[-1]
+        steps = thinking.steps[:-1] + [type(last)(replace(last.thoughts), last.halt_logit)]
+        return type(thinking)(steps, thinking.steps_used)
+
+    handle = model.model.thoughts.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def recorded_thoughts(model) -> Iterator[list[torch.Tensor]]:
+    """While inside, the thoughts of every call are appended to the yielded list (unchanged)."""
+    calls: list[torch.Tensor] = []
+
+    def record(thoughts: torch.Tensor) -> torch.Tensor:
+        calls.append(thoughts)
+        return thoughts
+
+    with thoughts_through(model, record):
+        yield calls
+
+
+def replacement(model, ablation: str, answer_normally: Callable[[], object]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The thoughts function of an ablation; the transplant first answers normally to record its donors."""
+    if ablation == "zeroed":
+        return torch.zeros_like
+    if ablation == "shuffled":
+        return next_row
+    if ablation != "transplant":
+        raise ValueError(f"unknown ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
+    with recorded_thoughts(model) as calls:
+        answer_normally()
+    donors = iter(calls)
+    return lambda thoughts: next_row(next(donors, thoughts))
+
+
+def follows_donor(records: list[dict]) -> float | None:
+    """Among records whose donor's gold answer differs from theirs, the share answered with the donor's."""
+    differing = [r for r in records if r.get("donor_gold") is not None and r["donor_gold"] != r["gold"]]
+    if not differing:
+        return None
+    return sum(r["extracted"] == r["donor_gold"] for r in differing) / len(differing)
