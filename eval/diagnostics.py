@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 ABLATIONS = ("zeroed", "shuffled", "transplant")
+DONOR_ABLATIONS = ("shuffled", "transplant")  # another problem's thoughts: the answer may follow them
 
 
 def donor(index: int, size: int) -> int:

@@ -28,7 +28,7 @@ import torch
 
 from eval import load_metric
 from eval.answers import extract_answer
-from eval.diagnostics import donor, follows_donor, replacement, thoughts_through
+from eval.diagnostics import DONOR_ABLATIONS, donor, follows_donor, replacement, thoughts_through
 from eval.tasks import Task
 from modeling_smollm_trm import THINK_TOKENS, Depth
 from smollm_trm.chat import chat_prompt
@@ -272,7 +272,9 @@ def _batch_records(loaded: LoadedModel, examples: list[dict], prompts: list[str]
             "latency_s": seconds / len(prompts), "batch_latency_s": seconds, "batch_size": len(prompts),
         })
         if ablation is not None:
-            records[-1].update(ablation=ablation, donor_gold=examples[donor(row, len(examples))]["answer"])
+            records[-1]["ablation"] = ablation
+        if ablation in DONOR_ABLATIONS:
+            records[-1]["donor_gold"] = examples[donor(row, len(examples))]["answer"]
     return records
 
 
