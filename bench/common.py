@@ -48,7 +48,7 @@ def build_model(thought_mode: str = "trm", num_latents: int = 256, dtype=torch.b
 
 
 def backbone_params(model) -> int:
-    return sum(p.numel() for n, p in model.model.language_model.named_parameters() if "lora_" not in n)
+    return sum(p.numel() for n, p in model.get_base_model().named_parameters() if "lora_" not in n)  # a PeftModel
 
 
 def matmul_tflops(size: int = 8192, repeats: int = 10) -> float:
