@@ -2,8 +2,8 @@
 
 A model is a SmolLMTRM folder or Hub id (`model_type == "smollm_trm"`, loaded with trust_remote_code), any other
 causal LM (a baseline), or an embedded GGUF checkpoint such as `embedded:smollm2`. The prompt is the tokenizer's
-chat template over one user turn with the generation prompt, as training renders it (`smollm_trm.chat`); a model with thoughts then
-gets `<think>`, after which it inserts its K latent thoughts. The answer is what follows the last `</think>` of the
+chat template over one user turn with the generation prompt, as training renders it (`smollm_trm.chat`); a model
+with thoughts then gets `<think>` (or `latent_steps` of them), after which it inserts its K latent thoughts. The answer is what follows the last `</think>` of the
 generation (the whole generation when there is none), special tokens removed, passed to `eval.answers`.
 
 Each TRM model runs once per depth (n_cycles T x n_supervision_steps N_sup); other models run once.

@@ -13,12 +13,13 @@ HUB_ID = "openai/gsm8k"
 HUB_CONFIG = "main"
 FINAL_MARK = "####"
 FINAL_LINE = re.compile(rf"^{FINAL_MARK}", re.MULTILINE)  # what tells a GSM8K solution from another answer
-CALCULATOR_ANNOTATION = re.compile(r"<<[^>]*>>")
+CALCULATOR_ANNOTATION = re.compile(r"<<([^>]*)>>")
 
 
-def split_solution(solution: str) -> tuple[str, str]:
+def split_solution(solution: str, equations: bool = False) -> tuple[str, str]:
     """(the worked solution without calculator annotations, the final answer N of `#### N` as written); raises
-    `ValueError` with the reason when there is no such last line."""
+    `ValueError` with the reason when there is no such last line. With `equations`, the reasoning is instead the
+    annotations' equations one per line (`48/2=24`), the compact form GSM8k-Aug trains on."""
     worked, mark, final = solution.rpartition(FINAL_MARK)
     if not mark:
         raise ValueError(f"no final '{FINAL_MARK} N' line")
@@ -27,4 +28,6 @@ def split_solution(solution: str) -> tuple[str, str]:
         raise ValueError(f"nothing after '{FINAL_MARK}'")
     if "\n" in final:
         raise ValueError(f"'{FINAL_MARK} N' is not the last line (after it: {final!r})")
+    if equations:
+        return "\n".join(equation.strip() for equation in CALCULATOR_ANNOTATION.findall(worked)), final
     return CALCULATOR_ANNOTATION.sub("", worked).strip(), final

@@ -51,6 +51,7 @@ COMPLETION_FORMAT = THINK_TOKEN + "{reasoning}" + END_THINK_TOKEN + "{answer}"
 
 DataFormat = Literal["auto", "qa", "messages", "gsm8k"]
 ReasoningMode = Literal["latent", "latent+text", "curriculum"]
+ReasoningSteps = Literal["lines", "equations"]
 OnBadRow = Literal["skip", "error"]
 Rows = list[dict[str, Any]] | datasets.Dataset
 
@@ -75,6 +76,9 @@ class SFTDataArguments(CurriculumArguments):
         metadata={"help": "`latent`: answer from the latent thoughts alone; `latent+text`: written reasoning too; "
                           "`curriculum`: written reasoning replaced by latent steps stage by stage."},
     )
+    reasoning_steps: ReasoningSteps = field(
+        default="lines", metadata={"help": "gsm8k rows: the written reasoning is the solution's `lines`, or its "
+                                           "calculator `equations` (<<48/2=24>> -> 48/2=24), one step each."})
     on_bad_row: OnBadRow = field(default="skip", metadata={"help": "Skip (and report) or raise on unusable rows."})
     train_split: str = field(default="train", metadata={"help": "Source split to train on."})
     eval_fraction: float = field(
@@ -85,7 +89,8 @@ class SFTDataArguments(CurriculumArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choices = {"data_format": DataFormat, "reasoning": ReasoningMode, "on_bad_row": OnBadRow}
+        choices = {"data_format": DataFormat, "reasoning": ReasoningMode, "reasoning_steps": ReasoningSteps,
+                   "on_bad_row": OnBadRow}
         for name, kind in choices.items():
             if getattr(self, name) not in kind.__args__:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {kind.__args__}.")
@@ -144,13 +149,14 @@ def detect_format(rows: Rows) -> str:
     )
 
 
-def row_parts(row: dict[str, Any], data_format: str) -> tuple[list[dict[str, str]], str, str]:
-    """(prompt turns, written reasoning or "", answer) of a source row; raises `BadRowError` with the reason."""
+def row_parts(row: dict[str, Any], data_format: str, equations: bool = False) -> tuple[list[dict[str, str]], str, str]:
+    """(prompt turns, written reasoning or "", answer) of a source row (`equations`: a gsm8k row's reasoning is its
+    calculator equations); raises `BadRowError` with the reason."""
     if data_format == "messages":
         prompt, reasoning, answer = _split_messages(row)
     else:
         prompt = [{"role": "user", "content": _text_field(row, "question")}]
-        reasoning, answer = _split_gsm8k(row) if data_format == "gsm8k" else _split_qa(row)
+        reasoning, answer = _split_gsm8k(row, equations) if data_format == "gsm8k" else _split_qa(row)
     for message in prompt:
         _reject_think_tags(message["content"], f"{message['role']} turn")
     _reject_think_tags(reasoning, "reasoning")
@@ -162,10 +168,11 @@ def conversation(prompt: list[dict[str, str]], completion: str) -> dict[str, lis
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": completion}]}
 
 
-def to_conversation(row: dict[str, Any], data_format: str, reasoning_mode: ReasoningMode) -> dict[str, list]:
+def to_conversation(row: dict[str, Any], data_format: str, reasoning_mode: ReasoningMode,
+                    equations: bool = False) -> dict[str, list]:
     """One source row as a prompt/completion conversation (`latent` or `latent+text`; the curriculum's stages are
     `training_rows`'); raises `BadRowError` with the reason it cannot be."""
-    prompt, reasoning, answer = row_parts(row, data_format)
+    prompt, reasoning, answer = row_parts(row, data_format, equations)
     if reasoning_mode == "latent":
         reasoning = ""
     return conversation(prompt, COMPLETION_FORMAT.format(reasoning=reasoning, answer=answer))
@@ -184,20 +191,21 @@ def training_rows(row: dict[str, Any], data_format: str, args: SFTDataArguments,
                   ) -> list[dict[str, Any]]:
     """The conversations one source row trains on: one, or with the curriculum one per stage (the last stage only
     when `final_stage_only`, as eval rows are)."""
+    equations = args.reasoning_steps == "equations"
     if args.reasoning != "curriculum":
-        return [to_conversation(row, data_format, args.reasoning)]
-    prompt, reasoning, answer = row_parts(row, data_format)
+        return [to_conversation(row, data_format, args.reasoning, equations)]
+    prompt, reasoning, answer = row_parts(row, data_format, equations)
     steps = reasoning_steps(reasoning)
     stages = [args.curriculum_stages] if final_stage_only else range(args.curriculum_stages + 1)
     return [{**conversation(prompt, staged_completion(steps, answer, stage, args.curriculum_pad_latent_steps)),
              STAGE_COLUMN: stage} for stage in stages]
 
 
-def teacher_tokens(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any], data_format: str, max_length: int
-                   ) -> dict[str, list[int]]:
+def teacher_tokens(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any], data_format: str, max_length: int,
+                   equations: bool = False) -> dict[str, list[int]]:
     """The distillation teacher's row: the conversation with its written reasoning, tokenized as TRL does, labels
     on the completion only. It runs without thoughts, so its length is its tokens."""
-    prompt, reasoning, answer = row_parts(row, data_format)
+    prompt, reasoning, answer = row_parts(row, data_format, equations)
     written = "\n".join(reasoning_steps(reasoning))
     teacher = conversation(prompt, COMPLETION_FORMAT.format(reasoning=written, answer=answer))
     ids = _chat_ids(tokenizer, teacher["prompt"] + teacher["completion"])
@@ -228,11 +236,12 @@ def _split_qa(row: dict[str, Any]) -> tuple[str, str]:
     return (reasoning or "").strip(), _text_field(row, "answer")
 
 
-def _split_gsm8k(row: dict[str, Any]) -> tuple[str, str]:
-    """The worked solution without `<<a*b=c>>` annotations becomes the reasoning, N of `#### N` the answer."""
+def _split_gsm8k(row: dict[str, Any], equations: bool = False) -> tuple[str, str]:
+    """The worked solution without `<<a*b=c>>` annotations (or only their equations) becomes the reasoning, N of
+    `#### N` the answer."""
     solution = _text_field(row, "answer")
     try:
-        return gsm8k.split_solution(solution)
+        return gsm8k.split_solution(solution, equations)
     except ValueError as err:
         raise BadRowError(f"gsm8k 'answer': {err}") from None
 
@@ -349,7 +358,8 @@ def prepare_sft_data(
                 for variant in variants:
                     _check_length(tokenizer, variant, num_latents, think_id, max_length)
                 if teacher and part == "train":
-                    extra = teacher_tokens(tokenizer, rows[index], data_format, max_length)
+                    extra = teacher_tokens(tokenizer, rows[index], data_format, max_length,
+                                           args.reasoning_steps == "equations")
                     variants = [{**variant, **extra} for variant in variants]
             except BadRowError as err:
                 bad.append((index, str(err)))

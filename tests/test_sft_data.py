@@ -159,6 +159,10 @@ def test_gsm8k_rows(gsm8k_rows):
     assert to_conversation(gsm8k_rows[1], "gsm8k", "latent+text")["completion"][0]["content"] == (
         "<think>Weng earns 12/60 = $0.2 per minute.\nWorking 50 minutes, she earned 0.2 x 50 = $10.</think>10"
     )
+    # the calculator annotations as the written steps: <<12/60=0.2>> and <<0.2*50=10>>
+    assert to_conversation(gsm8k_rows[1], "gsm8k", "latent+text", equations=True)["completion"][0]["content"] == (
+        "<think>12/60=0.2\n0.2*50=10</think>10"
+    )
 
 
 def test_detect_format():
