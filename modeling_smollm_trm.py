@@ -639,24 +639,41 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
                    layers: list | None = None):
         """Run the blocks of a chunk in order: tokens, then the thoughts they end with. Returns the hidden states
         behind each input column's logits, TRM statistics and (supervised) every supervision step; `layers`, when
-        given, receives every block's per-layer states."""
+        given, receives every block's per-layer states.
+
+        With `thought_window="append"` a `<think>`'s thoughts run in one backbone pass with the tokens after them,
+        thoughts first (causal attention keeps them from those tokens: exact), so S `<think>` cost 1 + S passes;
+        `"slide"` hides different tokens from the thoughts and from what follows them, so those run apart."""
         K = self.config.num_latents
         prior_thinks = self._thinks_so_far(cache, layout.kinds.shape[0])
         hidden_blocks, stats, steps = [], [], []
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # thoughts (embeds, kinds) to run with the next tokens
         for j in range(layout.num_thinks + 1):
             tokens = layout.tokens(j)
+            columns = pending
             if tokens.stop > tokens.start:
-                hidden_blocks.append(self._extend(cache, self.get_input_embeddings()(layout.ids[:, tokens]),
-                                                  layout.kinds[:, tokens], (prior_thinks + j) * K, layers))
+                columns = columns + [(self.get_input_embeddings()(layout.ids[:, tokens]), layout.kinds[:, tokens])]
+            if columns:
+                embeds, kinds = self._joined(columns)
+                hidden_blocks.append(self._extend(cache, embeds, kinds, (prior_thinks + j) * K, layers))
             if j == layout.num_thinks:
                 break
             thoughts, think_stats, think_steps = self._think(cache, layout, j, depth, supervise, prior_thinks)
             stats.append(think_stats)
             steps += think_steps
-            hidden_blocks.append(self._extend(cache, thoughts, layout.kinds[:, layout.thoughts(j)],
-                                              torch.zeros_like(prior_thinks), layers))
+            pending = [(thoughts, layout.kinds[:, layout.thoughts(j)])]
+            if self.config.thought_window == "slide":
+                hidden_blocks.append(self._extend(cache, *pending[0], torch.zeros_like(prior_thinks), layers))
+                pending = []
         hidden = torch.cat(hidden_blocks, dim=1)  # (B, C, D) the chunk in layout order
         return self._input_aligned(hidden, layout.out_columns), self._mean_stats(stats), steps
+
+    @staticmethod
+    def _joined(columns: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Consecutive column groups (embeds (B, c, D), kinds (B, c)) as one; thoughts take the tokens' dtype (under
+        autocast the TRM's output is in the autocast dtype, the embedding table's rows are not)."""
+        dtype = columns[-1][0].dtype
+        return torch.cat([embeds.to(dtype) for embeds, _ in columns], 1), torch.cat([kinds for _, kinds in columns], 1)
 
     @staticmethod
     def _input_aligned(hidden: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -734,11 +751,17 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         """Deep supervision: the j-th `<think>`'s [thoughts; answer] given an intermediate step's thoughts, run on the
         context's cache, which is then cut back. Returns input-aligned hidden states (see `SupervisedStep`)."""
         thought_columns, answer_columns = layout.thoughts(j), layout.tokens(j + 1)
-        hidden = [self._extend(cache, thoughts, layout.kinds[:, thought_columns], torch.zeros_like(prior_thinks))]
+        columns = [(thoughts, layout.kinds[:, thought_columns])]
+        answer_drop = (prior_thinks + j + 1) * self.config.num_latents
+        hidden = []
+        if self.config.thought_window == "slide":  # as in the main pass: the thoughts run apart
+            hidden.append(self._extend(cache, *columns[0], torch.zeros_like(prior_thinks)))
+            columns = []
         if answer_columns.stop > answer_columns.start:
-            answer_embeds = self.get_input_embeddings()(layout.ids[:, answer_columns])
-            answer_drop = (prior_thinks + j + 1) * self.config.num_latents
-            hidden.append(self._extend(cache, answer_embeds, layout.kinds[:, answer_columns], answer_drop))
+            columns.append((self.get_input_embeddings()(layout.ids[:, answer_columns]),
+                            layout.kinds[:, answer_columns]))
+        if columns:
+            hidden.append(self._extend(cache, *self._joined(columns), answer_drop))
         hidden = torch.cat(hidden, dim=1)  # (B, K + W, D) from the first thought column on
         cache.crop(-hidden.shape[1])
         columns = (layout.out_columns - thought_columns.start).clamp(0, hidden.shape[1] - 1)

@@ -86,6 +86,20 @@ def test_insert_thoughts_false_reads_think_as_an_ordinary_token(settings):
     assert not torch.allclose(model(input_ids=ids).logits, plain, atol=1e-3)
 
 
+@pytest.mark.parametrize("settings, calls", [
+    ({}, 1 + 2),  # two <think>: the context, then each one's thoughts with the tokens after them
+    ({"thought_window": "slide"}, 1 + 2 * 2),  # thoughts and what follows them hide different tokens: apart
+    ({"n_supervision_steps": 2}, 1 + 2 + 2),  # plus one [thoughts; answer] pass per <think> for the earlier step
+])
+def test_backbone_passes_per_forward(settings, calls):
+    model = tiny_model(**settings)
+    seen = []
+    model.model.language_model.register_forward_pre_hook(lambda module, args: seen.append(1))
+    ids = torch.tensor([[7, 8, THINK, 9, 10, THINK, 11]])
+    model(input_ids=ids, labels=ids)
+    assert len(seen) == calls
+
+
 def test_segmented_forward_equals_one_uncached_pass_over_context_thoughts_rest():
     model = tiny_model(**VIVID)
     context, rest = [7, 8, 9, THINK], [10, 11, 12]
