@@ -143,11 +143,10 @@ def test_tasks(experiment: str, settings: ExperimentSettings) -> list[tuple[str,
 def arm_tests(arm: Arm, tasks: list[tuple[str, dict]], settings: ExperimentSettings) -> list[tuple[str, dict, int]]:
     """(folder name, load_task arguments, `<think>` tokens the prompt ends with) of every test of an arm: each task
     with one `<think>` (further latent steps are the model's own), and for curriculum arms again with
-    `given_latent_steps`."""
+    each of `given_latent_steps`."""
     tests = [(name, spec, 1) for name, spec in tasks]
-    if arm.reasoning == "curriculum" and settings.given_latent_steps:
-        steps = settings.given_latent_steps
-        tests += [(f"{name}-given{steps}", spec, steps) for name, spec in tasks]
+    if arm.reasoning == "curriculum":
+        tests += [(f"{name}-given{steps}", spec, steps) for steps in settings.given_latent_steps for name, spec in tasks]
     return tests
 
 

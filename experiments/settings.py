@@ -59,9 +59,10 @@ class ExperimentSettings:
     test_seed: int = field(default=0, metadata={"help": "arith: generator seed of the test problems, fixed over seeds."})
     trm_n_cycles: list[int] | None = field(
         default=None, metadata={"help": "Inference n_cycles of the trm arm; None: 1 .. 2x its training n_cycles."})
-    given_latent_steps: int | None = field(
-        default=None, metadata={"help": "Curriculum arms are also evaluated with this many <think> in the prompt "
-                                        "(the number a padded last stage trains), beside emitting them themselves."})
+    given_latent_steps: list[int] = field(
+        default_factory=list, metadata={"help": "Curriculum arms are also evaluated with each of these numbers of "
+                                                "<think> in the prompt (the padded last stage's, and more), beside "
+                                                "emitting them themselves."})
     diagnostics: bool = field(
         default=True, metadata={"help": "Also answer with the thoughts zeroed, shuffled and transplanted "
                                         "(eval/diagnostics.py), arms with thoughts at their training depth."})
@@ -70,13 +71,14 @@ class ExperimentSettings:
 
     def __post_init__(self) -> None:
         positive = {"train_size": self.train_size, "test_size": self.test_size,
-                    "given_latent_steps": self.given_latent_steps,
                     "eval_batch_size": self.eval_batch_size, "max_new_tokens": self.max_new_tokens}
         bad = {name: value for name, value in positive.items() if value is not None and value < 1}
         if bad:
             raise ValueError(f"these settings must be >= 1 (or null where allowed): {bad}.")
         if not self.test_depths or min(self.test_depths) < 1:
             raise ValueError(f"test_depths must list depths >= 1, got {self.test_depths}.")
+        if any(steps < 1 for steps in self.given_latent_steps):
+            raise ValueError(f"given_latent_steps must list values >= 1, got {self.given_latent_steps}.")
         if self.trm_n_cycles is not None and (not self.trm_n_cycles or min(self.trm_n_cycles) < 1):
             raise ValueError(f"trm_n_cycles must list values >= 1 or be null, got {self.trm_n_cycles}.")
 

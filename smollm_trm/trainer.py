@@ -135,6 +135,10 @@ class TRMSFTTrainer(SFTTrainer):
         for name in ("halt_probability", "supervision_steps", "thought_norm"):
             if getattr(outputs, name) is not None:
                 values[name] = getattr(outputs, name).detach()
+        if outputs.thought_norm is not None:  # the thoughts should stay on the scale of the tokens they sit among
+            with torch.no_grad():
+                tokens = self.thought_lm.get_input_embeddings()(inputs["input_ids"][inputs["attention_mask"].bool()])
+                values["thought_scale"] = outputs.thought_norm.detach() / tokens.float().norm(dim=-1).mean()
         for name, value in values.items():
             metrics[name].append(self.accelerator.gather_for_metrics(value.float()[None]).mean().item())
         if mode == "train":

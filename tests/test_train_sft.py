@@ -140,7 +140,7 @@ def test_trm_metrics_are_logged_beside_trls(backbone, tmp_path):
     trainer.train()
     train_logs = next(log for log in trainer.state.log_history if "loss" in log)
     eval_logs = next(log for log in trainer.state.log_history if "eval_loss" in log)
-    for name in ("lm_loss", "halt_loss", "halt_probability", "supervision_steps", "thought_norm",
+    for name in ("lm_loss", "halt_loss", "halt_probability", "supervision_steps", "thought_norm", "thought_scale",
                  "mean_token_accuracy", "answer_token_accuracy", "num_tokens"):
         assert name in train_logs and f"eval_{name}" in eval_logs, name
     assert 0.0 <= train_logs["answer_token_accuracy"] <= 1.0
