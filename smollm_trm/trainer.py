@@ -81,7 +81,8 @@ class TRMSFTTrainer(SFTTrainer):
         loss = outputs.loss
         # Per-micro-batch means (the halting BCE, the teacher's terms) are averaged over the accumulation steps, as
         # TRL does for MoE aux losses.
-        steps = self.current_gradient_accumulation_steps if self.model.training and num_items_in_batch else 1
+        accumulated = self.model.training and num_items_in_batch is not None
+        steps = self.current_gradient_accumulation_steps if accumulated else 1
         if num_items_in_batch is not None:
             # lm_loss is already divided by the tokens of all accumulated micro-batches.
             loss = outputs.lm_loss
