@@ -45,6 +45,7 @@ import logging
 from pathlib import Path
 
 from smollm_trm.arguments import make_parser
+from smollm_trm.callbacks import StopAtTimeLimit
 from smollm_trm.chat import demo_answers
 from smollm_trm.checkpoints import resume_point
 from smollm_trm.export import save_final
@@ -52,13 +53,18 @@ from smollm_trm.hub import push_folder
 from smollm_trm.training import build_trainer
 
 
-def main(data_args, training_args, model_args, trm_args) -> Path:
-    """Train, save `<output_dir>/final`, optionally push it, reload it and print a few answers."""
+def main(data_args, training_args, model_args, trm_args) -> Path | None:
+    """Train, save `<output_dir>/final`, optionally push it, reload it and print a few answers. A run stopped by
+    `--time_limit_s` returns None after its checkpoint: rerunning the command resumes it."""
     push, training_args.push_to_hub = training_args.push_to_hub, False  # we push the final folder, once, at the end
     if push and not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id NAME (e.g. me/smollm-trm).")
     trainer, data = build_trainer(data_args, training_args, model_args, trm_args)
     trainer.train(resume_from_checkpoint=resume_point(training_args))
+    if any(isinstance(callback, StopAtTimeLimit) and callback.stopped for callback in trainer.callback_handler.callbacks):
+        print(f"stopped at step {trainer.state.global_step} of {trainer.state.max_steps} (--time_limit_s); rerun the "
+              f"same command to resume from {training_args.output_dir}")
+        return None
     eval_results = trainer.evaluate() if data.eval is not None else None
     folder = save_final(trainer, trm_args, model_args, data_args, eval_results)
     if not trainer.is_world_process_zero():  # the other ranks of a distributed run are done

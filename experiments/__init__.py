@@ -42,7 +42,9 @@ Smoke runs (CPU, under a minute each; tiny model and data, a few steps; the accu
     python -m experiments gsm8k --smoke --output_dir runs/experiments/gsm8k-smoke
 
 Other flags: `--steps N` (max_steps of every arm), `--arms trm,none` (a subset), `--config FILE.yaml`; any further
-flag goes to `train_sft.py` for every arm (e.g. `--learning_rate 3e-4 --per_device_train_batch_size 32`).
+flag goes to `train_sft.py` for every arm (e.g. `--learning_rate 3e-4 --per_device_train_batch_size 32`). Under a
+wall-clock limit (a 10-minute GPU call), `--time_limit_s 480` stops every training cleanly with a checkpoint; the
+unfinished arms are not evaluated, and the same command run again resumes them.
 
 Cost, measured on 2xH200 (docs/RESULTS.md): depth, 2000 steps x 256 rows of the 17M-parameter backbone, the nine
 trainings side by side (--jobs 9) in about 7-9 min (none ~4-5 min each, pause ~7, trm ~8 under that load; 3 trm

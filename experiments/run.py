@@ -107,9 +107,10 @@ def arith_test_size(depth: int, seed: int, wanted: int) -> int:
 
 
 def train_arm(arm: Arm, seed: int, run_dir: Path, train_config: Path, backbone: Path | None, data: Path,
-              extra_args: list[str]) -> Path:
-    """Train one arm with `python -m train_sft` unless its final folder is complete; returns that folder. Its output
-    goes to this process's (a --jobs worker's log)."""
+              extra_args: list[str]) -> Path | None:
+    """Train one arm with `python -m train_sft` unless its final folder is complete; returns that folder, or None when
+    the training stopped unfinished (`--time_limit_s`; a rerun resumes it). Its output goes to this process's (a
+    --jobs worker's log)."""
     final = run_dir / FINAL_FOLDER
     if (final / "README.md").is_file():  # the model card is the last file save_final writes
         logger.info("%s exists; not retraining %s seed %d", final, arm.name, seed)
@@ -124,7 +125,7 @@ def train_arm(arm: Arm, seed: int, run_dir: Path, train_config: Path, backbone: 
     if code:
         raise RuntimeError(f"training {arm.name} seed {seed} failed (train_sft.py exit code {code}); its output is "
                            "above.")
-    return final
+    return final if (final / "README.md").is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------------------- eval
@@ -239,6 +240,10 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
             n_cycles = configured_n_cycles(train_config, extra_args)
         else:
             model_dir = train_arm(arm, seed, run_dir, train_config, backbone, data, extra_args)
+            if model_dir is None:
+                logger.warning("%s seed %d stopped unfinished (--time_limit_s): not evaluated; rerun to resume it",
+                               arm.name, seed)
+                continue
             n_cycles = json.loads((model_dir / "config.json").read_text())["n_cycles"]
             found = evaluate_arm(model_dir, eval_dir, tests, settings, seed)
         for name, results in found.items():

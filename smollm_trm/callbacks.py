@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 
 import torch
 from transformers import TrainerCallback
@@ -77,6 +78,23 @@ class StopOnNonFiniteLoss(TrainerCallback):
         if bad:
             raise RuntimeError(f"training diverged at step {state.global_step}: {bad}. The checkpoints in "
                                f"{args.output_dir} are from earlier steps; lower the learning rate or check the data.")
+
+
+class StopAtTimeLimit(TrainerCallback):
+    """Stop cleanly once training has run `seconds`, saving a checkpoint at that step, so that a job with a wall-clock
+    limit (a GPU lease, a cluster slot) ends resumable instead of killed; rerunning the command resumes there."""
+
+    def __init__(self, seconds: float):
+        if not seconds > 0:
+            raise ValueError(f"time_limit_s must be > 0, got {seconds}.")
+        self.seconds, self.started, self.stopped = seconds, None, False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.started >= self.seconds and state.global_step < state.max_steps:
+            control.should_save = control.should_training_stop = self.stopped = True
 
 
 class CurriculumStages(TrainerCallback):

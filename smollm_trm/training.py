@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from smollm_trm.callbacks import StopOnNonFiniteLoss
+from smollm_trm.callbacks import StopAtTimeLimit, StopOnNonFiniteLoss
 from smollm_trm.loading import apply_lora, load_model
 from smollm_trm.named_datasets import resolve_dataset
 from smollm_trm.sft_data import prepare_sft_data
@@ -52,6 +52,8 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     if model_args.use_peft:
         model = apply_lora(model, model_args, tokenizer, added)
     callbacks = [StopOnNonFiniteLoss()]
+    if trm_args.time_limit_s is not None:
+        callbacks.append(StopAtTimeLimit(trm_args.time_limit_s))
     if trm_args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=trm_args.early_stopping_patience))
     curriculum = data_args if data_args.reasoning == "curriculum" else None

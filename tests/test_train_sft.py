@@ -460,3 +460,14 @@ def test_a_non_finite_loss_or_gradient_norm_stops_the_run(backbone, tmp_path):
     for bad in ({"loss": 0.7, "grad_norm": float("nan")}, {"loss": float("inf")}, {"eval_loss": float("nan")}):
         with pytest.raises(RuntimeError, match=r"diverged at step 50"):
             callback.on_log(args, state, None, logs=bad)
+
+
+def test_a_time_limit_stops_with_a_checkpoint_and_a_rerun_finishes(backbone, tmp_path):
+    data, out = write_data(tmp_path, "qa"), tmp_path / "out"
+    args = cli(backbone, data, out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "100")
+    assert train_sft.main(*make_parser().parse_args_and_config(args + ["--time_limit_s", "1e-9"])) is None
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-1") and not (out / "final").exists()
+    folder = train_sft.main(*make_parser().parse_args_and_config(args))
+    assert folder == out / "final" and (folder / "README.md").is_file()
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
