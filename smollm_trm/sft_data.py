@@ -445,13 +445,20 @@ def make_parser() -> "HfArgumentParser":
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Dry run: prepare the data as training would, print the counts, the first row and what was skipped."""
+    """Dry run: prepare the data as training would (short names included), print the counts, the first row and
+    what was skipped."""
+    import tempfile
+
     from transformers import AutoTokenizer
+
+    from smollm_trm.named_datasets import resolve_dataset
 
     data_args, preview = make_parser().parse_args_into_dataclasses(args=argv)
     tokenizer = AutoTokenizer.from_pretrained(preview.tokenizer_name, gguf_file=preview.gguf_file)
     print(f"added to the tokenizer: {add_think_tokens(tokenizer)}")
-    prepared = prepare_sft_data(data_args, tokenizer, preview.num_latents, preview.max_length)
+    with tempfile.TemporaryDirectory() as scratch:  # where `arith` writes its generated splits
+        prepared = prepare_sft_data(resolve_dataset(data_args, scratch), tokenizer, preview.num_latents,
+                                    preview.max_length)
     print(f"train rows: {len(prepared.train)}, eval rows: {len(prepared.eval) if prepared.eval else 0}")
     print(f"first train row: {json.dumps(prepared.train[0], ensure_ascii=False)}")
     for split_name, bad in prepared.skipped.items():
