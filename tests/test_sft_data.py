@@ -323,3 +323,13 @@ def test_arguments_reject_unknown_choices():
         SFTDataArguments(dataset_name="x", data_format="alpaca")
     with pytest.raises(ValueError, match=r"eval_fraction=1.0 must be in \[0, 1\)"):
         SFTDataArguments(dataset_name="x", eval_fraction=1.0)
+
+
+def test_the_dry_run_prepares_a_short_named_dataset(base_tokenizer, tmp_path, capsys):
+    folder = tmp_path / "tokenizer"
+    base_tokenizer.save_pretrained(folder)
+    sft_data.main(["--dataset_name", "sample", "--tokenizer_name", str(folder), "--num_latents", "4",
+                   "--max_length", "256"])
+    out = capsys.readouterr().out
+    assert "added to the tokenizer: ['<think>', '</think>']" in out
+    assert "train rows: 9, eval rows: 1" in out and '"content": "<think></think>' in out
