@@ -172,10 +172,13 @@ def to_conversation(row: dict[str, Any], data_format: str, reasoning_mode: Reaso
                     equations: bool = False) -> dict[str, list]:
     """One source row as a prompt/completion conversation (`latent` or `latent+text`; the curriculum's stages are
     `training_rows`'); raises `BadRowError` with the reason it cannot be."""
-    prompt, reasoning, answer = row_parts(row, data_format, equations)
-    if reasoning_mode == "latent":
-        reasoning = ""
-    return conversation(prompt, COMPLETION_FORMAT.format(reasoning=reasoning, answer=answer))
+    return _single_conversation(row_parts(row, data_format, equations), reasoning_mode)
+
+
+def _single_conversation(parts: tuple[list[dict[str, str]], str, str], reasoning_mode: ReasoningMode) -> dict:
+    prompt, reasoning, answer = parts
+    written = "" if reasoning_mode == "latent" else reasoning
+    return conversation(prompt, COMPLETION_FORMAT.format(reasoning=written, answer=answer))
 
 
 def reasoning_steps(reasoning: str) -> list[str]:
@@ -187,25 +190,24 @@ def reasoning_steps(reasoning: str) -> list[str]:
     return steps
 
 
-def training_rows(row: dict[str, Any], data_format: str, args: SFTDataArguments, final_stage_only: bool
+def training_rows(parts: tuple[list[dict[str, str]], str, str], args: SFTDataArguments, final_stage_only: bool
                   ) -> list[dict[str, Any]]:
-    """The conversations one source row trains on: one, or with the curriculum one per stage (the last stage only
-    when `final_stage_only`, as eval rows are)."""
-    equations = args.reasoning_steps == "equations"
+    """The conversations a source row (its `row_parts`) trains on: one, or with the curriculum one per stage (the
+    last stage only when `final_stage_only`, as eval rows are)."""
     if args.reasoning != "curriculum":
-        return [to_conversation(row, data_format, args.reasoning, equations)]
-    prompt, reasoning, answer = row_parts(row, data_format, equations)
+        return [_single_conversation(parts, args.reasoning)]
+    prompt, reasoning, answer = parts
     steps = reasoning_steps(reasoning)
     stages = [args.curriculum_stages] if final_stage_only else range(args.curriculum_stages + 1)
     return [{**conversation(prompt, staged_completion(steps, answer, stage, args.curriculum_pad_latent_steps)),
              STAGE_COLUMN: stage} for stage in stages]
 
 
-def teacher_tokens(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any], data_format: str, max_length: int,
-                   equations: bool = False) -> dict[str, list[int]]:
-    """The distillation teacher's row: the conversation with its written reasoning, tokenized as TRL does, labels
-    on the completion only. It runs without thoughts, so its length is its tokens."""
-    prompt, reasoning, answer = row_parts(row, data_format, equations)
+def teacher_tokens(tokenizer: PreTrainedTokenizerBase, parts: tuple[list[dict[str, str]], str, str],
+                   max_length: int) -> dict[str, list[int]]:
+    """The distillation teacher's row (from `row_parts`): the conversation with its written reasoning, tokenized as
+    TRL does, labels on the completion only. It runs without thoughts, so its length is its tokens."""
+    prompt, reasoning, answer = parts
     written = "\n".join(reasoning_steps(reasoning))
     teacher = conversation(prompt, COMPLETION_FORMAT.format(reasoning=written, answer=answer))
     ids = _chat_ids(tokenizer, teacher["prompt"] + teacher["completion"])
@@ -354,12 +356,12 @@ def prepare_sft_data(
         conversations, bad = [], []
         for index in indices:
             try:
-                variants = training_rows(rows[index], data_format, args, final_stage_only=part == "eval")
+                parts = row_parts(rows[index], data_format, args.reasoning_steps == "equations")
+                variants = training_rows(parts, args, final_stage_only=part == "eval")
                 for variant in variants:
                     _check_length(tokenizer, variant, num_latents, think_id, max_length)
                 if teacher and part == "train":
-                    extra = teacher_tokens(tokenizer, rows[index], data_format, max_length,
-                                           args.reasoning_steps == "equations")
+                    extra = teacher_tokens(tokenizer, parts, max_length)
                     variants = [{**variant, **extra} for variant in variants]
             except BadRowError as err:
                 bad.append((index, str(err)))

@@ -48,7 +48,8 @@ class TRMSFTTrainer(SFTTrainer):
             check_padded_rows(kwargs["args"])
         super().__init__(*args, **kwargs)
         self.distill_weight, self.teacher_loss_weight = distill_weight, teacher_loss_weight
-        self.data_collator = TeacherCollator(self.data_collator)
+        if TEACHER_COLUMNS[0] in (getattr(self.train_dataset, "column_names", None) or []):
+            self.data_collator = TeacherCollator(self.data_collator)  # smollm_trm.sft_data's teacher rows
         self.curriculum = None
         if curriculum is not None:
             if STAGE_COLUMN not in self.train_dataset.column_names:
