@@ -48,6 +48,10 @@ class SmolLMTRMConfig(PreTrainedConfig):
             N_sup, deep-supervision steps; (y, z) are carried and detached between them.
         halt_loss_weight (`float`, *optional*, defaults to 0.5):
             Weight of the halting head's BCE loss in the total loss.
+        probe_loss_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the step probe's cross-entropy in the total loss, given `thought_labels`: the thoughts of each
+            `<think>` that replaces a written reasoning step must decode that step's tokens, thought i its i-th
+            token, through the backbone's final norm and LM head (step-level supervision of latents, as SIM-CoT).
         halt_threshold (`float`, *optional*, defaults to 0.5):
             At inference, a row stops its supervision steps once its halting probability exceeds this.
         thought_window (`str`, *optional*, defaults to `"append"`):
@@ -74,6 +78,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
     n_cycles: int = 3
     n_supervision_steps: int = 1
     halt_loss_weight: float = 0.5
+    probe_loss_weight: float = 0.0
     halt_threshold: float = 0.5
     thought_window: str = "append"
     thought_mode: str = "trm"
@@ -125,8 +130,9 @@ class SmolLMTRMConfig(PreTrainedConfig):
             )
         if not 0.0 < self.halt_threshold < 1.0:
             raise ValueError(f"halt_threshold must lie in (0, 1), got {self.halt_threshold}.")
-        if self.halt_loss_weight < 0:
-            raise ValueError(f"halt_loss_weight must be >= 0, got {self.halt_loss_weight}.")
+        for name in ("halt_loss_weight", "probe_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
 
 
 __all__ = ["SmolLMTRMConfig"]

@@ -400,6 +400,7 @@ class SupervisedStep:
     # (B, L, D) hidden states behind each input column's logits given this step's thoughts, meaningful in the columns
     # of this `<think>`'s answer; None for the last step, whose answer is the main pass's
     hidden: torch.Tensor | None
+    thoughts: torch.Tensor  # (B, K, D) this step's thoughts, for the step probe
 
 
 @dataclass
@@ -434,6 +435,8 @@ class SmolLMTRMOutput(ModelOutput):
     loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
     halt_loss: torch.Tensor | None = None
+    probe_loss: torch.Tensor | None = None  # only with `thought_labels`
+    probe_accuracy: torch.Tensor | None = None  # share of labelled thoughts that decode their token
     logits: torch.Tensor | None = None
     cache: ThoughtCache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
@@ -743,8 +746,8 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         if supervise:
             for step in thinking.steps[:-1]:
                 hidden = self._answer_pass(cache, layout, j, step.thoughts, prior_thinks)
-                steps.append(SupervisedStep(j, step.halt_logit, hidden))
-            steps.append(SupervisedStep(j, thinking.steps[-1].halt_logit, None))
+                steps.append(SupervisedStep(j, step.halt_logit, hidden, step.thoughts))
+            steps.append(SupervisedStep(j, thinking.steps[-1].halt_logit, None, thinking.thoughts))
         return thinking.thoughts, self._thought_stats(thinking), steps
 
     def _answer_pass(self, cache, layout: ChunkLayout, j: int, thoughts, prior_thinks) -> torch.Tensor:
@@ -891,10 +894,13 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         insert_thoughts: bool = True,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        thought_labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> SmolLMTRMOutput:
         """See `SmolLMTRMModel.forward`. `labels` (unshifted, -100 ignored) give the loss: every supervision step of
-        every `<think>` is scored on its answer."""
+        every `<think>` is scored on its answer. `thought_labels` [B, S, K] (with `labels`; -100 ignored) add the step
+        probe: `thought_labels[:, j, i]` is the token that thought i of the row's j-th `<think>` in `input_ids` must
+        decode, and the probe's cross-entropy enters the loss with `config.probe_loss_weight`."""
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, n_cycles=n_cycles,
@@ -905,20 +911,57 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         if labels is None and logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
-        loss = lm_loss = halt_loss = None
+        loss = lm_loss = halt_loss = probe_loss = probe_accuracy = None
+        if thought_labels is not None and labels is None:
+            raise ValueError("thought_labels score the thoughts in training: pass labels too.")
         if labels is not None:
             targets = next_token_targets(labels, valid_columns(input_ids, attention_mask))
             lm_loss, halt_loss = self._loss(logits, targets, outputs.supervision, kwargs.get("num_items_in_batch"))
-            loss = self.combine_losses(lm_loss, halt_loss)
+            if thought_labels is not None:
+                probe_loss, probe_accuracy = self._probe_loss(thought_labels, outputs.supervision)
+            loss = self.combine_losses(lm_loss, halt_loss, probe_loss)
         return SmolLMTRMOutput(
-            loss=loss, lm_loss=lm_loss, halt_loss=halt_loss, logits=logits, cache=outputs.cache,
-            hidden_states=outputs.hidden_states, halt_probability=outputs.halt_probability, supervision_steps=outputs.supervision_steps,
-            thought_norm=outputs.thought_norm,
+            loss=loss, lm_loss=lm_loss, halt_loss=halt_loss, probe_loss=probe_loss, probe_accuracy=probe_accuracy,
+            logits=logits, cache=outputs.cache,
+            hidden_states=outputs.hidden_states, halt_probability=outputs.halt_probability,
+            supervision_steps=outputs.supervision_steps, thought_norm=outputs.thought_norm,
         )
 
-    def combine_losses(self, lm_loss: torch.Tensor, halt_loss: torch.Tensor) -> torch.Tensor:
-        """The loss that trains the model: answer cross-entropy plus the weighted halting BCE."""
-        return lm_loss + self.config.halt_loss_weight * halt_loss
+    def combine_losses(self, lm_loss: torch.Tensor, halt_loss: torch.Tensor,
+                       probe_loss: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss that trains the model: answer cross-entropy plus the weighted halting BCE (and step probe)."""
+        loss = lm_loss + self.config.halt_loss_weight * halt_loss
+        return loss if probe_loss is None else loss + self.config.probe_loss_weight * probe_loss
+
+    def _probe_loss(self, thought_labels: torch.Tensor, supervision: ThoughtSupervision):
+        """Mean cross-entropy of the labelled thoughts decoded as tokens, every supervision step scored (weighted
+        1 / steps per `<think>`), and the share of them decoded right (detached): the step probe."""
+        think_rows = supervision.think_rows  # (S, B)
+        batch, num_labelled, K = thought_labels.shape
+        if self.config.thought_mode == "none" or (batch, K) != (think_rows.shape[1], self.config.num_latents):
+            raise ValueError(f"thought_labels must be [batch, <think>s, num_latents={self.config.num_latents}] for a "
+                             f"model with thoughts, got {list(thought_labels.shape)} "
+                             f"(thought_mode={self.config.thought_mode!r}).")
+        labelled = (thought_labels != IGNORE_INDEX).any(dim=-1)  # (B, S)
+        shared = min(num_labelled, think_rows.shape[0])
+        has_think = torch.zeros_like(labelled)
+        has_think[:, :shared] = think_rows.T[:, :shared]
+        if (labelled & ~has_think).any():
+            row, think = (labelled & ~has_think).nonzero()[0].tolist()
+            raise ValueError(f"thought_labels label <think> {think} of row {row}, which holds fewer <think>.")
+        norm = self.model.language_model.norm  # the thoughts are read as the backbone reads its last states
+        ce_sum = torch.zeros((), device=thought_labels.device)
+        correct = torch.zeros((), device=thought_labels.device)
+        for step in supervision.steps:
+            if step.think >= num_labelled:
+                continue
+            targets = thought_labels[:, step.think]  # (B, K)
+            scored = targets != IGNORE_INDEX
+            logits = self.lm_head(norm(step.thoughts[scored])).float()  # (N, V)
+            ce_sum = ce_sum + F.cross_entropy(logits, targets[scored], reduction="sum")
+            correct = correct + (logits.argmax(-1) == targets[scored]).sum()
+        count = (thought_labels != IGNORE_INDEX).sum().clamp(min=1) * supervision.steps_per_think
+        return ce_sum / count, (correct / count).detach()
 
     def _loss(self, logits, targets, supervision: ThoughtSupervision, num_items_in_batch):
         """Token-weighted CE, averaged over supervision steps for answer tokens, plus the halting BCE."""

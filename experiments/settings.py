@@ -28,13 +28,15 @@ class Arm:
 
 
 DISTILL = ("--distill_weight", "1.0")  # CODI's weights: distillation 1, teacher CE 1 (the default)
+PROBE = ("--probe_loss_weight", "1.0")  # each latent step's thoughts decode the written step they replace
 ARMS = {
     "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text"),
               Arm("pause_curriculum", "pause", "curriculum"), Arm("trm_curriculum", "trm", "curriculum"),
               Arm("pause_distill", "pause", "latent", DISTILL), Arm("trm_distill", "trm", "latent", DISTILL),
               Arm("pause_curriculum_distill", "pause", "curriculum", DISTILL),
-              Arm("trm_curriculum_distill", "trm", "curriculum", DISTILL)),
+              Arm("trm_curriculum_distill", "trm", "curriculum", DISTILL),
+              Arm("pause_probe", "pause", "curriculum", PROBE), Arm("trm_probe", "trm", "curriculum", PROBE)),
     "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text")),
 }

@@ -13,6 +13,9 @@ With `pad_latent_steps`, a row whose steps are all latent gets one `<think>` per
 gives at inference. Every row is prepared at every stage; `CurriculumSampler` draws the rows of the current stage,
 and a share `mix` of them from an earlier stage, which keeps what those stages taught (forgetting is the known
 failure of stage-wise training).
+
+With the step probe (`probe_loss_weight`), each latent step's thoughts must also decode the written step they replace
+(`staged_thought_labels`), which gives the thoughts a target of their own besides the tokens that read them.
 """
 
 from __future__ import annotations
@@ -71,6 +74,14 @@ def staged_completion(steps: list[str], answer: str, stage: int, pad: bool) -> s
     `</think>`, the answer."""
     latent = latent_steps(len(steps), stage, pad)
     return THINK_TOKEN * max(1, latent) + "\n".join(steps[latent:]) + END_THINK_TOKEN + answer
+
+
+def staged_thought_labels(step_ids: list[list[int]], stage: int, pad: bool) -> list[list[int]]:
+    """For each `<think>` of the completion `staged_completion` writes at `stage`, the tokens of the written step its
+    thoughts replace, for the step probe: the latent steps' own, none for the opening `<think>` of a fully written
+    row or for a padding one."""
+    latent = latent_steps(len(step_ids), stage, pad)
+    return [step_ids[j] if j < min(latent, len(step_ids)) else [] for j in range(max(1, latent))]
 
 
 def stage_at(step: int, steps_per_stage: int, num_stages: int) -> int:

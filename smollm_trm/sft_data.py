@@ -38,12 +38,14 @@ from transformers import PreTrainedTokenizerBase
 
 from modeling_smollm_trm import IGNORE_INDEX, THINK_TOKENS, add_think_tokens
 from smollm_trm import gsm8k
-from smollm_trm.curriculum import STAGE_COLUMN, CurriculumArguments, split_steps, staged_completion
+from smollm_trm.curriculum import (STAGE_COLUMN, CurriculumArguments, split_steps, staged_completion,
+                                   staged_thought_labels)
 from smollm_trm.rows import load_rows
 
 logger = logging.getLogger(__name__)
 
 THINK_TOKEN, END_THINK_TOKEN = THINK_TOKENS
+THOUGHT_LABELS_COLUMN = "thought_labels"  # the step probe's targets: per <think>, the tokens of the step it replaces
 # The one place the completion text is spelled out. No whitespace around the tags: the thoughts are inserted right
 # after `<think>`, written reasoning (if any) follows them, and the answer starts right after `</think>`. Reasoning and
 # answer are stripped of surrounding whitespace before filling in, so `latent` gives exactly "<think></think>72".
@@ -104,7 +106,8 @@ class PreparedData:
 
     With the curriculum every train row is there once per stage (column `curriculum_stage`) and the eval rows are at
     the last stage, as inference asks. With `teacher` rows, each also holds `teacher_input_ids` / `teacher_labels`:
-    the same conversation with its written reasoning, for self-distillation."""
+    the same conversation with its written reasoning, for self-distillation. With `probe`, curriculum rows also
+    hold `thought_labels`: for each `<think>`, the token ids of the written step its thoughts replace."""
 
     train: datasets.Dataset
     eval: datasets.Dataset | None
@@ -215,6 +218,19 @@ def teacher_tokens(tokenizer: PreTrainedTokenizerBase, parts: tuple[list[dict[st
         raise BadRowError(f"the teacher's written reasoning takes {len(ids)} tokens, more than max_length={max_length}")
     prompt_length = len(_chat_ids(tokenizer, prompt, add_generation_prompt=True))
     return {"teacher_input_ids": ids, "teacher_labels": [IGNORE_INDEX] * prompt_length + ids[prompt_length:]}
+
+
+def step_token_ids(tokenizer: PreTrainedTokenizerBase, parts: tuple[list[dict[str, str]], str, str],
+                   num_latents: int) -> list[list[int]]:
+    """The token ids of each written step of a row (from `row_parts`), the step probe's targets; a step longer than
+    the K thoughts that must decode it is a bad row."""
+    steps = reasoning_steps(parts[1])
+    step_ids = [tokenizer(step, add_special_tokens=False)["input_ids"] for step in steps]
+    for number, (step, ids) in enumerate(zip(steps, step_ids), start=1):
+        if len(ids) > num_latents:
+            raise BadRowError(f"step {number} ({step!r:.60}) takes {len(ids)} tokens, more than the "
+                              f"num_latents={num_latents} thoughts that decode it for the step probe")
+    return step_ids
 
 
 def _text_field(row: dict[str, Any], name: str) -> str:
@@ -337,10 +353,14 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase, think_id: int) -> No
 
 def prepare_sft_data(
     args: SFTDataArguments, tokenizer: PreTrainedTokenizerBase, num_latents: int, max_length: int,
-    teacher: bool = False,
+    teacher: bool = False, probe: bool = False,
 ) -> PreparedData:
     """Load, convert and validate `args.dataset_name` into train (and eval) prompt/completion datasets; `teacher`
-    adds the distillation teacher's tokens to the train rows."""
+    adds the distillation teacher's tokens to the train rows, `probe` the step probe's `thought_labels` to the
+    curriculum's rows."""
+    if probe and args.reasoning != "curriculum":
+        raise ValueError(f"The step probe decodes latent steps, which only --reasoning curriculum has (got "
+                         f"{args.reasoning!r}).")
     think_id, _ = think_token_ids(tokenizer)
     check_chat_template(tokenizer, think_id)
     splits = load_rows(args.dataset_name, None, args.dataset_config)
@@ -363,6 +383,10 @@ def prepare_sft_data(
                 if teacher and part == "train":
                     extra = teacher_tokens(tokenizer, parts, max_length)
                     variants = [{**variant, **extra} for variant in variants]
+                if probe:
+                    step_ids = step_token_ids(tokenizer, parts, num_latents)
+                    variants = [{**variant, THOUGHT_LABELS_COLUMN: staged_thought_labels(
+                        step_ids, variant[STAGE_COLUMN], args.curriculum_pad_latent_steps)} for variant in variants]
             except BadRowError as err:
                 bad.append((index, str(err)))
                 continue

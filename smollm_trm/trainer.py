@@ -16,12 +16,14 @@ from smollm_trm.curriculum import STAGE_COLUMN, CurriculumArguments, CurriculumS
 from smollm_trm.checkpoints import TRAINABLE_FILE, UNIVERSAL_LATEST_FILE, check_zero_world_size
 from smollm_trm.export import export_model
 from smollm_trm.loading import is_peft, thought_model
+from smollm_trm.sft_data import THOUGHT_LABELS_COLUMN
 
 logger = logging.getLogger(__name__)
 
 END_THINK_TOKEN = THINK_TOKENS[1]
 TEACHER_COLUMNS = ("teacher_input_ids", "teacher_labels")  # smollm_trm.sft_data's teacher rows
 TEACHER_INPUTS = ("teacher_input_ids", "teacher_attention_mask", "teacher_labels")  # a collated batch's
+ROW_EXTRAS = (*TEACHER_COLUMNS, THOUGHT_LABELS_COLUMN)  # row columns that TRL's collator does not know
 
 
 def check_padded_rows(training_args) -> None:
@@ -48,8 +50,8 @@ class TRMSFTTrainer(SFTTrainer):
             check_padded_rows(kwargs["args"])
         super().__init__(*args, **kwargs)
         self.distill_weight, self.teacher_loss_weight = distill_weight, teacher_loss_weight
-        if TEACHER_COLUMNS[0] in (getattr(self.train_dataset, "column_names", None) or []):
-            self.data_collator = TeacherCollator(self.data_collator)  # smollm_trm.sft_data's teacher rows
+        if set(ROW_EXTRAS) & set(getattr(self.train_dataset, "column_names", None) or []):
+            self.data_collator = TRMDataCollator(self.data_collator, thought_model(self.model).config.num_latents)
         self.curriculum = None
         if curriculum is not None:
             if STAGE_COLUMN not in self.train_dataset.column_names:
@@ -76,7 +78,8 @@ class TRMSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         teacher = {key: inputs[key] for key in TEACHER_INPUTS if key in inputs}
-        inputs = {key: inputs[key] for key in ("input_ids", "attention_mask", "labels", "position_ids") if key in inputs}
+        model_inputs = ("input_ids", "attention_mask", "labels", "position_ids", THOUGHT_LABELS_COLUMN)
+        inputs = {key: inputs[key] for key in model_inputs if key in inputs}
         distill = bool(teacher) and self.distill_weight > 0
         outputs = model(**inputs, use_cache=False, num_items_in_batch=num_items_in_batch, output_hidden_states=distill)
         loss = outputs.loss
@@ -91,7 +94,8 @@ class TRMSFTTrainer(SFTTrainer):
                 # lm_loss is divided by the tokens of every rank while DDP / FSDP average gradients over ranks: scale
                 # it back. The halting BCE is a per-rank mean, which that average already gets right.
                 loss = loss * self.accelerator.num_processes
-            loss = self.thought_lm.combine_losses(loss, outputs.halt_loss / steps)
+            probe_loss = outputs.probe_loss / steps if outputs.probe_loss is not None else None
+            loss = self.thought_lm.combine_losses(loss, outputs.halt_loss / steps, probe_loss)
         if teacher:
             loss = loss + self._teacher_terms(model, mode, inputs, outputs, teacher) / steps
         self._record_metrics(mode, inputs, outputs, num_items_in_batch)
@@ -134,7 +138,7 @@ class TRMSFTTrainer(SFTTrainer):
         if num_items_in_batch is not None:  # back to a per-token mean of this micro-batch, for logging
             lm_loss = lm_loss * num_items_in_batch / scored.sum().clamp(min=1)
         values = {"lm_loss": lm_loss, "halt_loss": outputs.halt_loss.detach()}
-        for name in ("halt_probability", "supervision_steps", "thought_norm"):
+        for name in ("halt_probability", "supervision_steps", "thought_norm", "probe_loss", "probe_accuracy"):
             if getattr(outputs, name) is not None:
                 values[name] = getattr(outputs, name).detach()
         if outputs.thought_norm is not None:  # the thoughts should stay on the scale of the tokens they sit among
@@ -151,7 +155,7 @@ class TRMSFTTrainer(SFTTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *TEACHER_COLUMNS]))
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *ROW_EXTRAS]))
 
     def _get_train_sampler(self, train_dataset=None):
         if self.curriculum is None:
@@ -264,22 +268,31 @@ class TRMSFTTrainer(SFTTrainer):
                 params[name].copy_(value)
 
 
-class TeacherCollator:
-    """A collator plus, for rows that carry them, the distillation teacher's padded tokens (`teacher_input_ids`,
-    `teacher_attention_mask`, `teacher_labels`), padded by the same collator."""
+class TRMDataCollator:
+    """TRL's collator plus what smollm_trm.sft_data's rows may carry beside it: the distillation teacher's tokens
+    (`teacher_input_ids`, `teacher_attention_mask`, `teacher_labels`, padded by the same collator) and the step probe's
+    `thought_labels`, padded with -100 to [B, most <think> in a row, K]."""
 
-    def __init__(self, collator):
-        self.collator = collator
+    def __init__(self, collator, num_latents: int):
+        self.collator, self.num_latents = collator, num_latents
 
     def __call__(self, examples: list[dict]) -> dict:
-        student = [{k: v for k, v in example.items() if k not in TEACHER_COLUMNS} for example in examples]
-        batch = self.collator(student)
+        batch = self.collator([{k: v for k, v in example.items() if k not in ROW_EXTRAS} for example in examples])
         if TEACHER_COLUMNS[0] in examples[0]:
             taught = self.collator([{"input_ids": e["teacher_input_ids"], "labels": e["teacher_labels"]}
                                     for e in examples])
             batch.update(teacher_input_ids=taught["input_ids"], teacher_attention_mask=taught["attention_mask"],
                          teacher_labels=taught["labels"])
+        if THOUGHT_LABELS_COLUMN in examples[0]:
+            batch[THOUGHT_LABELS_COLUMN] = self._thought_labels([e[THOUGHT_LABELS_COLUMN] for e in examples])
         return batch
+
+    def _thought_labels(self, rows: list[list[list[int]]]) -> torch.Tensor:
+        labels = torch.full((len(rows), max(map(len, rows)), self.num_latents), IGNORE_INDEX, dtype=torch.long)
+        for row, thinks in enumerate(rows):
+            for think, ids in enumerate(thinks):
+                labels[row, think, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return labels
 
 
 def last_position(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:

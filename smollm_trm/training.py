@@ -46,9 +46,12 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     distill = trm_args.distill_weight > 0
     if distill and model.config.thought_mode == "none":
         raise ValueError("--distill_weight needs thoughts to distil into: thought_mode 'none' has none.")
+    probe = model.config.probe_loss_weight > 0
+    if probe and model.config.thought_mode == "none":
+        raise ValueError("--probe_loss_weight decodes the thoughts: thought_mode 'none' has none.")
     with training_args.main_process_first(desc="writing and tokenizing the data"):  # one writer of arith's files
         data = prepare_sft_data(resolve_dataset(data_args, training_args.output_dir), tokenizer,
-                                model.config.num_latents, training_args.max_length, teacher=distill)
+                                model.config.num_latents, training_args.max_length, teacher=distill, probe=probe)
     if model_args.use_peft:
         model = apply_lora(model, model_args, tokenizer, added)
     callbacks = [StopOnNonFiniteLoss()]

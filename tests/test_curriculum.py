@@ -7,7 +7,9 @@ import pytest
 import torch
 from test_train_sft import backbone, cli, trainer_for  # noqa: F401  (backbone is a fixture)
 
-from smollm_trm.curriculum import STAGE_COLUMN, CurriculumSampler, latent_steps, staged_completion, stage_at
+from conftest import THINK
+from smollm_trm.curriculum import (STAGE_COLUMN, CurriculumSampler, latent_steps, stage_at, staged_completion,
+                                   staged_thought_labels)
 from smollm_trm.trainer import hidden_state_distillation, last_position
 
 STEPS, ANSWER = ["7+5=12", "12*3=36"], "36"
@@ -124,3 +126,65 @@ def test_the_teacher_reads_the_written_reasoning_without_thoughts_and_its_terms_
     trainer.train()
     logged = next(log for log in trainer.state.log_history if "distill_loss" in log)
     assert "teacher_lm_loss" in logged
+
+
+@pytest.mark.parametrize("stage, pad, labels", [
+    (0, False, [[]]),                       # every step written: the opening <think> decodes nothing
+    (1, False, [[7, 5]]),
+    (2, False, [[7, 5], [9]]),
+    (4, True, [[7, 5], [9], [], []]),       # padding <think>s decode nothing
+])
+def test_each_latent_step_is_labelled_with_the_tokens_of_the_step_it_replaces(stage, pad, labels):
+    step_ids = [[7, 5], [9]]
+    assert staged_thought_labels(step_ids, stage, pad) == labels
+    assert len(labels) == staged_completion(["a", "b"], "c", stage, pad).count("<think>")
+
+
+def test_the_step_probe_decodes_each_labelled_thought_and_trains_the_trm(backbone, tmp_path):
+    trainer, data = trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(12)), tmp_path / "out",
+                                    "--reasoning", "curriculum", "--curriculum_stages", "2",
+                                    "--probe_loss_weight", "0.5", "--max_steps", "3"))
+    assert {tuple(map(len, labels)) for labels in data.train["thought_labels"]} == {(0,), (2,), (2, 1)}
+    model = trainer.model.train()
+    rows = trainer.train_dataset  # tokenized by TRL, thought_labels kept beside
+    batch = trainer._prepare_inputs(trainer.data_collator([rows[i] for i in range(len(rows))]))
+    labels = batch["thought_labels"]
+    assert labels.shape[1:] == (2, trainer.thought_lm.config.num_latents) and (labels != -100).sum() > 0
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                thought_labels=labels)
+    plain = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    torch.testing.assert_close(out.loss, plain.loss + 0.5 * out.probe_loss)
+    # The same cross-entropy by hand: the thoughts of each labelled <think>, read by the final norm and LM head.
+    captured = []
+    lm = trainer.thought_lm  # under the LoRA wrapper
+    handle = lm.model.thoughts.register_forward_hook(lambda m, a, out: captured.append(out.thoughts))
+    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    handle.remove()
+    logits = torch.stack([lm.lm_head(lm.model.language_model.norm(t)) for t in captured], dim=1)  # B, S, K, V
+    scored = labels != -100
+    expected = torch.nn.functional.cross_entropy(logits[scored], labels[scored])
+    torch.testing.assert_close(out.probe_loss, expected, rtol=1e-5, atol=1e-6)
+    model.zero_grad()
+    out.probe_loss.backward()
+    assert lm.model.thoughts.net.layers[0].qkv.weight.grad.abs().sum() > 0  # it reaches the recursion
+    trainer.train()
+    logged = next(log for log in trainer.state.log_history if "probe_loss" in log)
+    assert 0.0 <= logged["probe_accuracy"] <= 1.0
+
+
+def test_thought_labels_are_checked_against_the_rows_thinks(model):
+    ids = torch.tensor([[7, THINK, 8, 9]])
+    labels = torch.full((1, 2, model.config.num_latents), -100)
+    labels[0, 1, 0] = 3  # a second <think> the row does not have
+    with pytest.raises(ValueError, match="label <think> 1 of row 0"):
+        model(input_ids=ids, labels=ids, thought_labels=labels)
+    with pytest.raises(ValueError, match="num_latents"):
+        model(input_ids=ids, labels=ids, thought_labels=labels[:, :, :2])
+    with pytest.raises(ValueError, match="pass labels too"):
+        model(input_ids=ids, thought_labels=labels)
+
+
+def test_the_step_probe_needs_latent_steps(backbone, tmp_path):
+    with pytest.raises(ValueError, match="only --reasoning curriculum"):
+        trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(8)), tmp_path / "out",
+                        "--probe_loss_weight", "1.0"))
