@@ -139,8 +139,12 @@ class LatentAttentionCompressor(nn.Module):
             split_heads(values, self.num_heads),
             attn_mask=context_mask[:, None, None, :],
         )
-        x = F.rms_norm(self.latents + self.o_proj(merge_heads(attended)), (queries.shape[-1],), eps=self.eps)
-        return F.rms_norm(x + self.mlp(x), (x.shape[-1],), eps=self.eps)  # (B, K, d)
+        width = (queries.shape[-1],)
+        # What was read is brought to the scale of the latents (RMS 1) before they are added: at its init scale it is
+        # a few percent of them, and x, hence every thought, would start nearly the same for every context.
+        read = F.rms_norm(self.o_proj(merge_heads(attended)), width, eps=self.eps)
+        x = F.rms_norm(self.latents + read, width, eps=self.eps)
+        return F.rms_norm(x + self.mlp(x), width, eps=self.eps)  # (B, K, d)
 
 
 @dataclass(frozen=True)

@@ -138,9 +138,11 @@ class TRMSFTTrainer(SFTTrainer):
         if num_items_in_batch is not None:  # back to a per-token mean of this micro-batch, for logging
             lm_loss = lm_loss * num_items_in_batch / scored.sum().clamp(min=1)
         values = {"lm_loss": lm_loss, "halt_loss": outputs.halt_loss.detach()}
-        for name in ("halt_probability", "supervision_steps", "thought_norm", "probe_loss", "probe_accuracy"):
+        for name in ("halt_probability", "supervision_steps", "thought_norm"):
             if getattr(outputs, name) is not None:
                 values[name] = getattr(outputs, name).detach()
+        if outputs.probe_loss is not None:
+            self._record_probe(metrics, inputs[THOUGHT_LABELS_COLUMN], outputs)
         if outputs.thought_norm is not None:  # the thoughts should stay on the scale of the tokens they sit among
             with torch.no_grad():
                 tokens = self.thought_lm.get_input_embeddings()(inputs["input_ids"][inputs["attention_mask"].bool()])
@@ -150,6 +152,17 @@ class TRMSFTTrainer(SFTTrainer):
         if mode == "train":
             self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
         metrics["num_tokens"] = [self._total_train_tokens]
+
+    def _record_probe(self, metrics, thought_labels: torch.Tensor, outputs) -> None:
+        """The step probe's loss and accuracy over the labelled thoughts of every rank; a batch without any (stage 0
+        of the curriculum) adds nothing, rather than a 0 that would drag the logged mean down."""
+        count = (thought_labels != IGNORE_INDEX).sum().float()
+        totals = torch.stack([outputs.probe_loss.detach().float() * count,
+                              outputs.probe_accuracy.float() * count, count])
+        totals = self.accelerator.gather_for_metrics(totals[None]).view(-1, 3).sum(dim=0)
+        if totals[2] > 0:
+            metrics["probe_loss"].append((totals[0] / totals[2]).item())
+            metrics["probe_accuracy"].append((totals[1] / totals[2]).item())
 
     # --------------------------------------------------------------------------------------- curriculum and teacher
 
