@@ -280,7 +280,10 @@ class HiddenStateTRM(nn.Module):
         return self.out_norm(self.out_proj(y))  # (B, K, D)
 
     def halt_logit(self, y: torch.Tensor) -> torch.Tensor:
-        return self.halt_head(y.mean(dim=1)).squeeze(-1).float()  # (B,)
+        # The head reads y without shaping it: the BCE's gradient is the same for every thought, and once answers are
+        # mostly right (targets 1) it pushes all K of them onto one vector (seen: their mean cosine went from 0.73 to
+        # 1.00 in 50 steps of the halting loss alone), which leaves the thoughts nothing to carry.
+        return self.halt_head(y.detach().mean(dim=1)).squeeze(-1).float()  # (B,)
 
 
 class PauseThoughts(nn.Module):

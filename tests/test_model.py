@@ -274,6 +274,18 @@ def test_the_compressed_context_depends_on_the_context_from_the_start():
     assert torch.nn.functional.cosine_similarity(x[0], x[1], dim=-1).mean() < 0.9
 
 
+def test_the_halting_loss_trains_the_halting_head_only():
+    """Its gradient, the same for every thought, would otherwise collapse the K thoughts onto one vector."""
+    model = tiny_model(n_supervision_steps=2).train()
+    torch.nn.init.normal_(model.model.thoughts.halt_head.weight)  # zero at init, which would hide any flow into y
+    out = model(input_ids=torch.tensor([[7, 8, THINK, 9, 10]]), labels=torch.tensor([[7, 8, THINK, 9, 10]]))
+    out.halt_loss.backward()
+    trm = model.model.thoughts
+    grads = {name: p.grad for name, p in trm.named_parameters()}
+    assert grads["halt_head.weight"].abs().sum() > 0
+    assert all(g is None or g.abs().sum() == 0 for name, g in grads.items() if not name.startswith("halt_head"))
+
+
 def test_depth_changes_logits_at_and_after_think_only():
     model = tiny_model(**VIVID)
     ids = torch.tensor([[7, 8, 9, THINK, 10, 11]])
