@@ -130,9 +130,15 @@ class SmolLMTRMConfig(PreTrainedConfig):
             )
         if not 0.0 < self.halt_threshold < 1.0:
             raise ValueError(f"halt_threshold must lie in (0, 1), got {self.halt_threshold}.")
-        for name in ("halt_loss_weight", "probe_loss_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("halt_loss_weight", "probe_loss_weight"):  # `not >=` also refuses NaN
+            if not getattr(self, name) >= 0 or getattr(self, name) == float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}.")
+        for name in ("trm_expansion", "trm_rms_norm_eps"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}.")
+        if round(self.trm_expansion * self.trm_hidden_size) < 1:
+            raise ValueError(f"trm_expansion={self.trm_expansion} leaves the TRM's feed-forward layers no width at "
+                             f"trm_hidden_size={self.trm_hidden_size}.")
 
 
 __all__ = ["SmolLMTRMConfig"]

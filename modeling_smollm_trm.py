@@ -551,6 +551,7 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         otherwise a row stops its steps once it halts. `insert_thoughts=False` reads `<think>` as an ordinary token
         (the written-reasoning teacher of self-distillation, an ablation). `output_hidden_states=True` also returns
         every layer's states, aligned with `input_ids` like `last_hidden_state`."""
+        reject_unknown_arguments(kwargs, "SmolLMTRMModel.forward")
         if output_attentions:
             raise NotImplementedError("SmolLMTRM does not return attentions.")
         if input_ids is None or inputs_embeds is not None:
@@ -838,8 +839,9 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         and `base` is a path) when it lacks them, and the embeddings are resized. The tokenizer is returned on
         `model.tokenizer` so that callers can save it beside the model.
         """
-        config_fields = set(SmolLMTRMConfig.__dataclass_fields__) - {"text_config"}
-        trm_settings = {k: settings.pop(k) for k in list(settings) if k in config_fields}
+        # Only the thoughts' own settings go to the config: names that every PreTrainedConfig also has (`dtype`,
+        # `output_hidden_states`, ...) are loading arguments here, as they are for from_pretrained.
+        trm_settings = {k: settings.pop(k) for k in list(settings) if k in SmolLMTRMConfig.thought_settings()}
         if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
             if tokenizer is None:
                 from transformers import AutoTokenizer
@@ -908,6 +910,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         every `<think>` is scored on its answer. `thought_labels` [B, S, K] (with `labels`; -100 ignored) add the step
         probe: `thought_labels[:, j, i]` is the token that thought i of the row's j-th `<think>` in `input_ids` must
         decode, and the probe's cross-entropy enters the loss with `config.probe_loss_weight`."""
+        reject_unknown_arguments(kwargs, "SmolLMTRMForCausalLM.forward", ("num_items_in_batch",))
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, n_cycles=n_cycles,
@@ -979,7 +982,9 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         step_weight = torch.where(supervision.answer_index >= 0, 1.0 / per_think, 1.0)
         earlier_ce_sum, earlier_correct = self._score_earlier_steps(targets, scored, supervision)
         ce_sum = (token_ce * step_weight).sum() + earlier_ce_sum / per_think
-        denominator = num_items_in_batch if num_items_in_batch is not None else scored.sum().clamp(min=1)
+        # A batch whose labels are all masked scores nothing: a zero loss, not 0 / 0.
+        denominator = scored.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
+        denominator = denominator.to(ce_sum.device).clamp(min=1)
         lm_loss = ce_sum / denominator
         return lm_loss, self._halt_loss(logits, targets, scored, supervision, earlier_correct)
 
@@ -1048,6 +1053,21 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
+
+
+class UnknownArgumentError(TypeError, ValueError):
+    """A keyword that forward does not take: a misspelled setting (`n_cylces`) must not be silently ignored. Both a
+    TypeError (what Python raises for an unexpected keyword) and a ValueError (what generate() raises for one)."""
+
+
+# Keywords that transformers' callers pass to every model's forward (generate, PEFT) and that mean nothing here.
+PASSED_THROUGH = ("return_dict", "cache_position")
+
+
+def reject_unknown_arguments(kwargs: dict, where: str, also_taken: tuple[str, ...] = ()) -> None:
+    unknown = sorted(set(kwargs) - set(PASSED_THROUGH) - set(also_taken))
+    if unknown:
+        raise UnknownArgumentError(f"{where} got unknown keyword argument(s) {unknown}.")
 
 
 def valid_columns(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -48,7 +48,7 @@ from smollm_trm.arguments import make_parser
 from smollm_trm.callbacks import StopAtTimeLimit
 from smollm_trm.chat import demo_answers
 from smollm_trm.checkpoints import resume_point
-from smollm_trm.export import save_final
+from smollm_trm.export import finished_model, save_final
 from smollm_trm.hub import push_folder
 from smollm_trm.training import build_trainer
 
@@ -56,6 +56,11 @@ from smollm_trm.training import build_trainer
 def main(data_args, training_args, model_args, trm_args) -> Path | None:
     """Train, save `<output_dir>/final`, optionally push it, reload it and print a few answers. A run stopped by
     `--time_limit_s` returns None after its checkpoint: rerunning the command resumes it."""
+    finished = finished_model(training_args.output_dir)
+    if finished is not None:  # rerunning would train past max_steps and overwrite the model
+        print(f"{finished} already holds the model this run trained; nothing to do (train into another --output_dir "
+              "to train again)")
+        return finished
     push, training_args.push_to_hub = training_args.push_to_hub, False  # we push the final folder, once, at the end
     if push and not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id NAME (e.g. me/smollm-trm).")

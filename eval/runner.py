@@ -33,6 +33,7 @@ from eval.tasks import Task
 from modeling_smollm_trm import THINK_TOKENS, Depth
 from smollm_trm.chat import chat_prompt
 from smollm_trm.hub import is_hub_id
+from smollm_trm.loading import check_think_token
 from smollm_trm.model_sources import TRM_MODEL_TYPE, embedded_smollm2
 
 logger = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def load_model(name: str, gguf_file: str | None = None) -> LoadedModel:
     # One device, not "auto": auto would spread a small model over every visible GPU and slow each decoding step.
     placement = {"device_map": {"": torch.cuda.current_device()}} if torch.cuda.is_available() else {}
     model = _from_pretrained(AutoModelForCausalLM, source, name, gguf_file=gguf, **placement).eval()
+    check_think_token(model.config, tokenizer)
     tokenizer.padding_side = "left"  # new tokens must follow every row's prompt directly
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

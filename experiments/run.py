@@ -25,7 +25,7 @@ from typing import Any
 
 from experiments.settings import TASKS, Arm, ExperimentSettings
 from smollm_trm import arith, gsm8k
-from smollm_trm.export import FINAL_FOLDER
+from smollm_trm.export import finished_model
 from smollm_trm.model_sources import embedded_smollm2
 from smollm_trm.rows import read_rows, write_jsonl
 
@@ -111,8 +111,8 @@ def train_arm(arm: Arm, seed: int, run_dir: Path, train_config: Path, backbone: 
     """Train one arm with `python -m train_sft` unless its final folder is complete; returns that folder, or None when
     the training stopped unfinished (`--time_limit_s`; a rerun resumes it). Its output goes to this process's (a
     --jobs worker's log)."""
-    final = run_dir / FINAL_FOLDER
-    if (final / "README.md").is_file():  # the model card is the last file save_final writes
+    final = finished_model(run_dir)
+    if final is not None:
         logger.info("%s exists; not retraining %s seed %d", final, arm.name, seed)
         return final
     args = ["--config", str(train_config), "--dataset_name", str(data), "--output_dir", str(run_dir),
@@ -125,7 +125,7 @@ def train_arm(arm: Arm, seed: int, run_dir: Path, train_config: Path, backbone: 
     if code:
         raise RuntimeError(f"training {arm.name} seed {seed} failed (train_sft.py exit code {code}); its output is "
                            "above.")
-    return final if (final / "README.md").is_file() else None
+    return finished_model(run_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------- eval

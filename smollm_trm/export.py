@@ -110,6 +110,12 @@ def full_state_dict(trainer) -> dict | None:
 
 
 
+def finished_model(output_dir: str | os.PathLike) -> Path | None:
+    """`<output_dir>/final` when a run there has finished: its model card is the last file `save_final` writes."""
+    folder = Path(output_dir) / FINAL_FOLDER
+    return folder if (folder / "README.md").is_file() else None
+
+
 def save_final(trainer, trm_args, model_args, data_args, eval_results) -> Path:
     """Write `<output_dir>/final`: the whole model (merged, EMA weights where kept, gathered when sharded) with its
     tokenizer and card. Every rank calls it; the main process writes."""

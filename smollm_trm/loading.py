@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from modeling_smollm_trm import SmolLMTRMForCausalLM, add_think_tokens
+from modeling_smollm_trm import THINK_TOKENS, SmolLMTRMForCausalLM, add_think_tokens
 from smollm_trm.model_sources import is_smollm_trm_folder, resolve_model_source
 
 THOUGHT_MODULE = "thoughts"  # SmolLMTRMModel's attribute holding the TRM (or the pause vectors)
@@ -30,13 +30,27 @@ def load_model(model_args, trm_args):
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
         model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True, **loading,
                                                      **trm_args.trm_settings())
+        check_think_token(model.config, tokenizer)
         return model, tokenizer, []
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, revision=model_args.model_revision)
     # Added here rather than in from_base, so that we know which rows are new and must train.
     added = add_think_tokens(tokenizer)
     model = SmolLMTRMForCausalLM.from_base(source, tokenizer=tokenizer, gguf_file=gguf_file, **loading,
                                            **trm_args.trm_settings())
+    check_think_token(model.config, tokenizer)
     return model, tokenizer, added
+
+
+def check_think_token(config, tokenizer) -> None:
+    """A SmolLM+TRM config whose `think_token_id` is not the tokenizer's `<think>` would never insert a thought: the
+    model would train and answer as a plain backbone, silently."""
+    if getattr(config, "model_type", None) != "smollm_trm" or config.thought_mode == "none":
+        return
+    think_id = tokenizer.convert_tokens_to_ids(THINK_TOKENS[0])  # the unknown token's id when it lacks one
+    if think_id != config.think_token_id:
+        raise ValueError(f"think_token_id={config.think_token_id} in the model's config, but the tokenizer gives "
+                         f"{THINK_TOKENS[0]!r} the id {think_id}: the thoughts would never be inserted. Use the "
+                         "tokenizer saved with the model, or fix think_token_id.")
 
 
 def apply_lora(model, model_args, tokenizer, added_tokens: list[str]):

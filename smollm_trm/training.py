@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 from smollm_trm.callbacks import StopAtTimeLimit, StopOnNonFiniteLoss
 from smollm_trm.loading import apply_lora, load_model
@@ -13,9 +14,21 @@ from smollm_trm.trainer import TRMSFTTrainer, check_padded_rows
 
 def check_training_args(training_args) -> None:
     check_padded_rows(training_args)
+    check_writable(training_args.output_dir)
     if training_args.max_length is None:
         raise ValueError("max_length must be set: rows are validated against it with thoughts counted, so that TRL "
                          "never truncates.")
+
+
+def check_writable(folder: str) -> None:
+    """Fail before training, not at the first save (with `save_strategy no`, after the whole run)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"output_dir {folder!r} cannot be written ({err.strerror}); checkpoints and the model go "
+                         "there: choose a writable folder.") from None
 
 
 def configure_reporting(report_to: list[str]) -> None:

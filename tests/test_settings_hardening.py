@@ -1,0 +1,70 @@
+"""Settings and loading that used to go silently wrong: each case here gave a wrong result or a raw error before."""
+
+import math
+
+import pytest
+import torch
+from conftest import THINK, tiny_config, tiny_model, tiny_tokenizer
+from test_train_sft import backbone, cli, trainer_for, write_data  # noqa: F401  (backbone is a fixture)
+
+from modeling_smollm_trm import SmolLMTRMForCausalLM
+from smollm_trm.loading import check_think_token
+
+
+def test_from_base_sends_dtype_to_the_loader_not_the_config(backbone):
+    model = SmolLMTRMForCausalLM.from_base(str(backbone), dtype=torch.bfloat16)
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert model.model.language_model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name, value", [("trm_rms_norm_eps", 0.0), ("trm_rms_norm_eps", -1e-5),
+                                         ("trm_expansion", 0.0), ("trm_expansion", float("nan")),
+                                         ("trm_expansion", 0.01), ("halt_loss_weight", float("nan")),
+                                         ("halt_loss_weight", float("inf")), ("halt_loss_weight", -1.0),
+                                         ("probe_loss_weight", float("nan"))])
+def test_a_setting_out_of_range_is_refused_by_name(name, value):
+    with pytest.raises(ValueError, match=name):
+        tiny_config(**{name: value})
+
+
+def test_a_misspelled_forward_keyword_is_refused(model):
+    ids = torch.tensor([[7, THINK, 8]])
+    with pytest.raises(TypeError, match="n_cylces"):
+        model(input_ids=ids, n_cylces=2)
+    with pytest.raises(ValueError, match="n_cylces"):
+        model.model(input_ids=ids, n_cylces=2)
+
+
+def test_a_batch_with_every_label_masked_has_a_zero_loss_not_nan():
+    model = tiny_model().train()
+    ids = torch.tensor([[7, 8, THINK, 9]])
+    out = model(input_ids=ids, labels=torch.full_like(ids, -100), num_items_in_batch=0)
+    assert out.loss.item() == 0.0 and not math.isnan(out.lm_loss.item())
+
+
+def test_a_think_token_id_that_is_not_the_tokenizers_is_refused():
+    tokenizer = tiny_tokenizer()  # its <think> is THINK
+    check_think_token(tiny_config(), tokenizer)
+    with pytest.raises(ValueError, match="think_token_id=7"):
+        check_think_token(tiny_config(think_token_id=7), tokenizer)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(backbone, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a folder below a file cannot be made, whoever runs the test (root included)
+    data = write_data(tmp_path, "qa")
+    with pytest.raises(ValueError, match="cannot be written"):
+        trainer_for(cli(backbone, data, blocker / "out"))
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_says_where_its_model_is(backbone, tmp_path, capsys):
+    import train_sft
+    from smollm_trm.arguments import make_parser
+
+    args = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--max_steps", "2")
+    folder = train_sft.main(*make_parser().parse_args_and_config(args))
+    weights = (folder / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    again = train_sft.main(*make_parser().parse_args_and_config(args))
+    assert again == folder and (folder / "model.safetensors").read_bytes() == weights
+    assert f"{folder} already holds the model" in capsys.readouterr().out
