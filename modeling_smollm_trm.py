@@ -31,6 +31,9 @@ This file is remote code: it is copied into every checkpoint and imports only to
 
 import contextlib
 import importlib
+import importlib.util
+import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -42,10 +45,29 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.masking_utils import create_causal_mask
 from transformers.utils import ModelOutput
 
+
+
+def _sibling_config_module():
+    """`configuration_smollm_trm` from the file beside this one, not whatever module of that name `sys.path` finds
+    first (a file of that name in the working directory would otherwise run in its place)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configuration_smollm_trm.py")
+    loaded = sys.modules.get("configuration_smollm_trm")
+    if loaded is not None:
+        if os.path.abspath(getattr(loaded, "__file__", "") or "") != path:
+            raise ImportError(f"configuration_smollm_trm is already imported from {loaded.__file__}, not from {path} "
+                              "beside modeling_smollm_trm: a file of that name earlier on sys.path shadows it.")
+        return loaded
+    spec = importlib.util.spec_from_file_location("configuration_smollm_trm", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["configuration_smollm_trm"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 try:
     from .configuration_smollm_trm import SmolLMTRMConfig
 except ImportError:  # imported as a plain module of the installed project
-    from configuration_smollm_trm import SmolLMTRMConfig
+    SmolLMTRMConfig = _sibling_config_module().SmolLMTRMConfig
 
 PAD, TOKEN, THOUGHT = 0, 1, 2  # kinds of the backbone's stream columns
 THINK_TOKENS = ("<think>", "</think>")

@@ -123,3 +123,15 @@ def test_remote_code_imports_only_torch_transformers_and_its_config():
         for risky in (r"pickle", r"torch\.load", r"(?<![.\w])eval\(", r"(?<![.\w])exec\(", r"subprocess", r"urllib",
                       r"requests", r"hf_hub_download", r"snapshot_download"):
             assert not re.search(risky, source), (name, risky)
+
+
+def test_a_configuration_file_in_the_working_directory_does_not_shadow_the_projects(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "configuration_smollm_trm.py").write_text(
+        "open('shadow-ran', 'w').close()\nclass SmolLMTRMConfig: pass\n")
+    # The working directory first on sys.path, as for `python script.py` run from it; the project after it.
+    out = run_isolated(f"import sys; sys.path[:0] = ['', {str(root)!r}]; import modeling_smollm_trm as m; "
+                       "print(m.SmolLMTRMConfig.__module__, sys.modules[m.SmolLMTRMConfig.__module__].__file__)",
+                       cwd=tmp_path)
+    assert not (tmp_path / "shadow-ran").exists()
+    assert out.split()[1] == str(root / "configuration_smollm_trm.py")
