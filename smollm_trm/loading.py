@@ -3,12 +3,14 @@ on its backbone."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
 
 from modeling_smollm_trm import THINK_TOKENS, SmolLMTRMForCausalLM, add_think_tokens
-from smollm_trm.model_sources import is_smollm_trm_folder, resolve_model_source
+from smollm_trm.hub import is_hub_id
+from smollm_trm.model_sources import TRM_MODEL_TYPE, is_smollm_trm_folder, resolve_model_source
 
 THOUGHT_MODULE = "thoughts"  # SmolLMTRMModel's attribute holding the TRM (or the pause vectors)
 
@@ -18,24 +20,51 @@ def is_thought_parameter(name: str) -> bool:
     return f".{THOUGHT_MODULE}." in f".{name}"
 
 
-def load_model(model_args, trm_args):
-    """(model, tokenizer, think tokens added to the tokenizer): a saved SmolLM+TRM, or a backbone wrapped."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def is_smollm_trm_source(source: str, revision: str | None = None) -> bool:
+    """Whether a folder or Hub id holds a SmolLM+TRM model, from its config.json alone (no code runs)."""
+    if os.path.isdir(source) or not is_hub_id(source):
+        return is_smollm_trm_folder(source)
+    from transformers import PreTrainedConfig
+
+    try:
+        config, _ = PreTrainedConfig.get_config_dict(source, revision=revision)
+    except OSError:  # unreachable: the loader that follows says so
+        return False
+    return config.get("model_type") == TRM_MODEL_TYPE
+
+
+def load_causal_lm(source: str, trust_remote_code: bool = False, **loading):
+    """A causal LM from a folder or Hub id. A SmolLM+TRM one is built with this project's own classes, so that no
+    code from the folder runs and none needs consent; any other model's own code runs only with `trust_remote_code`
+    (transformers' rule)."""
+    from transformers import AutoModelForCausalLM
+
+    if is_smollm_trm_source(source, loading.get("revision")):
+        return SmolLMTRMForCausalLM.from_pretrained(source, **loading)
+    return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, **loading)
+
+
+def load_model(model_args, trm_args, trust_remote_code: bool = False):
+    """(model, tokenizer, think tokens added to the tokenizer): a saved SmolLM+TRM, or a backbone wrapped.
+    `trust_remote_code` (SFTConfig's `--trust_remote_code`) lets a backbone's own code run; a SmolLM+TRM folder needs
+    none."""
+    from transformers import AutoTokenizer
 
     source, gguf_file = resolve_model_source(model_args.model_name_or_path, trm_args.gguf_file)
     loading = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
                "revision": model_args.model_revision}
     loading = {key: value for key, value in loading.items() if value is not None}
-    if is_smollm_trm_folder(source):
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
-        model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True, **loading,
-                                                     **trm_args.trm_settings())
+    consent = {"trust_remote_code": True} if trust_remote_code else {}
+    if is_smollm_trm_source(source, model_args.model_revision):
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=model_args.model_revision, **consent)
+        model = load_causal_lm(source, **loading, **trm_args.trm_settings())
         check_think_token(model.config, tokenizer)
         return model, tokenizer, []
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, revision=model_args.model_revision)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, revision=model_args.model_revision,
+                                              **consent)
     # Added here rather than in from_base, so that we know which rows are new and must train.
     added = add_think_tokens(tokenizer)
-    model = SmolLMTRMForCausalLM.from_base(source, tokenizer=tokenizer, gguf_file=gguf_file, **loading,
+    model = SmolLMTRMForCausalLM.from_base(source, tokenizer=tokenizer, gguf_file=gguf_file, **loading, **consent,
                                            **trm_args.trm_settings())
     check_think_token(model.config, tokenizer)
     return model, tokenizer, added

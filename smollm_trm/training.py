@@ -55,7 +55,7 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     # Seeded before the model is built: the new TRM, the new think-token rows (frozen under LoRA, only their delta
     # trains) and LoRA's init must come out the same when a resumed run rebuilds the model.
     set_seed(training_args.seed)
-    model, tokenizer, added = load_model(model_args, trm_args)
+    model, tokenizer, added = load_model(model_args, trm_args, training_args.trust_remote_code)
     distill = trm_args.distill_weight > 0
     if distill and model.config.thought_mode == "none":
         raise ValueError("--distill_weight needs thoughts to distil into: thought_mode 'none' has none.")
