@@ -40,6 +40,9 @@ class TrainingExtras:
         default=0.0, metadata={"help": "Self-distillation: weight of pulling the hidden states (every layer) at the "
                                        "position that predicts the answer to those of the same model reading the "
                                        "written reasoning without thoughts (the teacher). 0: off."})
+    start_over: bool = field(
+        default=False, metadata={"help": "When output_dir holds a run with other settings: delete its checkpoints and "
+                                         "final folder and train anew (without it, such a run is refused)."})
     teacher_loss_weight: float = field(
         default=1.0, metadata={"help": "With --distill_weight: weight of the teacher's own CE on the written "
                                        "reasoning and answer."})

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -14,6 +15,14 @@ TRAINABLE_FILE = "trainable.safetensors"  # PEFT checkpoints: every trainable te
 # Written by DeepSpeed's `ds_to_universal` beside a ZeRO checkpoint's `latest`: the conversion that resumes on any
 # number of GPUs (docs/DISTRIBUTED.md).
 UNIVERSAL_LATEST_FILE = "latest_universal"
+RUN_SETTINGS_FILE = "run_settings.json"  # in output_dir: what the run there trains, to refuse resuming another one
+# Settings a resumed run may change: they do not alter what is trained.
+RESUMABLE_CHANGES = {"time_limit_s", "num_demo_answers", "merge_on_save", "early_stopping_patience", "start_over"}
+# The TrainingArguments that define the training (the rest: logging, saving, reporting, hardware).
+TRAINING_SETTINGS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2",
+                     "adam_epsilon", "optim", "max_grad_norm", "max_steps", "num_train_epochs",
+                     "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "max_length", "bf16",
+                     "fp16")
 
 
 def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
@@ -70,3 +79,53 @@ def resume_point(training_args) -> str | None:
     if found:
         logger.info("Resuming from %s, the last complete checkpoint in output_dir.", found)
     return found
+
+
+def run_settings(data_args, training_args, model_args, trm_args) -> dict:
+    """What defines a training run, as JSON values: every data, model and TRM setting but the ones a resumed run
+    may change, and the training arguments of `TRAINING_SETTINGS`."""
+    import dataclasses
+
+    settings = {}
+    for args in (data_args, model_args, trm_args):
+        settings.update({f.name: getattr(args, f.name) for f in dataclasses.fields(args)
+                         if f.name not in RESUMABLE_CHANGES})
+    settings.update({name: getattr(training_args, name) for name in TRAINING_SETTINGS})
+    return json.loads(json.dumps(settings, default=str))
+
+
+def check_same_run(output_dir: str, settings: dict, start_over: bool, main_process: bool = True) -> None:
+    """Refuse to resume (or to call finished) a run in `output_dir` that trained other settings, naming what differs;
+    with `start_over`, remove its checkpoints and final folder instead. Then record these settings (the main process
+    of a distributed run deletes and writes; every process checks)."""
+    from smollm_trm.export import FINAL_FOLDER
+
+    path = Path(output_dir) / RUN_SETTINGS_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if saved is not None and saved != settings:
+        if not start_over:
+            changed = sorted(set(saved) | set(settings), key=str)
+            changed = [f"{name}: {saved.get(name)!r} -> {settings.get(name)!r}" for name in changed
+                       if saved.get(name) != settings.get(name)]
+            raise ValueError(f"{output_dir} holds a run with other settings ({'; '.join(changed)}); resuming it "
+                             "would mix the two. Use another --output_dir, or pass --start_over to delete its "
+                             "checkpoints and final folder and train anew.")
+        if not main_process:
+            return
+        logger.warning("--start_over: deleting the checkpoints and final folder of the run in %s.", output_dir)
+        for folder in Path(output_dir).iterdir():
+            if folder.is_dir() and (folder.name == FINAL_FOLDER or folder.name.startswith("checkpoint-")):
+                shutil.rmtree(folder)
+    if main_process:
+        write_atomically(path, json.dumps(settings, indent=1, sort_keys=True))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a temporary file beside `path`, sync it, and rename it over `path`: a reader sees the old or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

@@ -18,11 +18,15 @@ CALCULATOR_ANNOTATION = re.compile(r"<<([^>]*)>>")
 
 def split_solution(solution: str, equations: bool = False) -> tuple[str, str]:
     """(the worked solution without calculator annotations, the final answer N of `#### N` as written); raises
-    `ValueError` with the reason when there is no such last line. With `equations`, the reasoning is instead the
-    annotations' equations one per line (`48/2=24`), the compact form GSM8k-Aug trains on."""
+    `ValueError` with the reason when there is not exactly one such line, the last. With `equations`, the reasoning
+    is instead the annotations' equations one per line (`48/2=24`), the compact form GSM8k-Aug trains on."""
     worked, mark, final = solution.rpartition(FINAL_MARK)
     if not mark:
         raise ValueError(f"no final '{FINAL_MARK} N' line")
+    # With two markers ("#### 1 #### 2") the last one would win silently, and the other would train as reasoning.
+    if FINAL_MARK in worked:
+        raise ValueError(f"{solution.count(FINAL_MARK)} '{FINAL_MARK}' markers, expected one final '{FINAL_MARK} N' "
+                         "line")
     final = final.strip()
     if not final:
         raise ValueError(f"nothing after '{FINAL_MARK}'")

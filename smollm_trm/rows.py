@@ -26,7 +26,7 @@ class MissingSplitError(FileNotFoundError, ValueError):
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of one file: a JSON list of objects, one JSON object (MATH's one-problem files), or JSON lines."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     start = text.lstrip()[:1]
     if path.suffix == ".json" and start in ("[", "{"):
         try:
@@ -40,6 +40,18 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                 _check_is_object(row, f"{path}: item {index}")
             return rows
     return _read_json_lines(path, text)
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:  # its message names neither the file nor the line
+        line_number = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}: not UTF-8 text at line {line_number} (byte {data[err.start:err.start + 1]!r} at offset "
+            f"{err.start}); JSON files must be UTF-8: save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
+        ) from err
 
 
 def _read_json_lines(path: Path, text: str) -> list[dict[str, Any]]:

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,7 +62,7 @@ Rows = list[dict[str, Any]] | datasets.Dataset
 EVAL_SPLITS = ("validation", "test")  # preferred order: keep a `test` split for final evaluation when both exist
 CHAT_ROLES = ("system", "user", "assistant")
 SHOWN_BAD_ROWS = 5  # how many offenders an error message or log summary lists
-FORMAT_SAMPLE_ROWS = 100  # rows looked at to detect the form; a few bad ones must not flip it
+FORMAT_SAMPLE_ROWS = 100  # rows looked at to detect the form: the one most of them have wins
 
 
 @dataclass
@@ -137,19 +139,36 @@ def think_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
 
 
 def detect_format(rows: Rows) -> str:
-    """`messages`, `gsm8k` (question/answer whose answers end in a `#### N` line) or `qa`, from the first rows."""
+    """`messages`, `gsm8k` (question/answer whose answers end in a `#### N` line) or `qa`: the form most of the
+    first rows have, each row judged on its own (ties go to the form seen first), so a few stray rows cannot flip
+    it; how many look otherwise is logged."""
     sample = [rows[index] for index in range(min(len(rows), FORMAT_SAMPLE_ROWS))]
-    keys = set().union(*(row.keys() for row in sample))
-    if "messages" in keys:
+    forms = Counter(_row_form(row) for row in sample)
+    known = [form for form, _ in forms.most_common() if form is not None]
+    if not known:
+        keys = set().union(*(row.keys() for row in sample))
+        raise ValueError(
+            f"Cannot tell the row form from the fields {sorted(keys)}: expected `messages`, or `question` and "
+            "`answer`. Rename the fields or pass data_format explicitly."
+        )
+    data_format = known[0]
+    others = {form or "no known form": count for form, count in forms.items() if form != data_format}
+    if others:
+        logger.warning("Reading the rows as %s, but %d of the %d sampled rows look like another form (%s); those "
+                       "that do not convert are skipped and reported.", data_format, sum(others.values()),
+                       len(sample), others)
+    return data_format
+
+
+def _row_form(row: dict[str, Any]) -> str | None:
+    # `is not None`, not `in`: a `datasets.Dataset` row holds every column, None where its source row had none.
+    if row.get("messages") is not None:
         return "messages"
-    if {"question", "answer"} <= keys:
-        answers = [row.get("answer") for row in sample]
-        is_gsm8k = any(isinstance(answer, str) and gsm8k.FINAL_LINE.search(answer) for answer in answers)
-        return "gsm8k" if is_gsm8k and "reasoning" not in keys else "qa"
-    raise ValueError(
-        f"Cannot tell the row form from the fields {sorted(keys)}: expected `messages`, or `question` and `answer`. "
-        "Rename the fields or pass data_format explicitly."
-    )
+    if row.get("question") is None and row.get("answer") is None:
+        return None
+    answer = row.get("answer")
+    has_final_line = isinstance(answer, str) and gsm8k.FINAL_LINE.search(answer) is not None
+    return "gsm8k" if has_final_line and row.get("reasoning") is None else "qa"
 
 
 def row_parts(row: dict[str, Any], data_format: str, equations: bool = False) -> tuple[list[dict[str, str]], str, str]:
@@ -160,10 +179,9 @@ def row_parts(row: dict[str, Any], data_format: str, equations: bool = False) ->
     else:
         prompt = [{"role": "user", "content": _text_field(row, "question")}]
         reasoning, answer = _split_gsm8k(row, equations) if data_format == "gsm8k" else _split_qa(row)
-    for message in prompt:
-        _reject_think_tags(message["content"], f"{message['role']} turn")
-    _reject_think_tags(reasoning, "reasoning")
-    _reject_think_tags(answer, "answer")
+    for where, text in _texts((prompt, reasoning, answer)):
+        _reject_lone_surrogates(text, where)
+        _reject_think_tags(text, where)
     return prompt, reasoning, answer
 
 
@@ -234,17 +252,28 @@ def step_token_ids(tokenizer: PreTrainedTokenizerBase, parts: tuple[list[dict[st
 
 
 def _text_field(row: dict[str, Any], name: str) -> str:
-    """A required non-empty text field; JSON numbers are accepted for answers like `72`."""
+    """A required non-empty text field; JSON numbers are accepted for answers like `72` or `2.5`."""
     value = row.get(name)
     if value is None:
         raise BadRowError(f"missing {name!r} (fields: {sorted(row)})")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, float):
+        value = _float_text(value, name)
+    elif isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
         raise BadRowError(f"{name!r} is a {type(value).__name__}, expected a string")
     if not value.strip():
         raise BadRowError(f"empty {name!r}")
     return value.strip()
+
+
+def _float_text(value: float, name: str) -> str:
+    # str() would train NaN as "nan" and 1e20 as "1e+20", text the data's author never wrote.
+    text = str(value)
+    if not math.isfinite(value) or "e" in text:
+        raise BadRowError(f"{name!r} is the JSON number {text}, which has no plain decimal text; write {name!r} as a "
+                          "string, as it should be trained on")
+    return text
 
 
 def _split_qa(row: dict[str, Any]) -> tuple[str, str]:
@@ -298,11 +327,43 @@ def _split_think_block(content: str) -> tuple[str, str]:
     return reasoning.strip(), answer.strip()
 
 
+def _texts(parts: tuple[list[dict[str, str]], str, str]) -> list[tuple[str, str]]:
+    """(where, text) of every text of a row's parts that the model reads: the prompt's turns, reasoning, answer."""
+    prompt, reasoning, answer = parts
+    return [(f"{message['role']} turn", message["content"]) for message in prompt] + [
+        ("reasoning", reasoning), ("answer", answer)]
+
+
+def _reject_lone_surrogates(text: str, where: str) -> None:
+    """JSON may escape half a UTF-16 pair ("\\ud800"); the tokenizer would fail on it later without the row index."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadRowError(f"{where} contains a lone surrogate {text[err.start]!r} at character {err.start}, which is "
+                          "not valid Unicode; fix the text (a JSON \\uXXXX escape that lost its pair?)") from None
+
+
 def _reject_think_tags(text: str, where: str) -> None:
     """A stray tag would be tokenized as the thought trigger and insert latents where none belong."""
     for tag in (THINK_TOKEN, END_THINK_TOKEN):
         if tag in text:
             raise BadRowError(f"{where} contains {tag!r}, which only the completion's thought block may hold")
+
+
+def special_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+    """Every special token of `tokenizer` (its named ones and its added special ones), as text."""
+    added = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
+    return tuple(sorted(token for token in added.union(tokenizer.all_special_tokens) if token))
+
+
+def reject_special_tokens(parts: tuple[list[dict[str, str]], str, str], tokens: tuple[str, ...]) -> None:
+    """Text holding a special token (`<|im_end|><|im_start|>assistant`) would be parsed as one by the chat template
+    and forge a turn; `tokens` is `special_tokens(tokenizer)`."""
+    for where, text in _texts(parts):
+        found = sorted((token for token in tokens if token in text), key=text.index)
+        if found:
+            raise BadRowError(f"{where} contains the tokenizer's special token(s) {found} as text, which the chat "
+                              "template would read as control tokens (a forged turn); remove them")
 
 
 # ----------------------------------------------------------------------------------------------------------- length
@@ -370,6 +431,7 @@ def prepare_sft_data(
         raise ValueError(f"No usable row: split {args.train_split!r} of {args.dataset_name!r} is empty.")
     data_format = detect_format(splits[args.train_split]) if args.data_format == "auto" else args.data_format
     logger.info("Reading %r as %s rows (reasoning=%s).", args.dataset_name, data_format, args.reasoning)
+    control_tokens = special_tokens(tokenizer)
     prepared: dict[str, datasets.Dataset] = {}
     skipped: dict[str, list[tuple[int, str]]] = {}
     for part, (split_name, rows, indices) in _plan_parts(splits, args).items():
@@ -377,6 +439,7 @@ def prepare_sft_data(
         for index in indices:
             try:
                 parts = row_parts(rows[index], data_format, args.reasoning_steps == "equations")
+                reject_special_tokens(parts, control_tokens)
                 variants = training_rows(parts, args, final_stage_only=part == "eval")
                 for variant in variants:
                     _check_length(tokenizer, variant, num_latents, think_id, max_length)

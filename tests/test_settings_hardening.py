@@ -1,5 +1,6 @@
 """Settings and loading that used to go silently wrong: each case here gave a wrong result or a raw error before."""
 
+import json
 import math
 
 import pytest
@@ -68,3 +69,23 @@ def test_rerunning_a_finished_run_trains_nothing_and_says_where_its_model_is(bac
     again = train_sft.main(*make_parser().parse_args_and_config(args))
     assert again == folder and (folder / "model.safetensors").read_bytes() == weights
     assert f"{folder} already holds the model" in capsys.readouterr().out
+
+
+def test_resuming_a_run_with_other_settings_is_refused_by_name_unless_starting_over(backbone, tmp_path):
+    import train_sft
+    from smollm_trm.arguments import make_parser
+
+    args = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--max_steps", "3", "--save_strategy", "steps",
+               "--save_steps", "1")
+    assert train_sft.main(*make_parser().parse_args_and_config(args + ["--time_limit_s", "1e-9"])) is None
+    first_state = (tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text()
+    changed = args + ["--learning_rate", "5e-3"]
+    with pytest.raises(ValueError, match=r"learning_rate: 0.01 -> 0.005"):
+        train_sft.main(*make_parser().parse_args_and_config(changed))
+    with pytest.raises(ValueError, match="num_latents"):
+        train_sft.main(*make_parser().parse_args_and_config(args + ["--num_latents", "3"]))
+    folder = train_sft.main(*make_parser().parse_args_and_config(changed + ["--start_over"]))
+    assert folder is not None  # trained anew from step 0: checkpoint-1 is the new run's
+    assert (tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text() != first_state
+    assert json.loads((tmp_path / "out" / "run_settings.json").read_text())["learning_rate"] == 5e-3
+    assert train_sft.main(*make_parser().parse_args_and_config(changed)) == folder  # same settings: finished
