@@ -123,7 +123,7 @@ def check_same_run(output_dir: str, settings: dict, start_over: bool, main_proce
 def write_atomically(path: Path, text: str) -> None:
     """Write a temporary file beside `path`, sync it, and rename it over `path`: a reader sees the old or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # the processes of a distributed run may all write
     with open(temporary, "w") as handle:
         handle.write(text)
         handle.flush()

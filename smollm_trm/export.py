@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -120,6 +121,8 @@ def save_final(trainer, trm_args, model_args, data_args, eval_results) -> Path:
     """Write `<output_dir>/final`: the whole model (merged, EMA weights where kept, gathered when sharded) with its
     tokenizer and card. Every rank calls it; the main process writes."""
     folder = Path(trainer.args.output_dir) / FINAL_FOLDER
+    # Written whole beside it, then renamed: a run killed while saving leaves no `final/` that looks like a model.
+    partial = folder.with_name(f".{FINAL_FOLDER}.partial")
     model = trainer.model
     if is_peft(model) and not trm_args.merge_on_save:
         raise ValueError("merge_on_save=False is not supported: the final folder must load with AutoModelForCausalLM "
@@ -127,7 +130,8 @@ def save_final(trainer, trm_args, model_args, data_args, eval_results) -> Path:
     with trainer.ema_weights():
         state_dict = full_state_dict(trainer)  # every rank takes part in the gather
         if trainer.is_world_process_zero():
-            export_model(model, trainer.processing_class, folder, state_dict)
+            shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
+            export_model(model, trainer.processing_class, partial, state_dict)
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return folder
@@ -138,7 +142,10 @@ def save_final(trainer, trm_args, model_args, data_args, eval_results) -> Path:
                      "batch_size": args.per_device_train_batch_size,
                      "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_length": args.max_length,
                      "lora_r": model_args.lora_r if model_args.use_peft else None, "ema_decay": trm_args.ema_decay})
-    write_model_card(folder, base_model=hub_base_model(model_args.model_name_or_path), dataset=data_args.dataset_name,
+    write_model_card(partial, base_model=hub_base_model(model_args.model_name_or_path), dataset=data_args.dataset_name,
                      settings=settings, metrics=eval_results)
+    if folder.exists():  # an earlier run's, unfinished by definition (a finished run never saves again)
+        shutil.rmtree(folder)
+    os.replace(partial, folder)
     print(f"saved {folder}")
     return folder

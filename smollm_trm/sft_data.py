@@ -30,9 +30,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import datasets
@@ -42,6 +44,7 @@ from modeling_smollm_trm import IGNORE_INDEX, THINK_TOKENS, add_think_tokens
 from smollm_trm import gsm8k
 from smollm_trm.curriculum import (STAGE_COLUMN, CurriculumArguments, split_steps, staged_completion,
                                    staged_thought_labels)
+from smollm_trm.checkpoints import write_atomically
 from smollm_trm.rows import load_rows
 
 logger = logging.getLogger(__name__)
@@ -61,7 +64,8 @@ Rows = list[dict[str, Any]] | datasets.Dataset
 
 EVAL_SPLITS = ("validation", "test")  # preferred order: keep a `test` split for final evaluation when both exist
 CHAT_ROLES = ("system", "user", "assistant")
-SHOWN_BAD_ROWS = 5  # how many offenders an error message or log summary lists
+SHOWN_BAD_ROWS = 5  # how many offenders an error message or log summary lists (the report file has them all)
+BAD_ROWS_FILE = "bad_rows.jsonl"
 FORMAT_SAMPLE_ROWS = 100  # rows looked at to detect the form: the one most of them have wins
 
 
@@ -414,11 +418,11 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase, think_id: int) -> No
 
 def prepare_sft_data(
     args: SFTDataArguments, tokenizer: PreTrainedTokenizerBase, num_latents: int, max_length: int,
-    teacher: bool = False, probe: bool = False,
+    teacher: bool = False, probe: bool = False, report_dir: str | os.PathLike | None = None,
 ) -> PreparedData:
     """Load, convert and validate `args.dataset_name` into train (and eval) prompt/completion datasets; `teacher`
     adds the distillation teacher's tokens to the train rows, `probe` the step probe's `thought_labels` to the
-    curriculum's rows."""
+    curriculum's rows. Every unusable row (index, reason) is written to `report_dir/bad_rows.jsonl` when given."""
     if probe and args.reasoning != "curriculum":
         raise ValueError(f"The step probe decodes latent steps, which only --reasoning curriculum has (got "
                          f"{args.reasoning!r}).")
@@ -434,6 +438,7 @@ def prepare_sft_data(
     control_tokens = special_tokens(tokenizer)
     prepared: dict[str, datasets.Dataset] = {}
     skipped: dict[str, list[tuple[int, str]]] = {}
+    reported: list[dict[str, Any]] = []
     for part, (split_name, rows, indices) in _plan_parts(splits, args).items():
         conversations, bad = [], []
         for index in indices:
@@ -455,7 +460,9 @@ def prepare_sft_data(
                 continue
             conversations += variants
         where = f"{part} rows of split {split_name!r} of {args.dataset_name!r}"
-        _report_bad_rows(where, len(indices), len(conversations), bad, args.on_bad_row)
+        reported += [{"part": part, "split": split_name, "index": index, "reason": reason} for index, reason in bad]
+        report = _write_bad_rows(report_dir, reported) if bad else None
+        _report_bad_rows(where, len(indices), len(conversations), bad, args.on_bad_row, report)
         skipped[split_name] = sorted(skipped.get(split_name, []) + bad)
         prepared[part] = datasets.Dataset.from_list(conversations)
     if args.reasoning == "latent+text":
@@ -465,36 +472,63 @@ def prepare_sft_data(
 
 def _plan_parts(splits: dict[str, Rows], args: SFTDataArguments) -> dict[str, tuple[str, Rows, list[int]]]:
     """Source split and row indices behind train and eval: a validation/test split when present, else a seeded
-    held-out share of train. Held out by source index, so the eval rows do not change with max_length or K."""
+    held-out share of train's distinct rows (duplicates stay together), chosen before any row is converted, so the
+    eval rows do not change with max_length or K."""
     train_rows = splits[args.train_split]
     plan = {"train": (args.train_split, train_rows, list(range(len(train_rows))))}
     eval_name = next((name for name in EVAL_SPLITS if name in splits and name != args.train_split), None)
     if eval_name is not None:
         plan["eval"] = (eval_name, splits[eval_name], list(range(len(splits[eval_name]))))
     elif args.eval_fraction > 0:
-        train_indices, eval_indices = split_indices(len(train_rows), args.eval_fraction, args.split_seed)
+        keys = [row_key(train_rows[index]) for index in range(len(train_rows))]
+        if len(set(keys)) < len(keys):
+            logger.warning("%d of the %d rows of %r repeat an earlier row; each is held out with its copies or not "
+                           "at all.", len(keys) - len(set(keys)), len(keys), args.train_split)
+        train_indices, eval_indices = split_indices(keys, args.eval_fraction, args.split_seed)
         plan["train"] = (args.train_split, train_rows, train_indices)
         plan["eval"] = (args.train_split, train_rows, eval_indices)
     return plan
 
 
-def split_indices(num_rows: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Sorted train and eval row indices; the same arguments always give the same split."""
-    num_eval = max(1, round(num_rows * eval_fraction))
-    if num_eval >= num_rows:
-        raise ValueError(
-            f"eval_fraction={eval_fraction} of {num_rows} rows leaves no training row; lower it or set it to 0."
-        )
-    order = list(range(num_rows))
+def split_indices(rows: int | list, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Sorted train and eval row indices; the same arguments always give the same split. `rows` is each row's content
+    (any hashable, `row_key`), so that identical rows land on the same side, or a count of distinct rows."""
+    keys = list(range(rows)) if isinstance(rows, int) else list(rows)
+    distinct = list(dict.fromkeys(keys))  # first occurrence order: with no duplicates, the count's split
+    num_eval = max(1, round(len(distinct) * eval_fraction))
+    if num_eval >= len(distinct):
+        raise ValueError(f"eval_fraction={eval_fraction} of {len(distinct)} distinct rows leaves no training row; "
+                         "lower it or set it to 0.")
+    order = list(range(len(distinct)))
     random.Random(seed).shuffle(order)
-    return sorted(order[num_eval:]), sorted(order[:num_eval])
+    held_out = {distinct[i] for i in order[:num_eval]}
+    return ([i for i, key in enumerate(keys) if key not in held_out],
+            [i for i, key in enumerate(keys) if key in held_out])
+
+
+def row_key(row: dict[str, Any]) -> str:
+    """A row's content as one string: rows with equal keys are duplicates."""
+    return json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _write_bad_rows(report_dir: str | os.PathLike | None, rows: list[dict[str, Any]]) -> Path | None:
+    """Every unusable row so far, one JSON object per line, in `report_dir/bad_rows.jsonl` (None: no folder)."""
+    if report_dir is None:
+        return None
+    path = Path(report_dir) / BAD_ROWS_FILE
+    write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return path
 
 
 def _report_bad_rows(
-    where: str, num_rows: int, num_good: int, bad: list[tuple[int, str]], on_bad_row: OnBadRow
+    where: str, num_rows: int, num_good: int, bad: list[tuple[int, str]], on_bad_row: OnBadRow,
+    report: Path | None = None,
 ) -> None:
-    """Raise when nothing is usable or when `on_bad_row='error'` meets a bad row; else log what is skipped."""
+    """Raise when nothing is usable or when `on_bad_row='error'` meets a bad row; else log what is skipped. The
+    messages show the first few and name `report`, the file that lists them all."""
     shown = "; ".join(f"row {index}: {reason}" for index, reason in bad[:SHOWN_BAD_ROWS])
+    if report is not None:
+        shown += f" (every one is listed in {report})"
     if num_good == 0:
         raise ValueError(f"No usable row among the {num_rows} {where}. First problems: {shown or 'none, it is empty'}.")
     if bad and on_bad_row == "error":
@@ -503,7 +537,7 @@ def _report_bad_rows(
             "on_bad_row='skip' to leave them out."
         )
     if bad:
-        logger.warning("Skipped %d of the %d %s (see PreparedData.skipped): %s.", len(bad), num_rows, where, shown)
+        logger.warning("Skipped %d of the %d %s: %s.", len(bad), num_rows, where, shown)
 
 
 def _warn_missing_reasoning(train: datasets.Dataset) -> None:

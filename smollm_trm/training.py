@@ -64,7 +64,8 @@ def build_trainer(data_args, training_args, model_args, trm_args):
         raise ValueError("--probe_loss_weight decodes the thoughts: thought_mode 'none' has none.")
     with training_args.main_process_first(desc="writing and tokenizing the data"):  # one writer of arith's files
         data = prepare_sft_data(resolve_dataset(data_args, training_args.output_dir), tokenizer,
-                                model.config.num_latents, training_args.max_length, teacher=distill, probe=probe)
+                                model.config.num_latents, training_args.max_length, teacher=distill, probe=probe,
+                                report_dir=training_args.output_dir)
     if model_args.use_peft:
         model = apply_lora(model, model_args, tokenizer, added)
     callbacks = [StopOnNonFiniteLoss()]

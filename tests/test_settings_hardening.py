@@ -89,3 +89,43 @@ def test_resuming_a_run_with_other_settings_is_refused_by_name_unless_starting_o
     assert (tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text() != first_state
     assert json.loads((tmp_path / "out" / "run_settings.json").read_text())["learning_rate"] == 5e-3
     assert train_sft.main(*make_parser().parse_args_and_config(changed)) == folder  # same settings: finished
+
+
+def test_a_run_killed_while_saving_its_final_folder_leaves_none_that_looks_like_a_model(backbone, tmp_path,
+                                                                                         monkeypatch):
+    import train_sft
+    from smollm_trm import export
+    from smollm_trm.arguments import make_parser
+
+    args = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--max_steps", "2")
+
+    def killed(*args, **kwargs):  # the weights are written, the card (the last file) is not
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "write_model_card", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft.main(*make_parser().parse_args_and_config(args))
+    assert not (tmp_path / "out" / "final").exists() and export.finished_model(tmp_path / "out") is None
+    monkeypatch.undo()
+    folder = train_sft.main(*make_parser().parse_args_and_config(args))
+    assert (folder / "model.safetensors").is_file() and (folder / "README.md").is_file()
+    assert not (tmp_path / "out" / ".final.partial").exists()
+
+
+def test_every_bad_row_is_written_to_a_file_in_the_output_folder_and_the_message_names_it(backbone, tmp_path,
+                                                                                            caplog):
+    import json
+
+    rows = [{"question": f"w{10 + i}", "answer": "w11"} for i in range(4)] + [{"question": f"w{20 + i}"}
+                                                                              for i in range(9)]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with caplog.at_level("WARNING"):
+        trainer_for(cli(backbone, data, tmp_path / "out", "--eval_fraction", "0"))
+    report = tmp_path / "out" / "bad_rows.jsonl"
+    listed = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [row["index"] for row in listed] == list(range(4, 13))  # all 9, where the message shows 5
+    assert all("missing 'answer'" in row["reason"] and row["part"] == "train" for row in listed)
+    assert str(report) in caplog.text
+    with pytest.raises(ValueError, match="bad_rows.jsonl"):
+        trainer_for(cli(backbone, data, tmp_path / "out2", "--eval_fraction", "0", "--on_bad_row", "error"))

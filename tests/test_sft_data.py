@@ -423,3 +423,11 @@ def test_the_dry_run_prepares_a_short_named_dataset(base_tokenizer, tmp_path, ca
     out = capsys.readouterr().out
     assert "added to the tokenizer: ['<think>', '</think>']" in out
     assert "train rows: 9, eval rows: 1" in out and '"content": "<think></think>' in out
+
+
+def test_duplicated_rows_never_fall_on_both_sides_of_the_held_out_split():
+    keys = [f"row{i % 30}" for i in range(90)]  # every row three times
+    train, held_out = split_indices(keys, 0.2, seed=0)
+    assert {keys[i] for i in train}.isdisjoint({keys[i] for i in held_out})
+    assert len(held_out) == 3 * 6 and sorted(train + held_out) == list(range(90))
+    assert split_indices(100, 0.1, seed=3) == split_indices([f"r{i}" for i in range(100)], 0.1, seed=3)
