@@ -1,7 +1,9 @@
-"""Checkpoints: which ones are complete, where a run resumes, and the ZeRO checkpoints that need converting first."""
+"""Checkpoints: their manifests (what makes one complete), rotation, where a run resumes, the settings a resumed run must
+keep, and the ZeRO checkpoints that need converting first."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -15,6 +17,8 @@ TRAINABLE_FILE = "trainable.safetensors"  # PEFT checkpoints: every trainable te
 # Written by DeepSpeed's `ds_to_universal` beside a ZeRO checkpoint's `latest`: the conversion that resumes on any
 # number of GPUs (docs/DISTRIBUTED.md).
 UNIVERSAL_LATEST_FILE = "latest_universal"
+MANIFEST_FILE = "manifest.json"  # in a checkpoint, written last: every other file's size and hash
+HASH_BLOCK = 1 << 23
 RUN_SETTINGS_FILE = "run_settings.json"  # in output_dir: what the run there trains, to refuse resuming another one
 # Settings a resumed run may change: they do not alter what is trained.
 RESUMABLE_CHANGES = {"time_limit_s", "num_demo_answers", "merge_on_save", "early_stopping_patience", "start_over"}
@@ -25,31 +29,83 @@ TRAINING_SETTINGS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weig
                      "fp16")
 
 
-def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
-    """The Trainer writes a checkpoint in place (not atomically) and trainer_state.json last; a readable one means
-    everything before it was written."""
-    state = Path(folder) / "trainer_state.json"
+def file_digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: str | os.PathLike) -> None:
+    """Record every file of a checkpoint written in full (size and hash), in `MANIFEST_FILE`, written last and
+    atomically: a checkpoint is complete exactly when its manifest verifies."""
+    folder = Path(folder)
+    files = {str(path.relative_to(folder)): {"size": path.stat().st_size, "blake2b": file_digest(path)}
+             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST_FILE}
+    write_atomically(folder / MANIFEST_FILE, json.dumps({"files": files}, indent=1))
+
+
+def checkpoint_problem(folder: str | os.PathLike, hashes: bool = True) -> str | None:
+    """Why a checkpoint cannot be resumed from (None: its manifest verifies): no manifest (killed while saving, or
+    partly deleted), a file missing, of another size, or (`hashes`) of other content."""
+    folder = Path(folder)
     try:
-        json.loads(state.read_text())
-    except (OSError, ValueError):
-        return False
-    return True
+        files = json.loads((folder / MANIFEST_FILE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no readable {MANIFEST_FILE} (killed while saving or deleting?)"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} has {path.stat().st_size} bytes, {expected['size']} were written"
+        if hashes and file_digest(path) != expected["blake2b"]:
+            return f"{name} does not hold what was written (its hash differs)"
+    return None
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The latest `checkpoint-N` in `output_dir` that is complete (a run killed while saving leaves a partial one)."""
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    return checkpoint_problem(folder) is None
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir`, by step N (not by time, which a copy or a clock can change)."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     if not os.path.isdir(output_dir):
-        return None
+        return []
     pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
     steps = sorted((int(m.group(1)), m.group(0)) for m in map(pattern.match, os.listdir(output_dir)) if m)
-    for _, name in reversed(steps):
-        path = os.path.join(output_dir, name)
-        if is_complete_checkpoint(path):
-            return path
-        logger.warning("Ignoring %s: incomplete (no readable trainer_state.json), probably killed while saving.", path)
+    return [Path(output_dir) / name for _, name in steps]
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The latest `checkpoint-N` in `output_dir` whose manifest verifies; the newer ones skipped are logged with why."""
+    for folder in reversed(checkpoint_folders(output_dir)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        logger.warning("Not resuming from %s: %s.", folder, problem)
     return None
+
+
+def rotate_checkpoints(output_dir: str | os.PathLike, save_total_limit: int | None, keep: str | None = None) -> None:
+    """Keep the newest `save_total_limit` complete checkpoints (and `keep`, the best one) and delete the older ones.
+    A checkpoint loses its manifest before its files, so a kill while deleting leaves one that is never resumed
+    from, and one that is not complete is never counted among those kept."""
+    if not save_total_limit or save_total_limit <= 0:
+        return
+    folders = checkpoint_folders(output_dir)
+    complete = [folder for folder in folders if checkpoint_problem(folder, hashes=False) is None]
+    if not complete:
+        return
+    kept = set(complete[-save_total_limit:]) | ({Path(keep)} if keep else set())
+    oldest_kept = min(folders.index(folder) for folder in kept if folder in folders)
+    for folder in folders[:oldest_kept]:  # older than every checkpoint kept: complete or partial, it goes
+        if folder not in kept:
+            (folder / MANIFEST_FILE).unlink(missing_ok=True)
+            shutil.rmtree(folder)
 
 
 def check_zero_world_size(checkpoint: str, processes: int) -> None:
@@ -71,9 +127,9 @@ def check_zero_world_size(checkpoint: str, processes: int) -> None:
 def resume_point(training_args) -> str | None:
     explicit = training_args.resume_from_checkpoint
     if explicit:
-        if not is_complete_checkpoint(explicit):
-            raise ValueError(f"--resume_from_checkpoint {explicit!r} is not a complete checkpoint (no readable "
-                             "trainer_state.json).")
+        problem = checkpoint_problem(explicit)
+        if problem is not None:
+            raise ValueError(f"--resume_from_checkpoint {explicit!r} is not a complete checkpoint: {problem}.")
         return explicit
     found = last_complete_checkpoint(training_args.output_dir)
     if found:

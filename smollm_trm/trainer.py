@@ -13,7 +13,8 @@ from trl import SFTTrainer
 from modeling_smollm_trm import IGNORE_INDEX, THINK_TOKENS
 from smollm_trm.callbacks import CurriculumStages, TRMWeightsEMA
 from smollm_trm.curriculum import STAGE_COLUMN, CurriculumArguments, CurriculumSampler
-from smollm_trm.checkpoints import TRAINABLE_FILE, UNIVERSAL_LATEST_FILE, check_zero_world_size
+from smollm_trm.checkpoints import (TRAINABLE_FILE, UNIVERSAL_LATEST_FILE, check_zero_world_size, rotate_checkpoints,
+                                    write_manifest)
 from smollm_trm.export import export_model
 from smollm_trm.loading import is_peft, thought_model
 from smollm_trm.sft_data import THOUGHT_LABELS_COLUMN
@@ -178,6 +179,26 @@ class TRMSFTTrainer(SFTTrainer):
         rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         return CurriculumSampler(self.row_stages, rows_per_step, args.max_steps, schedule.steps_per_stage,
                                  schedule.num_stages, schedule.mix, args.seed)
+
+    # ----------------------------------------------------------------------------------------------- checkpoints
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, then its manifest (written last: what makes it complete), then the rotation,
+        by step and among complete checkpoints only (the Trainer's own rotation, by time, runs before any manifest
+        and could delete complete checkpoints for a partial one)."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        run_dir = self._get_output_dir(trial=trial)
+        self.accelerator.wait_for_everyone()  # every rank's shards are written
+        if self.args.should_save:
+            write_manifest(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
+            rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------ EMA: eval and save
 

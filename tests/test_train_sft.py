@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 import train_sft
 from smollm_trm.arguments import make_parser
-from smollm_trm.checkpoints import last_complete_checkpoint, resume_point
+from smollm_trm.checkpoints import last_complete_checkpoint, resume_point, write_manifest
 from smollm_trm.export import export_model, save_final
 from smollm_trm.hub import push_folder
 from smollm_trm.trainer import TRMSFTTrainer
@@ -395,10 +395,12 @@ def test_sigkill_while_saving_resumes_from_the_last_complete_checkpoint(backbone
 
 
 def test_a_truncated_trainer_state_is_not_a_complete_checkpoint(tmp_path):
-    for step, state in ((1, '{"global_step": 1}'), (2, '{"global_st'), (3, None)):
+    for step in (1, 2, 3):
         (tmp_path / f"checkpoint-{step}").mkdir()
-        if state is not None:
-            (tmp_path / f"checkpoint-{step}/trainer_state.json").write_text(state)
+        (tmp_path / f"checkpoint-{step}/trainer_state.json").write_text('{"global_step": 1}')
+        if step < 3:  # checkpoint-3 was killed before its manifest
+            write_manifest(tmp_path / f"checkpoint-{step}")
+    (tmp_path / "checkpoint-2/trainer_state.json").write_text('{"global_st')  # truncated after the manifest
     assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-1")
 
 

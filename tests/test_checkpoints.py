@@ -1,0 +1,99 @@
+"""Checkpoints are complete exactly when their manifest verifies; rotation keeps complete ones, by step, and a kill
+while rotating never costs one (tiny models, CPU)."""
+
+import json
+import random
+import shutil
+
+import pytest
+from test_train_sft import backbone, cli, write_data  # noqa: F401  (backbone is a fixture)
+
+import train_sft
+from smollm_trm.arguments import make_parser
+from smollm_trm.checkpoints import (MANIFEST_FILE, checkpoint_folders, checkpoint_problem, last_complete_checkpoint,
+                                    rotate_checkpoints, write_manifest)
+
+
+def train(backbone, tmp_path, *extra):
+    args = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--max_steps", "3", "--save_strategy",
+               "steps", "--save_steps", "1", *extra)
+    return args, train_sft.main(*make_parser().parse_args_and_config(args))
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name, damage, reason", [
+    ("model.safetensors", truncate, "bytes"),
+    ("optimizer.pt", flip_a_byte, "hash differs"),
+    ("scheduler.pt", lambda path: path.unlink(), "missing"),
+    ("config.json", flip_a_byte, "hash differs"),
+    (MANIFEST_FILE, truncate, "no readable"),
+])
+def test_a_damaged_checkpoint_is_skipped_with_its_reason_and_the_run_resumes_from_the_one_before(
+        backbone, tmp_path, caplog, name, damage, reason):
+    args, _ = train(backbone, tmp_path, "--time_limit_s", "1e-9")  # stops after step 1 with checkpoint-1
+    args, _ = train(backbone, tmp_path, "--max_steps", "3")  # resumes, checkpoints 2 and 3
+    out = tmp_path / "out"
+    shutil.rmtree(out / "final")
+    assert [checkpoint_problem(folder) for folder in checkpoint_folders(out)] == [None] * 3
+    damage(out / "checkpoint-3" / name)
+    with caplog.at_level("WARNING"):
+        assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-2")
+    assert "checkpoint-3" in caplog.text and reason in caplog.text
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+
+
+def test_rotation_keeps_the_newest_complete_checkpoints_by_step(backbone, tmp_path):
+    train(backbone, tmp_path, "--max_steps", "4", "--save_total_limit", "2")
+    assert [folder.name for folder in checkpoint_folders(tmp_path / "out")] == ["checkpoint-3", "checkpoint-4"]
+
+
+def fake_checkpoints(folder, steps):
+    for step in steps:
+        checkpoint = folder / f"checkpoint-{step}"
+        (checkpoint / "sub").mkdir(parents=True)
+        for index in range(4):
+            (checkpoint / ("sub" if index % 2 else "") / f"part{index}.bin").write_bytes(bytes([step]) * 64)
+        write_manifest(checkpoint)
+
+
+def test_a_kill_at_any_point_of_rotation_loses_no_checkpoint_it_keeps(tmp_path, monkeypatch):
+    real_rmtree = shutil.rmtree
+    for seed in range(20):  # a bounded, seeded set of kill points
+        rng = random.Random(seed)
+        folder = tmp_path / f"run{seed}"
+        fake_checkpoints(folder, [1, 2, 3, 5, 8])
+        (folder / "checkpoint-5" / MANIFEST_FILE).unlink()  # a partial one among them (killed while saving)
+        budget = rng.randrange(12)
+
+        def killed_rmtree(path, *args, **kwargs):  # deletes `budget` files in all, then the process dies
+            nonlocal budget
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                if budget == 0:
+                    raise KeyboardInterrupt
+                file.unlink()
+                budget -= 1
+            real_rmtree(path, *args, **kwargs)
+
+        monkeypatch.setattr(shutil, "rmtree", killed_rmtree)
+        try:
+            rotate_checkpoints(folder, save_total_limit=2)
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+        complete = [c.name for c in checkpoint_folders(folder) if checkpoint_problem(c) is None]
+        assert complete[-2:] == ["checkpoint-3", "checkpoint-8"], (seed, complete)  # the two kept ones
+        assert last_complete_checkpoint(str(folder)) == str(folder / "checkpoint-8")
+        for checkpoint in checkpoint_folders(folder):  # a partly deleted one is never complete
+            files = [p for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST_FILE]
+            if len(files) < 4:
+                assert checkpoint_problem(checkpoint) is not None
