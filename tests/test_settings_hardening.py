@@ -13,7 +13,7 @@ from smollm_trm.loading import check_think_token
 
 
 def test_from_base_sends_dtype_to_the_loader_not_the_config(backbone):
-    model = SmolLMTRMForCausalLM.from_base(str(backbone), dtype=torch.bfloat16)
+    model = SmolLMTRMForCausalLM.from_base(str(backbone), dtype="bfloat16")
     assert model.get_input_embeddings().weight.dtype == torch.bfloat16
     assert model.model.language_model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
 
