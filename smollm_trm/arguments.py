@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,18 +87,43 @@ TRMArguments = dataclasses.make_dataclass(
 TRMArguments.__module__ = __name__
 
 
+def tracker_lists_split(args: list[str]) -> list[str]:
+    """`--report_to tensorboard,wandb` (or `--report_to=...`) as `--report_to tensorboard wandb`: the flag takes
+    several trackers either way, as the YAML list does."""
+    split, in_trackers = [], False
+    for arg in args:
+        if arg.startswith("--report_to="):
+            split += ["--report_to", *filter(None, arg.split("=", 1)[1].split(","))]
+            in_trackers = True
+        elif arg == "--report_to":
+            split.append(arg)
+            in_trackers = True
+        elif in_trackers and not arg.startswith("-"):
+            split += list(filter(None, arg.split(",")))
+        else:
+            split.append(arg)
+            in_trackers = False
+    return split
+
+
 def make_parser(subparsers=None):
     """TRL's parser over the data, `SFTConfig`, `ModelConfig` and `TRMArguments` flags; `--config file.yaml` reads
-    them from YAML, where an unknown key is an error."""
+    them from YAML, where an unknown key is an error. `--report_to` takes several trackers."""
     from trl import ModelConfig, SFTConfig, TrlParser
 
     from smollm_trm.sft_data import SFTDataArguments
+
+    class Parser(TrlParser):
+        def parse_args_and_config(self, args=None, *rest, **kwargs):
+            args = list(sys.argv[1:] if args is None else args)
+            return super().parse_args_and_config(tracker_lists_split(args), *rest, **kwargs)
 
     dataclass_types = (SFTDataArguments, SFTConfig, ModelConfig, TRMArguments)
     if subparsers is not None:
         parser = subparsers.add_parser("sft", help="SmolLM+TRM SFT", dataclass_types=dataclass_types)
     else:
-        parser = TrlParser(dataclass_types)
+        parser = Parser(dataclass_types)
+    parser._option_string_actions["--report_to"].nargs = "+"  # argparse reads nargs when it parses
     # Replay (the checkpointing path) recomputes the stream at each <think>: slower, and rarely needed.
     # TRL defaults bf16 to True, which TrainingArguments refuses on a CPU-only machine: use it where it is supported.
     parser.set_defaults(activation_checkpointing=False, bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())

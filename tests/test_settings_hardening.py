@@ -129,3 +129,13 @@ def test_every_bad_row_is_written_to_a_file_in_the_output_folder_and_the_message
     assert str(report) in caplog.text
     with pytest.raises(ValueError, match="bad_rows.jsonl"):
         trainer_for(cli(backbone, data, tmp_path / "out2", "--eval_fraction", "0", "--on_bad_row", "error"))
+
+
+@pytest.mark.parametrize("flags", [["--report_to", "tensorboard", "wandb"], ["--report_to", "tensorboard,wandb"],
+                                   ["--report_to=tensorboard,wandb"]])
+def test_several_trackers_on_the_command_line(flags):
+    from smollm_trm.arguments import make_parser
+
+    parsed = make_parser().parse_args_and_config(["--dataset_name", "x.jsonl", "--output_dir", "out", *flags,
+                                                  "--seed", "3"])
+    assert parsed[1].report_to == ["tensorboard", "wandb"] and parsed[1].seed == 3
