@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import shutil
 from pathlib import Path
@@ -41,10 +42,22 @@ def export_model(model, tokenizer, folder: str | os.PathLike, state_dict: dict |
         state_dict = without_tied_copies(plain, state_dict)
     with unsharded_class(plain):
         plain.save_pretrained(folder, state_dict=state_dict)
+    scrub_config(folder / "config.json")
     tokenizer.save_pretrained(folder)
     if not (folder / "generation_config.json").is_file():
         plain.generation_config.save_pretrained(folder)
     return folder
+
+
+def scrub_config(path: Path) -> None:
+    """Drop from a saved config what is true only of this machine or of the loading: the backbone's local path, and
+    the GGUF `quantization_config` of a backbone read from a .gguf file (the weights saved are dequantized)."""
+    config = json.loads(path.read_text())
+    for section in (config, config.get("text_config") or {}):
+        section.pop("_name_or_path", None)
+        if (section.get("quantization_config") or {}).get("quant_method") == "gguf":
+            del section["quantization_config"]
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def without_tied_copies(model, state_dict: dict) -> dict:

@@ -139,3 +139,20 @@ def test_several_trackers_on_the_command_line(flags):
     parsed = make_parser().parse_args_and_config(["--dataset_name", "x.jsonl", "--output_dir", "out", *flags,
                                                   "--seed", "3"])
     assert parsed[1].report_to == ["tensorboard", "wandb"] and parsed[1].seed == 3
+
+
+def test_the_saved_config_holds_no_local_path_nor_the_gguf_loading_metadata(tmp_path):
+    import json
+
+    from smollm_trm.export import export_model
+
+    model = tiny_model()
+    model.config.text_config._name_or_path = "/home/someone/models/backbone"
+    model.config.text_config.quantization_config = {"quant_method": "gguf", "gguf_file": "x.gguf", "dequantize": False}
+    folder = export_model(model, tiny_tokenizer(), tmp_path / "out")
+    text = (folder / "config.json").read_text()
+    assert "/home/someone" not in text and "gguf" not in text
+    reloaded = SmolLMTRMForCausalLM.from_pretrained(folder)
+    ids = torch.tensor([[7, THINK, 8]])
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert json.loads(text)["text_config"]["hidden_size"] == model.config.text_config.hidden_size
