@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from configuration_smollm_trm import SmolLMTRMConfig
-from modeling_smollm_trm import Depth, SmolLMTRMForCausalLM
+from modeling_smollm_trm import SmolLMTRMForCausalLM
 
 OUTPUT_DIR = Path(__file__).resolve().parent / "results" / "halt_collapse"
 ROWS, CONTEXT, BACKBONE_WIDTH = 8, 30, 128
@@ -54,7 +54,7 @@ def train_on_halting(into_y: bool, steps: int, seed: int) -> list[dict]:
     for step in range(steps + 1):
         context = torch.randn(ROWS, CONTEXT, BACKBONE_WIDTH, generator=generator)
         x = trm.compressor(context, mask)
-        carry = trm.deep_recursion(x, trm.initial_carry(x), Depth(3, 1).n_cycles)
+        carry = trm.deep_recursion(x, trm.initial_carry(x), trm.config.n_cycles)
         logit = trm.halt_head(carry.y.mean(dim=1)).squeeze(-1) if into_y else trm.halt_logit(carry.y)
         loss = HALT_LOSS_WEIGHT * F.binary_cross_entropy_with_logits(logit.float(), torch.ones(ROWS))
         if step % 25 == 0:

@@ -65,10 +65,6 @@ def checkpoint_problem(folder: str | os.PathLike, hashes: bool = True) -> str | 
     return None
 
 
-def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
-    return checkpoint_problem(folder) is None
-
-
 def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
     """The `checkpoint-N` folders of `output_dir`, by step N (not by time, which a copy or a clock can change)."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -160,18 +156,16 @@ def check_same_run(output_dir: str, settings: dict, start_over: bool, main_proce
     saved = json.loads(path.read_text()) if path.is_file() else None
     if saved is not None and saved != settings:
         if not start_over:
-            changed = sorted(set(saved) | set(settings), key=str)
-            changed = [f"{name}: {saved.get(name)!r} -> {settings.get(name)!r}" for name in changed
-                       if saved.get(name) != settings.get(name)]
+            changed = [f"{name}: {saved.get(name)!r} -> {settings.get(name)!r}"
+                       for name in sorted(set(saved) | set(settings)) if saved.get(name) != settings.get(name)]
             raise ValueError(f"{output_dir} holds a run with other settings ({'; '.join(changed)}); resuming it "
                              "would mix the two. Use another --output_dir, or pass --start_over to delete its "
                              "checkpoints and final folder and train anew.")
         if not main_process:
             return
         logger.warning("--start_over: deleting the checkpoints and final folder of the run in %s.", output_dir)
-        for folder in Path(output_dir).iterdir():
-            if folder.is_dir() and (folder.name == FINAL_FOLDER or folder.name.startswith("checkpoint-")):
-                shutil.rmtree(folder)
+        for folder in [*checkpoint_folders(output_dir), Path(output_dir) / FINAL_FOLDER]:
+            shutil.rmtree(folder, ignore_errors=True)
     if main_process:
         write_atomically(path, json.dumps(settings, indent=1, sort_keys=True))
 

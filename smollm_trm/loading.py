@@ -73,7 +73,7 @@ def load_model(model_args, trm_args, trust_remote_code: bool = False):
 def check_think_token(config, tokenizer) -> None:
     """A SmolLM+TRM config whose `think_token_id` is not the tokenizer's `<think>` would never insert a thought: the
     model would train and answer as a plain backbone, silently."""
-    if getattr(config, "model_type", None) != "smollm_trm" or config.thought_mode == "none":
+    if getattr(config, "model_type", None) != TRM_MODEL_TYPE or config.thought_mode == "none":
         return
     think_id = tokenizer.convert_tokens_to_ids(THINK_TOKENS[0])  # the unknown token's id when it lacks one
     if think_id != config.think_token_id:
