@@ -154,7 +154,8 @@ def arm_tests(arm: Arm, tasks: list[tuple[str, dict]], settings: ExperimentSetti
 def evaluate_arm(model_dir: Path, eval_dir: Path, tests: list[tuple[str, dict, int]], settings: ExperimentSettings,
                  seed: int) -> dict[str, dict]:
     """eval's results.json of every test, {folder name: content}; the model loads once, tests already evaluated are
-    read back. The trm arms run at every inference n_cycles."""
+    read back. The trm arms run at every inference n_cycles, and the diagnostics run, on the tests with one `<think>`
+    in the prompt; the tests that give more latent steps run at the trained depth alone."""
     from eval.diagnostics import ABLATIONS
     from eval.report import write_outputs
     from eval.runner import GenerationSettings, depths_for, load_model, run_model, warm_up
@@ -172,10 +173,13 @@ def evaluate_arm(model_dir: Path, eval_dir: Path, tests: list[tuple[str, dict, i
                                         seed=seed, prompt_style=PROMPT_STYLE, latent_steps=latent_steps)
         task = load_task(**spec)
         warm_up(loaded, task, generation)
-        runs = [run_model(loaded, task, generation, depth) for depth in depths_for(loaded, n_cycles, [])]
-        if settings.diagnostics and loaded.has_thoughts:
-            trained = depths_for(loaded, [], [])[0]
-            runs += [run_model(loaded, task, generation, trained, ablation) for ablation in ABLATIONS]
+        trained = depths_for(loaded, [], [])[0]
+        if latent_steps > 1:  # a test of the number of latent steps: at the trained depth, without ablations
+            runs = [run_model(loaded, task, generation, trained)]
+        else:
+            runs = [run_model(loaded, task, generation, depth) for depth in depths_for(loaded, n_cycles, [])]
+            if settings.diagnostics and loaded.has_thoughts:
+                runs += [run_model(loaded, task, generation, trained, ablation) for ablation in ABLATIONS]
         task_info = {**spec, "kind": task.kind, "path": None, "n": len(task.examples), "latent_steps": latent_steps}
         results[name] = write_outputs(eval_dir / name, task_info, {**asdict(generation), "model": str(model_dir)}, runs)
     loaded.model = None

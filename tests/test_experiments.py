@@ -33,13 +33,13 @@ def check_outputs(folder, experiment: str, plots: set[str]) -> dict:
 def test_depth_smoke(tmp_path):
     main(["depth", "--smoke", "--output_dir", str(tmp_path)])
     results = check_outputs(tmp_path, "depth", {"accuracy_vs_depth.png", "trm_n_cycles.png"})
-    # every arm at every test depth 1..6, the trm arms at inference n_cycles 1 and 2 (twice the trained 1), the
-    # curriculum arms also given the padded last stage's 2 latent steps (as arm "<name>@2")
+    # every arm at every test depth 1..6, the trm arms at inference n_cycles 1 and 2 (twice the trained 1); the
+    # curriculum arms also given the padded last stage's 2 latent steps (as arm "<name>@2"), at the trained n_cycles
     cells = {(e["arm"], e["test_depth"], e["n_cycles"]) for e in results["results"]}
-    labels = [(arm, arm.name) for arm in ARMS["depth"]]
-    labels += [(arm, f"{arm.name}@2") for arm in ARMS["depth"] if arm.reasoning == "curriculum"]
-    expected = {(label, d, t) for arm, label in labels for d in range(1, 7)
+    expected = {(arm.name, d, t) for arm in ARMS["depth"] for d in range(1, 7)
                 for t in ((1, 2) if arm.thought_mode == "trm" else (None,))}
+    expected |= {(f"{arm.name}@2", d, 1 if arm.thought_mode == "trm" else None) for arm in ARMS["depth"]
+                 for d in range(1, 7) if arm.reasoning == "curriculum"}
     assert cells == expected
     given = json.loads((tmp_path / "evals/trm_curriculum/seed0/depth3-given2/final__T1_N1.jsonl").read_text()
                        .splitlines()[0])["prompt"]
