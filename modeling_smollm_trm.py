@@ -39,11 +39,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import (AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, LogitsProcessor,
+                          LogitsProcessorList, PreTrainedModel)
 from transformers import initialization as init
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.masking_utils import create_causal_mask
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
+
+logger = logging.get_logger(__name__)
 
 
 
@@ -1060,21 +1063,73 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
             model_kwargs["cache"] = ThoughtCache(config=self.config.get_text_config(decoder=True))
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
-    def generate(self, *args, **kwargs):
+    def generate(self, *args, max_latent_steps: int | None = None, **kwargs):
         """`generate()` of transformers; also takes `n_cycles` / `n_supervision_steps` for this call. Greedy,
-        sampling and beam search are supported; methods that re-run or roll back the cache are refused."""
+        sampling and beam search are supported; methods that re-run or roll back the cache are refused.
+
+        A `<think>` the model emits costs 1 + K positions: it is generated only while the row can still hold it and
+        every token left to generate within the backbone's `max_position_embeddings`, and, with `max_latent_steps`,
+        while the row holds fewer `<think>` than that (prompt's included). So a model that keeps thinking stops
+        thinking instead of running out of positions."""
         for unsupported in ("assistant_model", "prompt_lookup_num_tokens", "penalty_alpha"):
             if kwargs.get(unsupported) is not None:
                 raise NotImplementedError(f"SmolLMTRM does not support `{unsupported}` in generate().")
         if kwargs.get("use_cache") is False and self.config.thought_mode != "none":
             raise NotImplementedError("SmolLMTRM generates with the cache; `use_cache=False` is not supported.")
         Depth.of_call(self.config, kwargs.get("n_cycles"), kwargs.get("n_supervision_steps"))  # fail before decoding
+        if max_latent_steps is not None and (isinstance(max_latent_steps, bool) or not isinstance(max_latent_steps, int)
+                                             or max_latent_steps < 0):
+            raise ValueError(f"max_latent_steps must be an integer >= 0 or None, got {max_latent_steps!r}.")
+        prompt = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+        if self.config.thought_mode != "none" and isinstance(prompt, torch.Tensor):
+            budget = ThinkingWithinReach(self.config, prompt, kwargs.get("attention_mask"),
+                                         self._generation_max_length(prompt.shape[1], kwargs), max_latent_steps)
+            kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), budget])
         return super().generate(*args, **kwargs)
+
+    def _generation_max_length(self, prompt_length: int, kwargs: dict) -> int:
+        """The sequence length generate() stops at, as it reads `max_new_tokens` / `max_length`."""
+        config = kwargs.get("generation_config") or self.generation_config
+        max_new_tokens = kwargs.get("max_new_tokens", config.max_new_tokens)
+        if max_new_tokens is not None:
+            return prompt_length + max_new_tokens
+        return kwargs.get("max_length") or config.max_length
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
+
+
+class ThinkingWithinReach(LogitsProcessor):
+    """Bans `<think>` in rows that could not hold its K thoughts and every token still to come within the backbone's
+    positions, or that hold `max_latent_steps` `<think>` already (see `SmolLMTRMForCausalLM.generate`)."""
+
+    def __init__(self, config: SmolLMTRMConfig, prompt: torch.Tensor, attention_mask: torch.Tensor | None,
+                 max_length: int, max_latent_steps: int | None):
+        self.think, self.K, self.max_latent_steps = config.think_token_id, config.num_latents, max_latent_steps
+        self.limit = getattr(config.text_config, "max_position_embeddings", None)
+        self.prompt_length, self.max_length = prompt.shape[1], max_length
+        real = torch.ones_like(prompt, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        self.prompt_tokens = real.sum(dim=1)  # (B,) left padding takes no position
+        if self.limit is not None and int(self.prompt_tokens.max()) + max_length - self.prompt_length + self.K > self.limit:
+            logger.warning(f"max_new_tokens leaves some rows no room for a <think> within max_position_embeddings="
+                           f"{self.limit} (K={self.K} positions each): those rows will not think.")
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        thinks = (input_ids == self.think).sum(dim=1)
+        banned = torch.zeros_like(thinks, dtype=torch.bool)
+        if self.limit is not None:
+            # beam search and num_return_sequences repeat each prompt's row in place
+            prompt_tokens = self.prompt_tokens.to(input_ids.device).repeat_interleave(
+                input_ids.shape[0] // self.prompt_tokens.shape[0])
+            used = prompt_tokens + (input_ids.shape[1] - self.prompt_length) + self.K * thinks
+            to_come = self.max_length - input_ids.shape[1]  # this token included
+            banned |= used + to_come + self.K > self.limit
+        if self.max_latent_steps is not None:
+            banned |= thinks >= self.max_latent_steps
+        scores[banned, self.think] = float("-inf")
+        return scores
 
 
 class UnknownArgumentError(TypeError, ValueError):

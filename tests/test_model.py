@@ -187,6 +187,54 @@ def test_cached_greedy_generation_equals_recompute(settings, depth):
     assert (out.sequences[:, ids.shape[1]:] == THINK).any(), "the test must exercise a generated <think>"
 
 
+class PreferThinking(LogitsProcessor):
+    """Every row's next token is `<think>` (each costs 1 + K positions), else token 9, whatever the model says."""
+
+    def __call__(self, input_ids, scores):
+        scores[:] = float("-inf")
+        scores[:, THINK], scores[:, 9] = 1.0, 0.5
+        return scores
+
+
+def always_thinking(model, *args, **kwargs):
+    model.generation_config.update(pad_token_id=PAD_ID, eos_token_id=None)
+    return model.generate(*args, do_sample=False, logits_processor=LogitsProcessorList([PreferThinking()]), **kwargs)
+
+
+def row_positions(model, sequence: torch.Tensor) -> int:
+    real = sequence[sequence != PAD_ID]
+    return len(real) + model.config.num_latents * int((real == THINK).sum())
+
+
+@pytest.mark.parametrize("generation", [{}, {"num_beams": 2}])
+def test_a_model_that_keeps_thinking_stops_thinking_before_it_runs_out_of_positions(generation):
+    limit, K = 40, 4
+    model = tiny_model(text_config=tiny_text_config(max_position_embeddings=limit), num_latents=K)
+    ids, mask = pad_batch([[7, 8, THINK], [11, 12, 13, 14, 15, THINK]], ["left", "left"])
+    max_new_tokens = 12  # unbounded, 12 emitted <think> would need 12 * 5 positions
+    out = always_thinking(model, input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **generation)
+    for row, sequence in enumerate(out):
+        generated = sequence[ids.shape[1]:]
+        assert len(generated) == max_new_tokens
+        assert row_positions(model, sequence) <= limit, f"row {row}"
+        thinks = int((generated == THINK).sum())
+        assert thinks >= 1, "the row thinks while thoughts fit"
+        assert row_positions(model, sequence) + K > limit, "one more <think> would not have fitted"
+    assert int((out[0] == THINK).sum()) > int((out[1] == THINK).sum()), "the longer prompt leaves less room"
+
+
+def test_max_latent_steps_caps_the_think_tokens_of_a_row_prompt_included():
+    model = tiny_model()
+    ids = torch.tensor([[7, 8, THINK]])
+    unbounded = always_thinking(model, ids, max_new_tokens=6)
+    assert int((unbounded == THINK).sum()) == 7
+    capped = always_thinking(model, ids, max_new_tokens=6, max_latent_steps=3)
+    assert int((capped == THINK).sum()) == 3 and capped[0, 3:5].tolist() == [THINK, THINK]
+    assert (capped[0, 5:] == 9).all()
+    with pytest.raises(ValueError, match="max_latent_steps"):
+        model.generate(ids, max_new_tokens=2, max_latent_steps=-1)
+
+
 def test_generation_depth_override_changes_the_answer():
     model = tiny_model(**VIVID)
     model.generation_config.update(pad_token_id=PAD_ID, eos_token_id=None)
