@@ -52,6 +52,11 @@ class SmolLMTRMConfig(PreTrainedConfig):
             Weight of the step probe's cross-entropy in the total loss, given `thought_labels`: the thoughts of each
             `<think>` that replaces a written reasoning step must decode that step's tokens, thought i its i-th
             token, through the backbone's final norm and LM head (step-level supervision of latents, as SIM-CoT).
+        thought_feedback (`bool`, *optional*, defaults to `False`):
+            Between supervision steps (`n_supervision_steps` >= 2, `thought_mode="trm"`), the backbone reads the
+            step's thoughts on the context's cache, and the compressor reads those hidden states beside the context
+            for the next step: the recursion sees what the language model computes from its thoughts (for a
+            written step, the next token at every position), not only the context before them.
         halt_threshold (`float`, *optional*, defaults to 0.5):
             At inference, a row stops its supervision steps once its halting probability exceeds this.
         thought_window (`str`, *optional*, defaults to `"append"`):
@@ -79,6 +84,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
     n_supervision_steps: int = 1
     halt_loss_weight: float = 0.5
     probe_loss_weight: float = 0.0
+    thought_feedback: bool = False
     halt_threshold: float = 0.5
     thought_window: str = "append"
     thought_mode: str = "trm"
@@ -127,6 +133,12 @@ class SmolLMTRMConfig(PreTrainedConfig):
         if self.trm_hidden_size % self.trm_num_heads:
             raise ValueError(
                 f"trm_num_heads={self.trm_num_heads} must divide trm_hidden_size={self.trm_hidden_size}."
+            )
+        if self.thought_feedback and (self.thought_mode != "trm" or self.n_supervision_steps < 2):
+            raise ValueError(
+                f"thought_feedback feeds the backbone's reading of one supervision step's thoughts to the next: it "
+                f"needs thought_mode='trm' and n_supervision_steps >= 2, got thought_mode={self.thought_mode!r}, "
+                f"n_supervision_steps={self.n_supervision_steps}."
             )
         if not 0.0 < self.halt_threshold < 1.0:
             raise ValueError(f"halt_threshold must lie in (0, 1), got {self.halt_threshold}.")

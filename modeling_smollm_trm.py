@@ -34,6 +34,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -203,6 +204,10 @@ class Depth:
         return self.n_supervision_steps * self.n_cycles * per_cycle
 
 
+# (thoughts (B, K, D)) -> (the backbone's last-layer hidden states over them (B, K, D), their mask (B, K))
+ReadThoughts = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 @dataclass
 class TRMCarry:
     y: torch.Tensor  # (B, K, d) the current answer
@@ -255,11 +260,14 @@ class HiddenStateTRM(nn.Module):
         self.halt_head = nn.Linear(width, 1)
 
     def forward(self, context: torch.Tensor, context_mask: torch.Tensor, depth: Depth,
-                halt_threshold: float | None = None, rows: torch.Tensor | None = None) -> Thinking:
+                halt_threshold: float | None = None, rows: torch.Tensor | None = None,
+                read_thoughts: ReadThoughts | None = None) -> Thinking:
         """Deep supervision from the context's hidden states [B, L, D]: N_sup steps of T cycles from the initial
         carry, (y, z) detached between steps. Without `halt_threshold` (training) every step runs, and each one's
         thoughts are scored by the caller. With it (inference), a row whose halting probability exceeds it keeps its
-        thoughts, and the steps end once every row of `rows` has halted."""
+        thoughts, and the steps end once every row of `rows` has halted. `read_thoughts` (`thought_feedback`) gives
+        the backbone's hidden states over a step's thoughts, which the compressor reads beside the context for the
+        next step."""
         x = self.compressor(context, context_mask)  # (B, K, d)
         carry = self.initial_carry(x)
         halted = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -268,6 +276,10 @@ class HiddenStateTRM(nn.Module):
         for step in range(depth.n_supervision_steps):
             if step:
                 carry = carry.detach()
+                if read_thoughts is not None:
+                    read, read_mask = read_thoughts(steps[-1].thoughts.detach())
+                    x = self.compressor(torch.cat([context, read.to(context.dtype)], dim=1),
+                                        torch.cat([context_mask, read_mask], dim=1))
             carry = carry.where(halted, self.deep_recursion(x, carry, depth.n_cycles))
             steps_used += (~halted).float()
             halt_logit = self.halt_logit(carry.y)
@@ -322,7 +334,8 @@ class PauseThoughts(nn.Module):
         self.vectors = nn.Parameter(torch.empty(config.num_latents, config.text_config.hidden_size))
 
     def forward(self, context: torch.Tensor | None, context_mask: torch.Tensor, depth: Depth,
-                halt_threshold: float | None = None, rows: torch.Tensor | None = None) -> Thinking:
+                halt_threshold: float | None = None, rows: torch.Tensor | None = None,
+                read_thoughts: ReadThoughts | None = None) -> Thinking:
         batch = context_mask.shape[0]
         steps_used = torch.ones(batch, device=context_mask.device)
         return Thinking([ThoughtStep(self.vectors.expand(batch, -1, -1), None)], steps_used)
@@ -774,7 +787,11 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         its supervision steps, each earlier step's answer run on that step's thoughts."""
         context = cache.hidden if self.thoughts.reads_context else None
         threshold = None if supervise else self.config.halt_threshold
-        thinking = self.thoughts(context, cache.kinds != PAD, depth, threshold, layout.think_rows[j])
+        read = None
+        if self.config.thought_feedback:
+            def read(thoughts):
+                return self._read_thoughts(cache, layout.kinds[:, layout.thoughts(j)], thoughts)
+        thinking = self.thoughts(context, cache.kinds != PAD, depth, threshold, layout.think_rows[j], read)
         steps = []
         if supervise:
             for step in thinking.steps[:-1]:
@@ -782,6 +799,13 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
                 steps.append(SupervisedStep(j, step.halt_logit, hidden, step.thoughts))
             steps.append(SupervisedStep(j, thinking.steps[-1].halt_logit, None, thinking.thoughts))
         return thinking.thoughts, self._thought_stats(thinking), steps
+
+    def _read_thoughts(self, cache: ThoughtCache, kinds: torch.Tensor, thoughts: torch.Tensor):
+        """`thought_feedback`: the backbone's last-layer hidden states over `thoughts` (B, K, D) placed after the
+        context, as the answer would see them, and their mask; the cache is then cut back."""
+        hidden = self._extend(cache, *self._joined([(thoughts, kinds)]), torch.zeros_like(kinds[:, 0]))
+        cache.crop(-thoughts.shape[1])
+        return hidden, kinds != PAD
 
     def _answer_pass(self, cache, layout: ChunkLayout, j: int, thoughts, prior_thinks) -> torch.Tensor:
         """Deep supervision: the j-th `<think>`'s [thoughts; answer] given an intermediate step's thoughts, run on the

@@ -29,6 +29,8 @@ class Arm:
 
 DISTILL = ("--distill_weight", "1.0")  # CODI's weights: distillation 1, teacher CE 1 (the default)
 PROBE = ("--probe_loss_weight", "1.0")  # each latent step's thoughts decode the written step they replace
+SUPERVISED = ("--n_supervision_steps", "3")  # deep supervision, every step scored (answer and probe)
+FEEDBACK = (*SUPERVISED, "--thought_feedback", "true")  # ... each step reading the backbone over the last one's thoughts
 ARMS = {
     "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text"),
@@ -36,7 +38,9 @@ ARMS = {
               Arm("pause_distill", "pause", "latent", DISTILL), Arm("trm_distill", "trm", "latent", DISTILL),
               Arm("pause_curriculum_distill", "pause", "curriculum", DISTILL),
               Arm("trm_curriculum_distill", "trm", "curriculum", DISTILL),
-              Arm("pause_probe", "pause", "curriculum", PROBE), Arm("trm_probe", "trm", "curriculum", PROBE)),
+              Arm("pause_probe", "pause", "curriculum", PROBE), Arm("trm_probe", "trm", "curriculum", PROBE),
+              Arm("trm_probe_supervised", "trm", "curriculum", PROBE + SUPERVISED),
+              Arm("trm_probe_feedback", "trm", "curriculum", PROBE + FEEDBACK)),
     "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text")),
 }

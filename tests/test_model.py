@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import EOS, PAD_ID, THINK, pad_batch, tiny_model, tiny_text_config
+from conftest import EOS, PAD_ID, THINK, pad_batch, tiny_config, tiny_model, tiny_text_config
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from modeling_smollm_trm import THOUGHT, Depth, ThoughtCache
@@ -26,7 +26,9 @@ def real_span(mask_row: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"thought_mode": "pause"},
-                                      {"n_supervision_steps": 3}, {"attn_implementation": "sdpa"}])
+                                      {"n_supervision_steps": 3}, {"attn_implementation": "sdpa"},
+                                      {"n_supervision_steps": 3, "thought_feedback": True},
+                                      {"n_supervision_steps": 2, "thought_feedback": True, "thought_window": "slide"}])
 def test_padded_batch_equals_rows_alone(settings):
     model = tiny_model(**VIVID, **settings)
     ids, mask = pad_batch(ROWS, SIDES)
@@ -118,7 +120,8 @@ def test_segmented_forward_equals_one_uncached_pass_over_context_thoughts_rest()
                                rtol=0)
 
 
-@pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"n_supervision_steps": 2}])
+@pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"n_supervision_steps": 2},
+                                      {"n_supervision_steps": 2, "thought_feedback": True}])
 def test_activation_checkpointing_fallback_gives_the_same_loss_and_gradients(settings):
     model = tiny_model(**VIVID, **settings).train()
     ids, mask = pad_batch(ROWS, SIDES)
@@ -170,7 +173,7 @@ PROMPTS = [[7, 8, 9, THINK], [11, THINK, 12, 13, 14], [15, 16], [17, THINK, 18, 
 
 
 @pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"thought_mode": "pause"},
-                                      {"n_supervision_steps": 2}])
+                                      {"n_supervision_steps": 2}, {"n_supervision_steps": 2, "thought_feedback": True}])
 @pytest.mark.parametrize("depth", [{}, {"n_cycles": 4}])
 def test_cached_greedy_generation_equals_recompute(settings, depth):
     model = tiny_model(**VIVID, **settings)
@@ -332,6 +335,48 @@ def test_the_halting_loss_trains_the_halting_head_only():
     grads = {name: p.grad for name, p in trm.named_parameters()}
     assert grads["halt_head.weight"].abs().sum() > 0
     assert all(g is None or g.abs().sum() == 0 for name, g in grads.items() if not name.startswith("halt_head"))
+
+
+def test_thought_feedback_changes_only_what_follows_the_first_supervision_step():
+    ids = torch.tensor([[7, 8, 9, THINK, 10, 11]])
+    plain = tiny_model(**VIVID, n_supervision_steps=2)
+    fed = tiny_model(**VIVID, n_supervision_steps=2, thought_feedback=True)
+    fed.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(fed(input_ids=ids, n_supervision_steps=1).logits,
+                               plain(input_ids=ids, n_supervision_steps=1).logits, atol=0, rtol=0)
+    plain_logits, fed_logits = plain(input_ids=ids).logits, fed(input_ids=ids).logits
+    torch.testing.assert_close(fed_logits[0, :3], plain_logits[0, :3], atol=0, rtol=0)
+    assert ((fed_logits[0, 3:] - plain_logits[0, 3:]).abs().amax(-1) > 1e-4).all()
+
+
+def test_thought_feedback_reads_the_backbone_over_the_last_steps_thoughts():
+    """Reference: the second step's compressor input is the context's hidden states, then the backbone's over the
+    first step's thoughts placed after it, as a plain forward with those thoughts inserted computes them."""
+    from modeling_smollm_trm import LatentAttentionCompressor
+
+    model = tiny_model(**VIVID, n_supervision_steps=2, thought_feedback=True)
+    ids = torch.tensor([[7, 8, 9, THINK]])
+    seen = []
+    compress = LatentAttentionCompressor.forward
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LatentAttentionCompressor, "forward",
+                      lambda self, context, mask: seen.append((context, mask)) or compress(self, context, mask))
+        model(input_ids=ids)
+    (context, mask), (fed_context, fed_mask) = seen
+    K = model.config.num_latents
+    assert fed_context.shape[1] == context.shape[1] + K and fed_mask[:, -K:].all()
+    torch.testing.assert_close(fed_context[:, :-K], context, atol=0, rtol=0)
+    # the first step's thoughts, inserted by a model of one supervision step, give the same hidden states
+    one_step = tiny_model(**VIVID, n_supervision_steps=1)
+    one_step.load_state_dict(model.state_dict())
+    hidden = one_step.model(input_ids=ids).last_hidden_state  # input-aligned: the last column is <think>'s last thought
+    torch.testing.assert_close(fed_context[0, -1], hidden[0, -1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("settings", [{"thought_mode": "pause"}, {"n_supervision_steps": 1}])
+def test_thought_feedback_without_trm_steps_to_feed_is_refused(settings):
+    with pytest.raises(ValueError, match="thought_feedback"):
+        tiny_config(thought_feedback=True, **{"n_supervision_steps": 2, **settings})
 
 
 def test_depth_changes_logits_at_and_after_think_only():
