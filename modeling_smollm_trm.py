@@ -229,6 +229,16 @@ class ThoughtStep:
 
 
 @dataclass
+class ThoughtRecord:
+    """One call of the thought module, as `SmolLMTRMForCausalLM.watch_thoughts` reports it."""
+
+    rows: torch.Tensor  # (B,) bool: the rows that hold this `<think>` (the others' entries mean nothing)
+    thoughts: torch.Tensor  # (B, K, D) the thoughts inserted
+    halt_probability: torch.Tensor | None  # (B, S) each supervision step's, float32; None for pause thoughts
+    steps_used: torch.Tensor  # (B,) supervision steps each row ran before it halted
+
+
+@dataclass
 class Thinking:
     """What a thought module gives for one `<think>`: every supervision step it ran, the last one's thoughts used."""
 
@@ -1008,7 +1018,6 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         if (labelled & ~has_think).any():
             row, think = (labelled & ~has_think).nonzero()[0].tolist()
             raise ValueError(f"thought_labels label <think> {think} of row {row}, which holds fewer <think>.")
-        norm = self.model.language_model.norm  # the thoughts are read as the backbone reads its last states
         ce_sum = torch.zeros((), device=thought_labels.device)
         correct = torch.zeros((), device=thought_labels.device)
         for step in supervision.steps:
@@ -1016,11 +1025,47 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
                 continue
             targets = thought_labels[:, step.think]  # (B, K)
             scored = targets != IGNORE_INDEX
-            logits = self.lm_head(norm(step.thoughts[scored])).float()  # (N, V)
+            logits = self.thought_logits(step.thoughts[scored]).float()  # (N, V)
             ce_sum = ce_sum + F.cross_entropy(logits, targets[scored], reduction="sum")
             correct = correct + (logits.argmax(-1) == targets[scored]).sum()
         count = (thought_labels != IGNORE_INDEX).sum().clamp(min=1) * supervision.steps_per_think
         return ce_sum / count, (correct / count).detach()
+
+    def thought_logits(self, thoughts: torch.Tensor) -> torch.Tensor:
+        """Thoughts (..., D) read as tokens (..., V): through the backbone's final norm and LM head, as it reads its
+        own last hidden states (a logit lens). The step probe scores these; `watch_thoughts` reports their argmax."""
+        return self.lm_head(self.model.language_model.norm(thoughts))
+
+    @contextlib.contextmanager
+    def watch_thoughts(self):
+        """While inside, every call of the thought module (one per `<think>` position of a forward or decoding
+        step) appends a `ThoughtRecord` to the yielded list: which rows thought, their thoughts, halting
+        probabilities per supervision step and the steps used. Rows are the batch's as passed to the module, so
+        with `generate()` they are the prompts' rows for greedy search and sampling (beam search reorders them).
+
+            with model.watch_thoughts() as calls:
+                out = model.generate(**inputs, max_new_tokens=16)
+            tokens = [model.thought_logits(call.thoughts).argmax(-1) for call in calls]  # (B, K) each
+        """
+        if self.model.thoughts is None:
+            raise ValueError("watch_thoughts: this model has no thoughts (thought_mode='none').")
+        calls: list[ThoughtRecord] = []
+
+        def record(module, args, thinking: Thinking):
+            context_mask, rows = args[1], args[4]
+            halting = [torch.sigmoid(step.halt_logit) for step in thinking.steps if step.halt_logit is not None]
+            calls.append(ThoughtRecord(
+                rows=torch.ones_like(context_mask[:, 0]) if rows is None else rows.detach().clone(),
+                thoughts=thinking.thoughts.detach(),
+                halt_probability=torch.stack(halting, dim=1).detach() if halting else None,
+                steps_used=thinking.steps_used.detach(),
+            ))
+
+        handle = self.model.thoughts.register_forward_hook(record)
+        try:
+            yield calls
+        finally:
+            handle.remove()
 
     def _loss(self, logits, targets, supervision: ThoughtSupervision, num_items_in_batch):
         """Token-weighted CE, averaged over supervision steps for answer tokens, plus the halting BCE."""

@@ -18,6 +18,7 @@ What is measured per example:
     runs = evaluate_models(["embedded:smollm2", "runs/trm"], load_task("sample"), GenerationSettings(), n_cycles=[1, 3])
 """
 
+import contextlib
 import itertools
 import logging
 import time
@@ -258,14 +259,40 @@ def answer_text(tokenizer, token_ids: list[int]) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
+def watched(loaded: LoadedModel):
+    """`watch_thoughts()` of a model with thoughts (its calls' list), else a context that yields None."""
+    if not loaded.has_thoughts:
+        return contextlib.nullcontext()
+    return loaded.model.watch_thoughts()
+
+
+def thoughts_seen(loaded: LoadedModel, calls, num_rows: int) -> list[list[dict]]:
+    """For each row, each `<think>` it held: the nearest token of each thought through the LM head (a logit lens),
+    the halting probability of each supervision step and the steps used."""
+    seen = [[] for _ in range(num_rows)]
+    for call in calls:
+        with torch.inference_mode():
+            tokens = loaded.model.thought_logits(call.thoughts).argmax(-1).tolist()  # (B, K)
+        halting = None if call.halt_probability is None else call.halt_probability.float().tolist()
+        for row in call.rows.nonzero().flatten().tolist():
+            seen[row].append({
+                "tokens": [loaded.tokenizer.decode([token]) for token in tokens[row]],
+                "halt_probability": None if halting is None else [round(p, 4) for p in halting[row]],
+                "supervision_steps": int(call.steps_used[row]),
+            })
+    return seen
+
+
 def _batch_records(loaded: LoadedModel, examples: list[dict], prompts: list[str], settings, depth, kind: str,
                    ablation: str | None = None) -> list[dict]:
     if ablation is None:
-        outputs, seconds = generate_batch(loaded, prompts, settings, depth)
+        with watched(loaded) as calls:
+            outputs, seconds = generate_batch(loaded, prompts, settings, depth)
     else:
         replace = replacement(loaded.model, ablation, lambda: generate_batch(loaded, prompts, settings, depth))
-        with thoughts_through(loaded.model, replace):
+        with thoughts_through(loaded.model, replace), watched(loaded) as calls:
             outputs, seconds = generate_batch(loaded, prompts, settings, depth)
+    thoughts = None if calls is None else thoughts_seen(loaded, calls, len(prompts))
     records = []
     for row, (example, prompt, token_ids) in enumerate(zip(examples, prompts, outputs)):
         generated, answer = answer_text(loaded.tokenizer, token_ids)
@@ -276,6 +303,8 @@ def _batch_records(loaded: LoadedModel, examples: list[dict], prompts: list[str]
             "correct": extracted == example["answer"], "tokens_generated": len(token_ids),
             "latency_s": seconds / len(prompts), "batch_latency_s": seconds, "batch_size": len(prompts),
         })
+        if thoughts is not None:
+            records[-1]["thoughts"] = thoughts[row]
         if ablation is not None:
             records[-1]["ablation"] = ablation
         if ablation in DONOR_ABLATIONS:

@@ -78,6 +78,15 @@ def test_sample_two_depths_writes_every_output(tiny_folders, tmp_path):
         assert run["accuracy"] == sum(r["correct"] for r in records) / sample_size
         thinks = [r["prompt"].endswith("<think>") for r in records]
         assert all(thinks) if run["kind"] == "trm" else not any(thinks)
+        for record in records:  # what each <think> of the row thought: one entry per <think> it holds
+            if run["kind"] != "trm":
+                assert "thoughts" not in record
+                continue
+            held = record["prompt"].count("<think>") + record["generated"].count("<think>")
+            assert len(record["thoughts"]) in (held, held - 1), record  # a last generated <think> is not run
+            first = record["thoughts"][0]
+            assert len(first["tokens"]) == 4 and all(isinstance(t, str) for t in first["tokens"])  # K = 4
+            assert len(first["halt_probability"]) == first["supervision_steps"] == 1
     table = (out / "results.md").read_text()
     assert "| tiny-base | baseline | - (no recursion: run once) |" in table.replace(base, "tiny-base")
     assert table.count(f"| {trm} | trm | T=") == 2

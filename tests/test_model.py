@@ -479,3 +479,32 @@ def test_no_padding_column_precedes_every_real_column(sides):
     kinds = model.model._plan_chunk(ids, mask.bool()).kinds
     seen_real = (kinds != PAD).long().cummax(dim=1).values.bool()
     assert seen_real.all(), kinds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seeing the thoughts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_watch_thoughts_reports_each_rows_thoughts_as_the_row_alone_computes_them():
+    model = tiny_model(**VIVID, n_supervision_steps=2)
+    model.generation_config.update(pad_token_id=PAD_ID, eos_token_id=None)
+    prompts = [[7, 8, THINK], [11, 12, 13, THINK], [15, 16]]
+    ids, mask = pad_batch(prompts, ["left"] * len(prompts))
+    with model.watch_thoughts() as calls:
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
+    first = calls[0]
+    assert first.rows.tolist() == [True, True, False]
+    assert first.halt_probability.shape == (3, 2) and first.steps_used.shape == (3,)
+    for row in (0, 1):
+        with model.watch_thoughts() as alone:
+            model(input_ids=torch.tensor([prompts[row]]))
+        torch.testing.assert_close(first.thoughts[row], alone[0].thoughts[0], atol=1e-5, rtol=0)
+    tokens = model.thought_logits(first.thoughts).argmax(-1)
+    assert tokens.shape == (3, model.config.num_latents)
+
+
+def test_watch_thoughts_of_a_model_without_thoughts_is_refused():
+    with pytest.raises(ValueError, match="no thoughts"):
+        with tiny_model(thought_mode="none").watch_thoughts():
+            pass
