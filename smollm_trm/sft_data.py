@@ -62,7 +62,9 @@ ReasoningSteps = Literal["lines", "equations"]
 OnBadRow = Literal["skip", "error"]
 Rows = list[dict[str, Any]] | datasets.Dataset
 
-EVAL_SPLITS = ("validation", "test")  # preferred order: keep a `test` split for final evaluation when both exist
+# Splits training may evaluate on by default. Never a test split: the eval split picks checkpoints
+# (load_best_model_at_end, early stopping), and a benchmark's test split is what `eval` scores afterwards.
+VALIDATION_SPLITS = ("validation", "dev")
 CHAT_ROLES = ("system", "user", "assistant")
 SHOWN_BAD_ROWS = 5  # how many offenders an error message or log summary lists (the report file has them all)
 BAD_ROWS_FILE = "bad_rows.jsonl"
@@ -89,8 +91,13 @@ class SFTDataArguments(CurriculumArguments):
                                            "calculator `equations` (<<48/2=24>> -> 48/2=24), one step each."})
     on_bad_row: OnBadRow = field(default="skip", metadata={"help": "Skip (and report) or raise on unusable rows."})
     train_split: str = field(default="train", metadata={"help": "Source split to train on."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Source split evaluated during training (it picks checkpoints). Default: "
+                                        "`validation` (or `dev`) when present, else a held-out share of train; a "
+                                        "test split is used only when named here, with a warning."})
     eval_fraction: float = field(
-        default=0.05, metadata={"help": "Share of train rows held out when the source has no validation/test split."}
+        default=0.05, metadata={"help": "Share of train rows held out when the source has no validation split "
+                                        "and no --eval_split is named."}
     )
     # Not `seed`: train_sft.py parses these beside SFTConfig, whose `seed` is the training seed.
     split_seed: int = field(default=0, metadata={"help": "Seed of the train/eval split."})
@@ -104,6 +111,9 @@ class SFTDataArguments(CurriculumArguments):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {kind.__args__}.")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction={self.eval_fraction} must be in [0, 1).")
+        if self.eval_split is not None and self.eval_split == self.train_split:
+            raise ValueError(f"eval_split={self.eval_split!r} is the train split: checkpoints would be picked on the "
+                             f"rows they trained on. Leave it unset to hold out part of train.")
 
 
 @dataclass
@@ -471,12 +481,20 @@ def prepare_sft_data(
 
 
 def _plan_parts(splits: dict[str, Rows], args: SFTDataArguments) -> dict[str, tuple[str, Rows, list[int]]]:
-    """Source split and row indices behind train and eval: a validation/test split when present, else a seeded
-    held-out share of train's distinct rows (duplicates stay together), chosen before any row is converted, so the
-    eval rows do not change with max_length or K."""
+    """Source split and row indices behind train and eval: `eval_split` when named, else a validation split when
+    present, else a seeded held-out share of train's distinct rows (duplicates stay together), chosen before any row
+    is converted, so the eval rows do not change with max_length or K."""
     train_rows = splits[args.train_split]
     plan = {"train": (args.train_split, train_rows, list(range(len(train_rows))))}
-    eval_name = next((name for name in EVAL_SPLITS if name in splits and name != args.train_split), None)
+    eval_name = args.eval_split or next((name for name in VALIDATION_SPLITS if name in splits), None)
+    if args.eval_split is not None:
+        if args.eval_split not in splits:
+            raise ValueError(f"--eval_split {args.eval_split!r}: {args.dataset_name!r} has no such split; it has "
+                             f"{sorted(splits)}.")
+        if "test" in args.eval_split.lower():
+            logger.warning("--eval_split %r: checkpoints are selected on a test split. If `eval` then scores that "
+                           "split, its score is optimistic; leave --eval_split unset to hold out part of train.",
+                           args.eval_split)
     if eval_name is not None:
         plan["eval"] = (eval_name, splits[eval_name], list(range(len(splits[eval_name]))))
     elif args.eval_fraction > 0:

@@ -302,6 +302,23 @@ def test_local_folder_gives_splits_and_uses_validation_for_eval(tokenizer, tmp_p
     assert is_conversational(prepared.train[0])
 
 
+def test_a_test_split_never_picks_checkpoints_unless_named(tokenizer, tmp_path, caplog):
+    write_jsonl(tmp_path / "train.jsonl", qa_rows(8))
+    write_jsonl(tmp_path / "test.jsonl", qa_rows(3))
+    held_out = prepare(tmp_path, tokenizer, eval_fraction=0.25)
+    assert (len(held_out.train), len(held_out.eval)) == (6, 2)  # from train, not the 3 test rows
+    train_questions = {row["prompt"][0]["content"] for row in held_out.train.to_list()}
+    assert not train_questions & {row["prompt"][0]["content"] for row in held_out.eval.to_list()}
+    with caplog.at_level(logging.WARNING):
+        named = prepare(tmp_path, tokenizer, eval_split="test")
+    assert (len(named.train), len(named.eval)) == (8, 3)
+    assert "checkpoints are selected on a test split" in caplog.text
+    with pytest.raises(ValueError, match=r"no such split; it has \['test', 'train'\]"):
+        prepare(tmp_path, tokenizer, eval_split="validation")
+    with pytest.raises(ValueError, match="is the train split"):
+        SFTDataArguments(dataset_name=str(tmp_path), eval_split="train")
+
+
 def test_hub_dataset_forwards_config(monkeypatch):
     calls = []
 
