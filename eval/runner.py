@@ -260,8 +260,9 @@ def answer_text(tokenizer, token_ids: list[int]) -> tuple[str, str]:
 
 
 def watched(loaded: LoadedModel):
-    """`watch_thoughts()` of a model with thoughts (its calls' list), else a context that yields None."""
-    if not loaded.has_thoughts:
+    """`watch_thoughts()` of a model with thoughts (its calls' list), else a context that yields None (also for
+    a model whose own code has no `watch_thoughts`: a folder saved by an earlier version, run as remote code)."""
+    if not loaded.has_thoughts or not hasattr(loaded.model, "watch_thoughts"):
         return contextlib.nullcontext()
     return loaded.model.watch_thoughts()
 

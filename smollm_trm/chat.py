@@ -9,17 +9,38 @@ from modeling_smollm_trm import THINK_TOKENS
 
 THINK_TOKEN = THINK_TOKENS[0]
 DEMO_MAX_NEW_TOKENS = 24
+# Appended to a chat template so that its generation prompt opens the assistant turn with `<think>`, as training
+# renders it; `enable_thinking=False` (the template variable SmolLM3's own template reads too) leaves it closed.
+THINKING_GENERATION_PROMPT = (
+    "{%- if add_generation_prompt and (enable_thinking is not defined or enable_thinking) %}"
+    + THINK_TOKEN + "{%- endif %}"
+)
+
+
+def opens_thinking(tokenizer) -> bool:
+    """Whether the tokenizer's chat template ends its generation prompt with `<think>`."""
+    probe = [{"role": "user", "content": "1 + 1?"}]
+    return tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True).rstrip().endswith(THINK_TOKEN)
+
+
+def make_template_think(tokenizer) -> None:
+    """Give the tokenizer a chat template whose generation prompt opens `<think>`, so that chat use (`pipeline`
+    with messages, the Hub widget, `apply_chat_template`) triggers the thoughts; a template that already does is
+    kept. Training renders the same tokens either way: its completions start with `<think>`."""
+    if tokenizer.chat_template is not None and not opens_thinking(tokenizer):  # None: training reports it
+        tokenizer.chat_template = tokenizer.chat_template + THINKING_GENERATION_PROMPT
 
 
 def chat_prompt(tokenizer, messages: list[dict], think: bool, latent_steps: int = 1) -> str:
-    """Chat template over `messages` with the generation prompt, then, when the model should think, `<think>`
-    `latent_steps` times: the assistant turn starts as in training, so the thoughts are inserted there. With 1 the
-    model may emit further `<think>` (latent steps) itself; with N it is given N latent steps."""
+    """Chat template over `messages` with the generation prompt, ending with `<think>` `latent_steps` times when
+    the model should think (the template may open the first itself), none otherwise: the assistant turn starts as in
+    training, so the thoughts are inserted there. With 1 the model may emit further `<think>` (latent steps)
+    itself; with N it is given N latent steps."""
     if latent_steps < 1:
         raise ValueError(f"latent_steps must be >= 1, got {latent_steps}.")
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=think)
     if think:
-        opened = prompt.rstrip().endswith(THINK_TOKEN)  # some templates open the think block themselves
+        opened = prompt.rstrip().endswith(THINK_TOKEN)
         prompt += THINK_TOKEN * (latent_steps - opened)
     return prompt
 

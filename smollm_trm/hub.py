@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("MODEL", trust_remote_code=True)
 tokenizer = AutoTokenizer.from_pretrained("MODEL", trust_remote_code=True)
 messages = [{"role": "user", "content": "{{ question }}"}]
-prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + "<think>"
+prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)  # ends with <think>
 inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
 output = model.generate(**inputs, max_new_tokens=64, n_cycles=3)  # n_cycles: recursion depth at inference
 print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))

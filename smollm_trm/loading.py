@@ -9,6 +9,7 @@ import re
 import torch
 
 from modeling_smollm_trm import THINK_TOKENS, SmolLMTRMForCausalLM, add_think_tokens
+from smollm_trm.chat import make_template_think
 from smollm_trm.hub import is_hub_id
 from smollm_trm.model_sources import TRM_MODEL_TYPE, is_smollm_trm_folder, resolve_model_source
 
@@ -57,6 +58,7 @@ def load_model(model_args, trm_args, trust_remote_code: bool = False):
     consent = {"trust_remote_code": True} if trust_remote_code else {}
     if is_smollm_trm_source(source, model_args.model_revision):
         tokenizer = AutoTokenizer.from_pretrained(source, revision=model_args.model_revision, **consent)
+        make_template_think(tokenizer)  # a folder saved before templates thought
         model = load_causal_lm(source, **loading, **trm_args.trm_settings())
         check_think_token(model.config, tokenizer)
         return model, tokenizer, []
@@ -64,6 +66,7 @@ def load_model(model_args, trm_args, trust_remote_code: bool = False):
                                               **consent)
     # Added here rather than in from_base, so that we know which rows are new and must train.
     added = add_think_tokens(tokenizer)
+    make_template_think(tokenizer)
     model = SmolLMTRMForCausalLM.from_base(source, tokenizer=tokenizer, gguf_file=gguf_file, **loading, **consent,
                                            **trm_args.trm_settings())
     check_think_token(model.config, tokenizer)

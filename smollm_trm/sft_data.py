@@ -408,7 +408,8 @@ def _check_length(
 
 
 def check_chat_template(tokenizer: PreTrainedTokenizerBase, think_id: int) -> None:
-    """Fail early if the chat template drops `<think>` from the completion: the model would never get thoughts."""
+    """Fail early if the chat template drops `<think>` from the assistant turn: the model would never get thoughts.
+    The turn's `<think>` is the generation prompt's last token (a thinking template) or in the completion."""
     prompt = [{"role": "user", "content": "What is 1 + 1?"}]
     completion = [{"role": "assistant", "content": COMPLETION_FORMAT.format(reasoning="", answer="2")}]
     prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
@@ -416,7 +417,8 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase, think_id: int) -> No
     if full_ids[: len(prompt_ids)] != prompt_ids:
         logger.warning("The prompt rendered alone is not a prefix of prompt + completion; TRL then starts the "
                        "completion loss where they diverge.")
-    if think_id not in full_ids[len(prompt_ids):]:
+    opened = prompt_ids[-1:] == [think_id]
+    if not opened and think_id not in full_ids[len(prompt_ids):]:
         raise ValueError(
             f"The chat template of {tokenizer.name_or_path!r} drops {THINK_TOKEN!r} from the assistant turn (it "
             f"renders {tokenizer.decode(full_ids[len(prompt_ids):])!r}); use a template that keeps it verbatim."

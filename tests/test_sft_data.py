@@ -21,6 +21,7 @@ from smollm_trm.rows import load_rows
 from smollm_trm.sft_data import (
     PreparedData,
     SFTDataArguments,
+    check_chat_template,
     detect_format,
     prepare_sft_data,
     reject_special_tokens,
@@ -109,6 +110,32 @@ def test_think_stays_one_token_after_chat_templating(tokenizer):
         text_after_think = tokenizer.decode(ids[ids.index(think_id) + 1 :])
         expected = "</think>345" if reasoning == "latent" else "300 plus 40 is 340, plus 5.</think>345"
         assert text_after_think.startswith(expected)
+
+
+def test_the_thinking_template_opens_think_for_chat_use_and_trains_the_same_tokens(tokenizer):
+    from smollm_trm.chat import THINKING_GENERATION_PROMPT, chat_prompt, make_template_think
+
+    thinking = copy.deepcopy(tokenizer)
+    make_template_think(thinking)
+    make_template_think(thinking)  # once is enough
+    assert thinking.chat_template.count(THINKING_GENERATION_PROMPT) == 1
+    think_id, _ = think_token_ids(tokenizer)
+    prompt = [{"role": "user", "content": "What is 300 + 45?"}]
+    opened = thinking.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)["input_ids"]
+    plain = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)["input_ids"]
+    assert opened == plain + [think_id]
+    closed = thinking.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                          enable_thinking=False)["input_ids"]
+    assert closed == plain
+    conversation = to_conversation(QA_ROW, "qa", "latent+text")
+    full = conversation["prompt"] + conversation["completion"]
+    assert (thinking.apply_chat_template(full, tokenize=True)["input_ids"]
+            == tokenizer.apply_chat_template(full, tokenize=True)["input_ids"])
+    check_chat_template(thinking, think_id)  # the turn's <think> is the generation prompt's: accepted
+    # prompts for evaluation: as many <think> as asked, whether the template opens the first or not
+    for template in (tokenizer, thinking):
+        assert chat_prompt(template, prompt, think=True, latent_steps=3).endswith("assistant\n" + "<think>" * 3)
+        assert chat_prompt(template, prompt, think=False).endswith("assistant\n")
 
 
 # ------------------------------------------------------------------------------------------------------ row forms

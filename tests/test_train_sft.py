@@ -302,9 +302,12 @@ def test_model_card_parses_and_its_widgets_run_through_the_pipeline(trained_run)
     assert "custom_code" in card.data.tags and "trust_remote_code=True" in card.text
     assert "eval_loss" in card.text
     generator = pipeline("text-generation", model=str(final), trust_remote_code=True)
+    K = generator.model.config.num_latents
     for example in card.data.widget:
-        reply = generator(example["messages"], max_new_tokens=3, do_sample=False)
+        with generator.model.watch_thoughts() as calls:  # chat messages alone must open <think>
+            reply = generator(example["messages"], max_new_tokens=3, do_sample=False)
         assert reply[0]["generated_text"][-1]["role"] == "assistant"
+        assert calls and calls[0].thoughts.shape[1] == K and calls[0].rows.all()
 
 
 def test_push_uploads_the_folder_through_the_hub_client(trained_run, monkeypatch):
