@@ -16,8 +16,10 @@ from configuration_smollm_trm import SmolLMTRMConfig
 from smollm_trm.hub import write_model_card
 from smollm_trm.loading import is_peft, thought_model
 from smollm_trm.model_sources import hub_base_model
+from smollm_trm.named_datasets import hub_dataset
 
 FINAL_FOLDER = "final"
+DEFAULT_MAX_NEW_TOKENS = 256  # generation_config.json's, where the backbone's gave none
 # On the card: the thought settings that describe the trained model (the think token's id says nothing to a reader).
 CARD_THOUGHT_SETTINGS = tuple(name for name in SmolLMTRMConfig.thought_settings() if name != "think_token_id")
 
@@ -44,9 +46,19 @@ def export_model(model, tokenizer, folder: str | os.PathLike, state_dict: dict |
         plain.save_pretrained(folder, state_dict=state_dict)
     scrub_config(folder / "config.json")
     tokenizer.save_pretrained(folder)
-    if not (folder / "generation_config.json").is_file():
-        plain.generation_config.save_pretrained(folder)
+    decoding_defaults(plain.generation_config, tokenizer).save_pretrained(folder)
     return folder
+
+
+def decoding_defaults(generation_config, tokenizer):
+    """The generation config a user's generate()/pipeline() starts from: greedy, room for an answer after the
+    thoughts, stopping at the chat turn's end and padding with the tokenizer's pad token."""
+    generation_config.update(do_sample=False, max_new_tokens=generation_config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+    if generation_config.eos_token_id is None:
+        generation_config.eos_token_id = tokenizer.eos_token_id
+    if generation_config.pad_token_id is None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+    return generation_config
 
 
 def scrub_config(path: Path) -> None:
@@ -151,12 +163,14 @@ def save_final(trainer, trm_args, model_args, data_args, eval_results) -> Path:
     config = thought_model(model).config
     args = trainer.args
     settings = {name: getattr(config, name) for name in CARD_THOUGHT_SETTINGS}
-    settings.update({"learning_rate": args.learning_rate, "epochs": args.num_train_epochs, "max_steps": args.max_steps,
-                     "batch_size": args.per_device_train_batch_size,
+    state = trainer.state  # what the run did, not what it was allowed (num_train_epochs yields to max_steps)
+    settings.update({"learning_rate": args.learning_rate, "steps": state.global_step,
+                     "epochs": round(state.epoch or 0.0, 2), "batch_size": args.per_device_train_batch_size,
                      "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_length": args.max_length,
                      "lora_r": model_args.lora_r if model_args.use_peft else None, "ema_decay": trm_args.ema_decay})
-    write_model_card(partial, base_model=hub_base_model(model_args.model_name_or_path), dataset=data_args.dataset_name,
-                     settings=settings, metrics=eval_results)
+    write_model_card(partial, repo_id=args.hub_model_id or str(folder.resolve()),
+                     base_model=hub_base_model(model_args.model_name_or_path),
+                     dataset=hub_dataset(data_args.dataset_name), settings=settings, metrics=eval_results)
     if folder.exists():  # an earlier run's, unfinished by definition (a finished run never saves again)
         shutil.rmtree(folder)
     os.replace(partial, folder)

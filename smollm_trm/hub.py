@@ -29,8 +29,8 @@ backbone{% if base_model %} (`{{ base_model }}`){% endif %} attends to before it
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-model = AutoModelForCausalLM.from_pretrained("MODEL", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("MODEL", trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained("{{ repo_id }}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{{ repo_id }}", trust_remote_code=True)
 messages = [{"role": "user", "content": "{{ question }}"}]
 prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)  # ends with <think>
 inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
@@ -67,9 +67,22 @@ def _render(folder: str | os.PathLike, card_data, **variables: Any) -> Path:
     return path
 
 
+# What the Trainer's evaluate() reports beside the metrics: timings and the epoch, not properties of the model.
+NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+
+
+def card_metrics(eval_results: dict[str, float] | None) -> dict[str, float] | None:
+    """The metrics of an evaluate() result worth a card: numbers, without timings and the epoch."""
+    if not eval_results:
+        return None
+    return {key: value for key, value in eval_results.items()
+            if isinstance(value, (int, float)) and not key.removeprefix("eval_").endswith(NOT_METRICS)}
+
+
 def write_model_card(
     folder: str | os.PathLike,
     *,
+    repo_id: str,
     base_model: str | None,
     dataset: str | None,
     settings: dict[str, Any],
@@ -77,17 +90,18 @@ def write_model_card(
     license: str = "apache-2.0",
 ) -> Path:
     """Write the card of a trained model: Hub metadata (widget examples as chat messages, inference parameters),
-    what the model is, how to use it, how it was trained (`settings`, with `num_latents`) and its `metrics`."""
+    what the model is, how to use it from `repo_id` (its Hub id, or the folder it will stay in), how it was trained
+    (`settings`, with `num_latents`), its `metrics` and `dataset` (a Hub id, or None)."""
     from huggingface_hub import ModelCardData
 
     data = ModelCardData(
         library_name="transformers", pipeline_tag="text-generation", license=license, tags=list(CARD_TAGS),
-        base_model=base_model, datasets=[dataset] if dataset and is_hub_id(dataset) else None,
+        base_model=base_model, datasets=[dataset] if dataset else None,
         widget=[{"messages": [{"role": "user", "content": question}]} for question in WIDGET_QUESTIONS],
         inference={"parameters": {"max_new_tokens": 64, "do_sample": False}},
     )
-    return _render(folder, data, title="SmolLM+TRM", base_model=base_model, settings=settings, metrics=metrics,
-                   question=WIDGET_QUESTIONS[0])
+    return _render(folder, data, title="SmolLM+TRM", base_model=base_model, settings=settings,
+                   metrics=card_metrics(metrics), question=WIDGET_QUESTIONS[0], repo_id=repo_id)
 
 
 def add_eval_results(folder: str | os.PathLike, results: list) -> Path:

@@ -15,6 +15,15 @@ ARITH_FOLDER = "arith_data"  # inside the run's output_dir
 NAMES = ("sample", "gsm8k", "arith")
 
 
+def hub_dataset(name: str | None) -> str | None:
+    """The Hub dataset a training set is, for a card's `datasets:` (None for local files and generated sets)."""
+    from smollm_trm.hub import is_hub_id
+
+    if name == "gsm8k":
+        return gsm8k.HUB_ID
+    return name if name is not None and name not in NAMES and is_hub_id(name) else None
+
+
 def resolve_dataset(data_args, output_dir: str | Path):
     """The data arguments (`SFTDataArguments`) with a short name turned into what `load_rows` reads."""
     name = data_args.dataset_name

@@ -182,6 +182,10 @@ class TRMSFTTrainer(SFTTrainer):
 
     # ----------------------------------------------------------------------------------------------- checkpoints
 
+    def create_model_card(self, *args, **kwargs) -> None:
+        """No card at the output root: TRL writes one there at every checkpoint, for a model that is not there
+        (`base_model: None`, `pipeline(model="None")`); the model's card is `final/README.md`, from `save_final`."""
+
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint, then its manifest (written last: what makes it complete), then the rotation,
         by step and among complete checkpoints only (the Trainer's own rotation, by time, runs before any manifest

@@ -7,6 +7,7 @@ script wraps it with `from_base` and adds `<think>`/`</think>` (ids 96, 97) as i
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -308,6 +309,30 @@ def test_model_card_parses_and_its_widgets_run_through_the_pipeline(trained_run)
             reply = generator(example["messages"], max_new_tokens=3, do_sample=False)
         assert reply[0]["generated_text"][-1]["role"] == "assistant"
         assert calls and calls[0].thoughts.shape[1] == K and calls[0].rows.all()
+
+
+def test_the_card_says_what_the_run_did_and_its_snippet_runs_on_the_folder(trained_run, tmp_path):
+    final = trained_run / "final"
+    text = (final / "README.md").read_text()
+    assert not (trained_run / "README.md").exists(), "one card, the model's: none at the output root"
+    assert "MODEL" not in text and f'from_pretrained("{final.resolve()}"' in text  # no --hub_model_id: the folder
+    state = json.loads((trained_run / "checkpoint-2" / "trainer_state.json").read_text())
+    assert "| steps | 2 |" in text and f"| epochs | {round(state['epoch'], 2)} |" in text
+    assert "| eval_loss |" in text and "runtime" not in text and "per_second" not in text
+    generation = json.loads((final / "generation_config.json").read_text())
+    assert generation["do_sample"] is False and generation["max_new_tokens"] == 256
+    assert generation["eos_token_id"] is not None and generation["pad_token_id"] is not None
+    snippet = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
+    assert '+ "<think>"' not in snippet, "the saved template opens <think> itself"
+    run_isolated(snippet, cwd=tmp_path)
+
+
+def test_card_metadata_names_the_hub_dataset_of_a_short_name():
+    from smollm_trm.named_datasets import hub_dataset
+
+    assert hub_dataset("gsm8k") == "openai/gsm8k"
+    assert hub_dataset("sample") is None and hub_dataset("arith") is None and hub_dataset("data/train.jsonl") is None
+    assert hub_dataset("me/my-math") == "me/my-math"
 
 
 def test_push_uploads_the_folder_through_the_hub_client(trained_run, monkeypatch):
