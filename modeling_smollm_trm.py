@@ -1004,7 +1004,8 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
 
     def _probe_loss(self, thought_labels: torch.Tensor, supervision: ThoughtSupervision):
         """Mean cross-entropy of the labelled thoughts decoded as tokens, every supervision step scored (weighted
-        1 / steps per `<think>`), and the share of them decoded right (detached): the step probe."""
+        1 / steps per `<think>`), and the share of them the last supervision step decodes right (detached; the
+        thoughts the answer reads): the step probe."""
         think_rows = supervision.think_rows  # (S, B)
         batch, num_labelled, K = thought_labels.shape
         if self.config.thought_mode == "none" or (batch, K) != (think_rows.shape[1], self.config.num_latents):
@@ -1027,9 +1028,10 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
             scored = targets != IGNORE_INDEX
             logits = self.thought_logits(step.thoughts[scored]).float()  # (N, V)
             ce_sum = ce_sum + F.cross_entropy(logits, targets[scored], reduction="sum")
-            correct = correct + (logits.argmax(-1) == targets[scored]).sum()
-        count = (thought_labels != IGNORE_INDEX).sum().clamp(min=1) * supervision.steps_per_think
-        return ce_sum / count, (correct / count).detach()
+            if step.hidden is None:  # the last supervision step: the thoughts the answer reads
+                correct = correct + (logits.argmax(-1) == targets[scored]).sum()
+        labelled = (thought_labels != IGNORE_INDEX).sum().clamp(min=1)
+        return ce_sum / (labelled * supervision.steps_per_think), (correct / labelled).detach()
 
     def thought_logits(self, thoughts: torch.Tensor) -> torch.Tensor:
         """Thoughts (..., D) read as tokens (..., V): through the backbone's final norm and LM head, as it reads its

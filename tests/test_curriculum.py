@@ -164,12 +164,34 @@ def test_the_step_probe_decodes_each_labelled_thought_and_trains_the_trm(backbon
     scored = labels != -100
     expected = torch.nn.functional.cross_entropy(logits[scored], labels[scored])
     torch.testing.assert_close(out.probe_loss, expected, rtol=1e-5, atol=1e-6)
+    accuracy = (logits[scored].argmax(-1) == labels[scored]).float().mean()
+    torch.testing.assert_close(out.probe_accuracy, accuracy)
     model.zero_grad()
     out.probe_loss.backward()
     assert lm.model.thoughts.net.layers[0].qkv.weight.grad.abs().sum() > 0  # it reaches the recursion
     trainer.train()
     logged = next(log for log in trainer.state.log_history if "probe_loss" in log)
     assert 0.0 <= logged["probe_accuracy"] <= 1.0
+
+
+def test_the_probe_accuracy_is_the_last_supervision_steps_the_loss_every_steps():
+    from conftest import tiny_model, tiny_text_config
+
+    model = tiny_model(text_config=tiny_text_config(initializer_range=0.15), n_supervision_steps=3,
+                       probe_loss_weight=1.0)
+    ids = torch.tensor([[7, 8, THINK, 9, 10]])
+    steps = []
+    handle = model.model.thoughts.register_forward_hook(lambda m, a, out: steps.extend(out.steps))
+    model(input_ids=ids, labels=ids)
+    decoded = [model.thought_logits(step.thoughts[0]).argmax(-1) for step in steps]  # (K,) per step
+    assert not torch.equal(decoded[0], decoded[-1]), "the steps must decode differently for the test to bite"
+    labels = decoded[-1][None, None].clone()  # what the last step decodes: its accuracy is 1, the others' less
+    steps.clear()
+    out = model(input_ids=ids, labels=ids, thought_labels=labels)
+    handle.remove()
+    assert out.probe_accuracy.item() == 1.0
+    losses = [torch.nn.functional.cross_entropy(model.thought_logits(step.thoughts[0]), labels[0, 0]) for step in steps]
+    torch.testing.assert_close(out.probe_loss, sum(losses) / 3, rtol=1e-5, atol=1e-6)
 
 
 def test_thought_labels_are_checked_against_the_rows_thinks(model):
