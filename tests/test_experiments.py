@@ -107,3 +107,38 @@ def test_a_failed_worker_fails_the_experiment_and_names_its_log(tmp_path):
         main(["depth", "--smoke", "--arms", "none", "--jobs", "2", "--output_dir", str(tmp_path),
               "--no_such_flag", "1"])
     assert "--no_such_flag" in (tmp_path / "logs" / "none-seed0.log").read_text()
+
+
+def test_thought_reading_splits_copied_tokens_from_computed_results(tmp_path):
+    from eval.tasks import load_task
+    from experiments.thought_reading import read_eval_dir, record_reading, step_reading
+
+    def pieces_of(line):  # one token per character
+        return list(line)
+
+    assert step_reading(list("12*3=36"), pieces_of("12*3=36")) == {"copied": 1.0, "result": 1.0,
+                                                                    "result_right": True}
+    assert step_reading(list("12*3=35"), pieces_of("12*3=36")) == {"copied": 1.0, "result": 0.5,
+                                                                    "result_right": False}
+    assert step_reading(list("1"), pieces_of("12*3=36"))["copied"] == 0.2  # fewer thoughts than tokens
+    spec = {"name": "arith", "split": "test", "seed": 0, "depth": "2", "limit": 2}
+    examples = load_task(**spec).examples
+    (tmp_path / "results.json").write_text(json.dumps({"task": {**spec, "kind": "number"}}))
+    records = []
+    for ex, wrong_result in zip(examples, (False, True)):
+        lines = ex["reasoning"].splitlines()
+        thoughts = [{"tokens": list(line)} for line in lines]
+        if wrong_result:
+            thoughts[-1]["tokens"][-1] = "x"
+        records.append({"id": ex["id"], "extracted": ex["answer"], "correct": True,
+                        "thoughts": thoughts + [{"tokens": ["pad"]}]})  # a padding <think> after the real steps
+    (tmp_path / "final.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    (tmp_path / "final__zeroed.jsonl").write_text(json.dumps({**records[0], "ablation": "zeroed"}))
+    summary = read_eval_dir(tmp_path, pieces_of)
+    assert list(summary) == ["final.jsonl"]
+    got = summary["final.jsonl"]
+    assert got["problems"] == 2 and got["copied_token_accuracy"] == 1.0
+    assert got["last_result_right"] == 0.5 and got["answer_is_decoded_result"] == 0.5
+    assert got["accuracy_when_last_result_right"] == 1.0
+    assert record_reading({**records[0], "thoughts": records[0]["thoughts"][:1]},
+                          examples[0]["reasoning"].splitlines(), pieces_of) is None  # fewer steps than lines

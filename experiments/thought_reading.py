@@ -1,0 +1,121 @@
+"""What the thoughts say, read from an evaluation of the depth task: each latent step's nearest tokens (eval's
+`thoughts` field) against the written step it stands for, split into what a step copies (`12*3=`: the last value,
+the question's operator and operand) and the result it computes (`36`), and whether the answer is the result that
+the last step's thoughts decode.
+
+    python -m experiments.thought_reading EVAL_DIR [EVAL_DIR ...] --tokenizer FOLDER [--output reading.json]
+
+An EVAL_DIR is one test's folder of `python -m eval` (its results.json names the arith test set, regenerated here
+to get each problem's worked lines); every JSONL in it without an ablation is read. A step is scored against the
+written line the curriculum's probe trained it on, thought i against the line's token i.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+EQUALS = "="
+
+
+def step_reading(tokens: list[str], line_pieces: list[str]) -> dict[str, float | bool]:
+    """One latent step: the share of its copied tokens (up to `=`) and of its result tokens that the thoughts decode,
+    and whether the whole result is right."""
+    split = line_pieces.index(EQUALS) + 1 if EQUALS in line_pieces else len(line_pieces)
+    right = [decoded == piece for decoded, piece in zip(tokens, line_pieces)]
+    right += [False] * (len(line_pieces) - len(right))
+    copied, result = right[:split], right[split:]
+    return {"copied": sum(copied) / max(1, len(copied)), "result": sum(result) / max(1, len(result)),
+            "result_right": bool(result) and all(result)}
+
+
+def record_reading(record: dict, lines: list[str], pieces_of) -> dict | None:
+    """A problem's reading: each real step's, and whether the answer equals what the last real step's thoughts
+    give as its result (None where the record holds fewer latent steps than the problem has lines)."""
+    thoughts = record.get("thoughts") or []
+    if len(thoughts) < len(lines):
+        return None
+    steps = [step_reading(think["tokens"], pieces_of(line)) for think, line in zip(thoughts, lines)]
+    last_pieces = pieces_of(lines[-1])
+    start = last_pieces.index(EQUALS) + 1 if EQUALS in last_pieces else len(last_pieces)
+    decoded_result = "".join(thoughts[len(lines) - 1]["tokens"][start:len(last_pieces)]).strip()
+    return {"steps": steps, "correct": record["correct"], "decoded_result": decoded_result,
+            "answer_is_decoded_result": record["extracted"] == decoded_result}
+
+
+def summarize(readings: list[dict]) -> dict[str, float]:
+    """Means over problems (and their steps) of what `record_reading` gives."""
+    steps = [step for reading in readings for step in reading["steps"]]
+    last_right = [r for r in readings if r["steps"][-1]["result_right"]]
+    return {
+        "problems": len(readings),
+        "copied_token_accuracy": sum(s["copied"] for s in steps) / len(steps),
+        "result_token_accuracy": sum(s["result"] for s in steps) / len(steps),
+        "step_result_right": sum(s["result_right"] for s in steps) / len(steps),
+        "last_result_right": len(last_right) / len(readings),
+        "answer_is_decoded_result": sum(r["answer_is_decoded_result"] for r in readings) / len(readings),
+        "accuracy": sum(r["correct"] for r in readings) / len(readings),
+        "accuracy_when_last_result_right": (sum(r["correct"] for r in last_right) / len(last_right)
+                                            if last_right else float("nan")),
+    }
+
+
+def read_eval_dir(folder: Path, pieces_of) -> dict[str, dict]:
+    """{JSONL name: summary} of one test's folder."""
+    from eval.tasks import load_task
+
+    task = json.loads((folder / "results.json").read_text())["task"]
+    if task["name"] != "arith":
+        raise ValueError(f"{folder}: thought reading needs the arith task (written lines to compare), got "
+                         f"{task['name']!r}.")
+    spec = {key: task[key] for key in ("name", "split", "seed", "depth", "limit")}
+    lines = {ex["id"]: ex["reasoning"].splitlines() for ex in load_task(**spec).examples}
+    summaries = {}
+    for path in sorted(folder.glob("*.jsonl")):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        if not records or "ablation" in records[0] or "thoughts" not in records[0]:
+            continue
+        readings = [r for r in (record_reading(rec, lines[rec["id"]], pieces_of) for rec in records) if r]
+        if readings:
+            summaries[path.name] = summarize(readings)
+    return summaries
+
+
+def markdown(results: dict[str, dict[str, dict]]) -> str:
+    columns = ["problems", "copied_token_accuracy", "result_token_accuracy", "step_result_right",
+               "last_result_right", "answer_is_decoded_result", "accuracy", "accuracy_when_last_result_right"]
+    rows = ["| eval | file | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
+    by_eval = defaultdict(dict)
+    for folder, files in results.items():
+        by_eval[folder].update(files)
+    for folder, files in by_eval.items():
+        for name, summary in files.items():
+            cells = [f"{summary[c]:.3f}" if isinstance(summary[c], float) else str(summary[c]) for c in columns]
+            rows.append(f"| {folder} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("eval_dirs", nargs="+", type=Path)
+    parser.add_argument("--tokenizer", required=True, help="The models' tokenizer folder (the step probe's tokens).")
+    parser.add_argument("--output", type=Path, help="Write the summaries here as JSON.")
+    args = parser.parse_args(argv)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+
+    def pieces_of(line: str) -> list[str]:
+        return [tokenizer.decode([token]) for token in tokenizer(line, add_special_tokens=False)["input_ids"]]
+
+    results = {str(folder): read_eval_dir(folder, pieces_of) for folder in args.eval_dirs}
+    print(markdown(results))
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
