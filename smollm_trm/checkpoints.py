@@ -29,21 +29,45 @@ TRAINING_SETTINGS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weig
                      "fp16")
 
 
-def file_digest(path: Path) -> str:
+def file_digest(path: Path, sync: bool = False) -> str:
+    """The file's blake2b; `sync` also flushes it to disk (what a manifest vouches for must survive a power cut)."""
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(HASH_BLOCK), b""):
             digest.update(block)
+        if sync:
+            os.fsync(handle.fileno())
     return digest.hexdigest()
 
 
 def write_manifest(folder: str | os.PathLike) -> None:
-    """Record every file of a checkpoint written in full (size and hash), in `MANIFEST_FILE`, written last and
-    atomically: a checkpoint is complete exactly when its manifest verifies."""
+    """Record every file of a checkpoint written in full (size and hash), each synced to disk, in `MANIFEST_FILE`,
+    written last and atomically: a checkpoint is complete exactly when its manifest verifies. The manifest, not a
+    rename, commits the folder, because the Trainer writes `checkpoint-N` itself and records that path (the best
+    checkpoint) in the state it saves."""
     folder = Path(folder)
-    files = {str(path.relative_to(folder)): {"size": path.stat().st_size, "blake2b": file_digest(path)}
+    files = {str(path.relative_to(folder)): {"size": path.stat().st_size, "blake2b": file_digest(path, sync=True)}
              for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST_FILE}
     write_atomically(folder / MANIFEST_FILE, json.dumps({"files": files}, indent=1))
+    sync_folder(folder)
+
+
+def sync_tree(folder: Path) -> None:
+    """Flush every file under `folder`, and the folder, to disk (before a rename makes it visible as complete)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    sync_folder(folder)
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the names of what was just written or renamed in it) to disk."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def checkpoint_problem(folder: str | os.PathLike, hashes: bool = True) -> str | None:

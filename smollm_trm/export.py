@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from configuration_smollm_trm import SmolLMTRMConfig
+from smollm_trm.checkpoints import sync_folder, sync_tree
 from smollm_trm.hub import write_model_card
 from smollm_trm.loading import is_peft, thought_model
 from smollm_trm.model_sources import hub_base_model
@@ -173,6 +174,8 @@ def save_final(trainer, trm_args, model_args, data_args, eval_results) -> Path:
                      dataset=hub_dataset(data_args.dataset_name), settings=settings, metrics=eval_results)
     if folder.exists():  # an earlier run's, unfinished by definition (a finished run never saves again)
         shutil.rmtree(folder)
+    sync_tree(partial)
     os.replace(partial, folder)
+    sync_folder(folder.parent)
     print(f"saved {folder}")
     return folder

@@ -2,8 +2,10 @@
 while rotating never costs one (tiny models, CPU)."""
 
 import json
+import os
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 from test_train_sft import backbone, cli, write_data  # noqa: F401  (backbone is a fixture)
@@ -97,3 +99,23 @@ def test_a_kill_at_any_point_of_rotation_loses_no_checkpoint_it_keeps(tmp_path, 
             files = [p for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST_FILE]
             if len(files) < 4:
                 assert checkpoint_problem(checkpoint) is not None
+
+
+def test_a_manifest_vouches_only_for_files_synced_to_disk(tmp_path, monkeypatch):
+    from smollm_trm import checkpoints
+
+    folder = tmp_path / "checkpoint-1"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.pt", "sub/state.json"):
+        (folder / name).write_text(name)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(checkpoints.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+                        or real_fsync(fd))
+    checkpoints.write_manifest(folder)
+    names = [Path(path).relative_to(folder).as_posix() if path != str(folder) else "." for path in synced]
+    manifest = next(i for i, name in enumerate(names) if name.startswith(".manifest.json"))
+    for name in ("model.safetensors", "optimizer.pt", "sub/state.json"):
+        assert names.index(name) < manifest, f"{name} must be on disk before the manifest vouches for it"
+    assert names[-1] == ".", "the folder's entries are synced after the manifest's rename"
+    assert checkpoints.checkpoint_problem(folder) is None
