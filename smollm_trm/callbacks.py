@@ -110,10 +110,22 @@ class CurriculumStages(TrainerCallback):
             raise ValueError(f"curriculum_steps_per_stage={self.steps_per_stage} x {self.num_stages} stages leaves no "
                              f"step of max_steps={max_steps} for the last stage.")
         self.mix, self.reset_optimizer = curriculum.curriculum_mix, curriculum.curriculum_reset_optimizer
+        self.warmup_steps = curriculum.curriculum_stage_warmup_steps
+        if self.warmup_steps > self.steps_per_stage:
+            raise ValueError(f"curriculum_stage_warmup_steps={self.warmup_steps} is longer than a stage "
+                             f"({self.steps_per_stage} steps).")
         self.stage: int | None = None
 
     def stage_of(self, step: int) -> int:
         return stage_at(step, self.steps_per_stage, self.num_stages)
+
+    def lr_factor(self, step: int) -> float:
+        """The factor on the schedule's learning rate at optimizer step `step` (0-based): a linear ramp over the
+        first `warmup_steps` of each latent stage, 1 elsewhere (stage 0 has the schedule's own warm-up)."""
+        stage = self.stage_of(step)
+        if stage == 0 or not self.warmup_steps:
+            return 1.0
+        return min(1.0, (step - stage * self.steps_per_stage + 1) / self.warmup_steps)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.stage = self.stage_of(state.global_step)  # a resumed run restored its stage's optimizer state

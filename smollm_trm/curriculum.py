@@ -45,6 +45,10 @@ class CurriculumArguments:
         default=0.0, metadata={"help": "Share of each batch's rows drawn from an earlier stage (against forgetting)."})
     curriculum_reset_optimizer: bool = field(
         default=True, metadata={"help": "Start every stage with a fresh optimizer state (Coconut resets it)."})
+    curriculum_stage_warmup_steps: int = field(
+        default=0, metadata={"help": "Optimizer steps over which the learning rate ramps up again at the start of each "
+                                     "latent stage: after the optimizer reset, AdamW's first updates are full-size "
+                                     "steps in the direction of sign(gradient) for every weight."})
     curriculum_pad_latent_steps: bool = field(
         default=False, metadata={"help": "A row whose steps are all latent gets one <think> per stage reached, so the "
                                          "last stage has the same number of latent steps for every row."})
@@ -54,6 +58,8 @@ class CurriculumArguments:
             raise ValueError(f"curriculum_stages must be >= 1, got {self.curriculum_stages}.")
         if self.curriculum_steps_per_stage is not None and self.curriculum_steps_per_stage < 1:
             raise ValueError(f"curriculum_steps_per_stage must be >= 1, got {self.curriculum_steps_per_stage}.")
+        if self.curriculum_stage_warmup_steps < 0:
+            raise ValueError(f"curriculum_stage_warmup_steps must be >= 0, got {self.curriculum_stage_warmup_steps}.")
         if not 0.0 <= self.curriculum_mix < 1.0:
             raise ValueError(f"curriculum_mix must lie in [0, 1), got {self.curriculum_mix}.")
 

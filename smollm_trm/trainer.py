@@ -180,6 +180,21 @@ class TRMSFTTrainer(SFTTrainer):
         return CurriculumSampler(self.row_stages, rows_per_step, args.max_steps, schedule.steps_per_stage,
                                  schedule.num_stages, schedule.mix, args.seed)
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The Trainer's schedule, times the curriculum's ramp at the start of each latent stage
+        (`--curriculum_stage_warmup_steps`), so that the logged learning rate is the one used."""
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if self.curriculum is None or not self.curriculum.warmup_steps:
+            return scheduler
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            raise ValueError(f"--curriculum_stage_warmup_steps scales the schedule by a factor per step, which needs "
+                             f"a LambdaLR schedule; lr_scheduler_type={self.args.lr_scheduler_type!r} gives "
+                             f"{type(scheduler).__name__}.")
+        ramp = self.curriculum.lr_factor
+        scheduler.lr_lambdas = [lambda step, scheduled=scheduled: scheduled(step) * ramp(step)
+                                for scheduled in scheduler.lr_lambdas]
+        return scheduler
+
     # ----------------------------------------------------------------------------------------------- checkpoints
 
     def create_model_card(self, *args, **kwargs) -> None:

@@ -86,6 +86,34 @@ def test_curriculum_training_resets_the_optimizer_at_each_stage_and_logs_it(back
     assert stages == [0, 0, 1, 1, 2, 2]
 
 
+def test_each_latent_stage_ramps_the_learning_rate_up_again(backbone, tmp_path):
+    from transformers import TrainerCallback
+
+    trainer, _ = trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(12)), tmp_path / "out",
+                                 "--reasoning", "curriculum", "--curriculum_stages", "2",
+                                 "--curriculum_steps_per_stage", "3", "--max_steps", "9",
+                                 "--curriculum_stage_warmup_steps", "2", "--lr_scheduler_type", "constant",
+                                 "--learning_rate", "1e-3"))
+    used = []
+
+    class UsedRate(TrainerCallback):  # on_step_begin sees the rate the coming optimizer step uses
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            used.append(optimizer.param_groups[0]["lr"])
+
+    trainer.add_callback(UsedRate())
+    trainer.train()
+    assert used == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 1e-3, 1e-3, 5e-4, 1e-3, 1e-3])
+    logged = [log["learning_rate"] for log in trainer.state.log_history if "learning_rate" in log]
+    assert logged == pytest.approx(used), "each step logs the rate it used, ramp included"
+
+
+def test_a_stage_warmup_longer_than_a_stage_is_refused(backbone, tmp_path):
+    with pytest.raises(ValueError, match="longer than a stage"):
+        trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(8)), tmp_path / "out", "--reasoning",
+                        "curriculum", "--curriculum_stages", "2", "--curriculum_steps_per_stage", "2",
+                        "--max_steps", "6", "--curriculum_stage_warmup_steps", "3"))
+
+
 def test_a_curriculum_needs_max_steps_and_room_for_its_last_stage(backbone, tmp_path):
     data = write_rows(tmp_path, reasoning_rows(8))
     with pytest.raises(ValueError, match="leaves no step"):
