@@ -40,6 +40,9 @@ class SmolLMTRMConfig(PreTrainedConfig):
             Width of the SwiGLU feed-forward layers relative to `trm_hidden_size`.
         trm_rms_norm_eps (`float`, *optional*, defaults to 1e-5):
             Epsilon of the TRM's RMSNorms.
+        trm_qk_norm (`bool`, *optional*, defaults to `False`):
+            RMSNorm of each attention head's queries and keys in the compressor and the recursive network (learned
+            scales): bounded attention logits, against a softmax saturated onto one position by a few large updates.
         n_latent_steps (`int`, *optional*, defaults to 6):
             n, the updates of z per cycle.
         n_cycles (`int`, *optional*, defaults to 3):
@@ -79,6 +82,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
     trm_num_heads: int = 8
     trm_expansion: float = 4.0
     trm_rms_norm_eps: float = 1e-5
+    trm_qk_norm: bool = False
     n_latent_steps: int = 6
     n_cycles: int = 3
     n_supervision_steps: int = 1

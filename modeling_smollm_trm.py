@@ -106,6 +106,23 @@ def merge_heads(h: torch.Tensor) -> torch.Tensor:
     return h.transpose(1, 2).reshape(batch, length, heads * head_dim)  # (B, L, d)
 
 
+class QKNorm(nn.Module):
+    """`trm_qk_norm`: RMSNorm of each head's queries and keys (learned scales), which bounds the attention logits, so
+    that a few large updates cannot saturate the softmax onto one position, where its gradient vanishes for good.
+    Without it, the identity."""
+
+    def __init__(self, config: SmolLMTRMConfig):
+        super().__init__()
+        head_dim = config.trm_hidden_size // config.trm_num_heads
+        self.enabled = config.trm_qk_norm
+        if self.enabled:
+            self.q_norm = nn.RMSNorm(head_dim, eps=config.trm_rms_norm_eps)
+            self.k_norm = nn.RMSNorm(head_dim, eps=config.trm_rms_norm_eps)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.q_norm(q), self.k_norm(k)) if self.enabled else (q, k)  # (B, H, L, d/H) each
+
+
 class TransformerBlock(nn.Module):
     """Non-causal self-attention over the K latents and a SwiGLU, post-norm with RMSNorm as in the TRM."""
 
@@ -115,11 +132,13 @@ class TransformerBlock(nn.Module):
         self.num_heads = config.trm_num_heads
         self.eps = config.trm_rms_norm_eps
         self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.qk_norm = QKNorm(config)
         self.o_proj = nn.Linear(width, width, bias=False)
         self.mlp = SwiGLU(width, config.trm_expansion)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(h).chunk(3, dim=-1))
+        q, k = self.qk_norm(q, k)
         attended = merge_heads(F.scaled_dot_product_attention(q, k, v))  # (B, K, d)
         h = F.rms_norm(h + self.o_proj(attended), (h.shape[-1],), eps=self.eps)
         return F.rms_norm(h + self.mlp(h), (h.shape[-1],), eps=self.eps)
@@ -150,6 +169,7 @@ class LatentAttentionCompressor(nn.Module):
         self.context_norm = nn.RMSNorm(backbone_width, eps=config.trm_rms_norm_eps)
         self.q_proj = nn.Linear(width, width, bias=False)
         self.kv_proj = nn.Linear(backbone_width, 2 * width, bias=False)
+        self.qk_norm = QKNorm(config)
         self.o_proj = nn.Linear(width, width, bias=False)
         self.mlp = SwiGLU(width, config.trm_expansion)
 
@@ -159,13 +179,11 @@ class LatentAttentionCompressor(nn.Module):
         context_mask = context_mask | ~context_mask.any(dim=-1, keepdim=True)
         queries = self.q_proj(self.latents).expand(batch, -1, -1)  # (B, K, d)
         keys, values = self.kv_proj(self.context_norm(context)).chunk(2, dim=-1)  # (B, L, d) each
+        queries, keys = self.qk_norm(split_heads(queries, self.num_heads), split_heads(keys, self.num_heads))
         attended = F.scaled_dot_product_attention(
-            split_heads(queries, self.num_heads),
-            split_heads(keys, self.num_heads),
-            split_heads(values, self.num_heads),
-            attn_mask=context_mask[:, None, None, :],
+            queries, keys, split_heads(values, self.num_heads), attn_mask=context_mask[:, None, None, :],
         )
-        width = (queries.shape[-1],)
+        width = (self.latents.shape[-1],)
         # What was read is brought to the scale of the latents (RMS 1) before they are added: at its init scale it is
         # a few percent of them, and x, hence every thought, would start nearly the same for every context.
         read = F.rms_norm(self.o_proj(merge_heads(attended)), width, eps=self.eps)

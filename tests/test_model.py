@@ -28,7 +28,8 @@ def real_span(mask_row: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"thought_mode": "pause"},
                                       {"n_supervision_steps": 3}, {"attn_implementation": "sdpa"},
                                       {"n_supervision_steps": 3, "thought_feedback": True},
-                                      {"n_supervision_steps": 2, "thought_feedback": True, "thought_window": "slide"}])
+                                      {"n_supervision_steps": 2, "thought_feedback": True, "thought_window": "slide"},
+                                      {"trm_qk_norm": True}])
 def test_padded_batch_equals_rows_alone(settings):
     model = tiny_model(**VIVID, **settings)
     ids, mask = pad_batch(ROWS, SIDES)
@@ -295,7 +296,8 @@ def test_cache_records_thought_columns(model):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("settings", [{}, {"thought_mode": "pause"}, {"n_supervision_steps": 2}])
+@pytest.mark.parametrize("settings", [{}, {"thought_mode": "pause"}, {"n_supervision_steps": 2}, {"trm_qk_norm": True},
+                                      {"n_supervision_steps": 2, "thought_feedback": True}])
 def test_every_trainable_parameter_gets_a_finite_nonzero_gradient(settings):
     model = tiny_model(**settings).train()
     ids, mask = pad_batch(ROWS, SIDES)
@@ -371,6 +373,31 @@ def test_thought_feedback_reads_the_backbone_over_the_last_steps_thoughts():
     one_step.load_state_dict(model.state_dict())
     hidden = one_step.model(input_ids=ids).last_hidden_state  # input-aligned: the last column is <think>'s last thought
     torch.testing.assert_close(fed_context[0, -1], hidden[0, -1], atol=1e-5, rtol=0)
+
+
+def test_qk_norm_makes_the_thoughts_blind_to_the_scale_of_queries_and_keys():
+    """With the norm, attention logits depend on the directions of q and k only: scaling their projections by 100
+    (what a few large updates can do) leaves the thoughts as they were; without it, they change."""
+    ids = torch.tensor([[7, 8, 9, 10, THINK]])
+
+    def thoughts(model):
+        with model.watch_thoughts() as calls:
+            model(input_ids=ids)
+        return calls[0].thoughts
+
+    for qk_norm in (True, False):
+        model = tiny_model(**VIVID, trm_qk_norm=qk_norm)
+        before = thoughts(model)
+        trm = model.model.thoughts
+        with torch.no_grad():
+            trm.compressor.q_proj.weight.mul_(100)
+            trm.compressor.kv_proj.weight[: trm.compressor.kv_proj.weight.shape[0] // 2].mul_(100)  # keys only
+            for layer in trm.net.layers:
+                layer.qkv.weight[: 2 * layer.qkv.weight.shape[1]].mul_(100)  # queries and keys
+        if qk_norm:
+            torch.testing.assert_close(thoughts(model), before, atol=1e-4, rtol=1e-4)
+        else:
+            assert (thoughts(model) - before).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("settings", [{"thought_mode": "pause"}, {"n_supervision_steps": 1}])
