@@ -156,6 +156,27 @@ def plot_depth(runs: list[Run], path: Path) -> bool:
     return True
 
 
+def paired_with_first(summaries: list[dict], runs: list[Run]) -> list[dict]:
+    """Every later run against the first, question by question (McNemar's exact test, `eval.paired`)."""
+    from eval.paired import compare
+
+    first = [record["correct"] for record in runs[0].records]
+    return [{"first": summaries[0]["predictions_file"], "second": summary["predictions_file"],
+             **compare(first, [record["correct"] for record in run.records])}
+            for summary, run in zip(summaries[1:], runs[1:])]
+
+
+def paired_lines(comparisons: list[dict]) -> list[str]:
+    if not comparisons:
+        return []
+    lines = ["", f"Against {comparisons[0]['first']}, on the same questions: the accuracy difference, the questions "
+             "only one of the two answers right, and McNemar's exact two-sided p.", "",
+             "| run | difference (points) | first only | this only | p |", "|---|---|---|---|---|"]
+    lines += [f"| {c['second']} | {100 * -c['difference']:+.1f} | {c['first_only']} | {c['second_only']} | "
+              f"{c['p_value']:.2g} |" for c in comparisons]
+    return lines
+
+
 def write_outputs(output_dir: Path, task: dict, settings: dict, runs: list[Run]) -> dict:
     """All output files of an evaluation; returns the results.json content."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -164,9 +185,12 @@ def write_outputs(output_dir: Path, task: dict, settings: dict, runs: list[Run])
         write_jsonl(output_dir / file, run.records)
     summaries = [run_summary(run, file) for run, file in zip(runs, files)]
     plot = PLOT_FILE if plot_depth(runs, output_dir / PLOT_FILE) else None
-    results = {"task": task, "settings": settings, "versions": versions(), "runs": summaries, "plot": plot}
+    paired = paired_with_first(summaries, runs)
+    results = {"task": task, "settings": settings, "versions": versions(), "runs": summaries, "paired": paired,
+               "plot": plot}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (output_dir / "results.md").write_text(markdown_table(task, summaries, runs))
+    table = markdown_table(task, summaries, runs)
+    (output_dir / "results.md").write_text(table + "\n".join(paired_lines(paired)) + ("\n" if paired else ""))
     return results
 
 

@@ -80,6 +80,51 @@ def diagnostics_table(summary: list[dict], arms: list[str], depths: list) -> lis
     return lines
 
 
+def correctness(output_dir: Path, entry: dict) -> dict[tuple[int, str], bool]:
+    """{(seed, question id): answered right} of one primary entry, from its predictions file."""
+    lines = (output_dir / entry["predictions"]).read_text().splitlines()
+    return {(entry["seed"], record["id"]): record["correct"] for record in map(json.loads, lines)}
+
+
+def paired_comparisons(entries: list[dict], pairs: list[list[str]], output_dir: Path) -> list[dict]:
+    """For each pair of arms that both ran and each test depth: McNemar's exact test over the questions both
+    answered at their training depth, seeds pooled (the same questions for every seed)."""
+    from eval.paired import compare
+
+    primary = {}
+    for entry in entries:
+        if entry["primary"] and "predictions" in entry:
+            primary.setdefault((entry["arm"], entry["test_depth"]), []).append(entry)
+    comparisons = []
+    for first, second in pairs:
+        for depth in sorted({d for arm, d in primary if arm == first}, key=lambda d: (d is None, d)):
+            if (second, depth) not in primary:
+                continue
+            answers = [{}, {}]
+            for side, arm in enumerate((first, second)):
+                for entry in primary[arm, depth]:
+                    answers[side].update(correctness(output_dir, entry))
+            shared = sorted(answers[0].keys() & answers[1].keys())
+            if shared:
+                result = compare([answers[0][k] for k in shared], [answers[1][k] for k in shared])
+                comparisons.append({"first": first, "second": second, "test_depth": depth, **result})
+    return comparisons
+
+
+def paired_table(comparisons: list[dict]) -> list[str]:
+    if not comparisons:
+        return []
+    lines = ["", "Paired comparisons on the same questions (seeds pooled; eval/paired.py): the accuracy difference, "
+             "the questions only one arm answers right, and McNemar's exact two-sided p:", "",
+             "| first | second | depth | difference (points) | first only | second only | n | p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        depth = "-" if c["test_depth"] is None else c["test_depth"]
+        lines.append(f"| {c['first']} | {c['second']} | {depth} | {100 * c['difference']:+.1f} | {c['first_only']} | "
+                     f"{c['second_only']} | {c['n']} | {c['p_value']:.2g} |")
+    return lines
+
+
 def gsm8k_table(summary: list[dict], arms: list[str]) -> list[str]:
     lines = ["Accuracy (%), tokens generated and seconds per answer on GSM8K test, mean ± std over seeds "
              "(trm at its training n_cycles; its sweep below).", "",
@@ -94,9 +139,11 @@ def gsm8k_table(summary: list[dict], arms: list[str]) -> list[str]:
     return lines
 
 
-def markdown(experiment: str, summary: list[dict], arms: list[str], seeds: list[int], train_depth: str) -> str:
+def markdown(experiment: str, summary: list[dict], arms: list[str], seeds: list[int], train_depth: str,
+             comparisons: list[dict]) -> str:
     title = {"depth": "Experiment 1: controlled depth (arith)", "gsm8k": "Experiment 2: GSM8K"}[experiment]
     body = depth_tables(summary, arms, train_depth) if experiment == "depth" else gsm8k_table(summary, arms)
+    body += paired_table(comparisons)
     note = ("Every run's accuracy with its 95% Wilson interval, and each example's generation, are in results.json "
             "and evals/.")
     return "\n".join([f"# {title}", "", f"Arms: {', '.join(arms)}; seeds: {seeds}.", "", *body, "", note]) + "\n"
@@ -185,7 +232,8 @@ def write_report(output_dir: Path, experiment: str, entries: list[dict], header:
     if any(row["n_cycles"] is not None for row in summary):
         plot_n_cycles(summary, output_dir / N_CYCLES_PLOT)
         plots.append(N_CYCLES_PLOT)
-    results = {**header, "results": entries, "summary": summary, "plots": plots}
+    comparisons = paired_comparisons(entries, header["settings"].get("paired_arms") or [], output_dir)
+    results = {**header, "results": entries, "summary": summary, "paired": comparisons, "plots": plots}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (output_dir / "results.md").write_text(markdown(experiment, summary, arms, seeds, train_depth))
+    (output_dir / "results.md").write_text(markdown(experiment, summary, arms, seeds, train_depth, comparisons))
     return results

@@ -349,6 +349,7 @@ def result_entries(arm: Arm, seed: int, test_name: str, results: dict, folder: P
             **{key: run[key] for key in ("n", "accuracy", "ci_low", "ci_high", "mean_tokens_generated",
                                          "mean_latency_s")},
             "eval_dir": str(folder),  # relative to the output_dir
+            "predictions": str(folder / run["predictions_file"]),  # per question: what the paired tests read
         })
     return entries
 

@@ -72,6 +72,10 @@ class ExperimentSettings:
     diagnostics: bool = field(
         default=True, metadata={"help": "Also answer with the thoughts zeroed, shuffled and transplanted "
                                         "(eval/diagnostics.py), arms with thoughts at their training depth."})
+    paired_arms: list[list[str]] = field(
+        default_factory=list, metadata={"help": "Pairs of arms compared question by question (McNemar's exact "
+                                                "test, eval/paired.py) at each test depth, seeds pooled; pairs "
+                                                "with an arm that did not run are left out."})
     eval_batch_size: int = field(default=64, metadata={"help": "Prompts per generate() call."})
     max_new_tokens: int = field(default=16, metadata={"help": "Generation limit of every arm."})
 
@@ -85,6 +89,8 @@ class ExperimentSettings:
             raise ValueError(f"test_depths must list depths >= 1, got {self.test_depths}.")
         if any(steps < 1 for steps in self.given_latent_steps):
             raise ValueError(f"given_latent_steps must list values >= 1, got {self.given_latent_steps}.")
+        if any(len(pair) != 2 or pair[0] == pair[1] for pair in self.paired_arms):
+            raise ValueError(f"paired_arms must list pairs of two different arms, got {self.paired_arms}.")
         if self.trm_n_cycles is not None and (not self.trm_n_cycles or min(self.trm_n_cycles) < 1):
             raise ValueError(f"trm_n_cycles must list values >= 1 or be null, got {self.trm_n_cycles}.")
 

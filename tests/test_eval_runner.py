@@ -89,6 +89,13 @@ def test_sample_two_depths_writes_every_output(tiny_folders, tmp_path):
             assert len(first["halt_probability"]) == first["supervision_steps"] == 1
     table = (out / "results.md").read_text()
     assert "| tiny-base | baseline | - (no recursion: run once) |" in table.replace(base, "tiny-base")
+    # each later run against the first, question by question
+    first = read_jsonl(out / runs[0]["predictions_file"])
+    assert [c["second"] for c in results["paired"]] == [run["predictions_file"] for run in runs[1:]]
+    for comparison, run in zip(results["paired"], runs[1:]):
+        other = read_jsonl(out / run["predictions_file"])
+        assert comparison["second_only"] == sum(b["correct"] and not a["correct"] for a, b in zip(first, other))
+    assert "McNemar" in table
     assert table.count(f"| {trm} | trm | T=") == 2
 
 

@@ -47,6 +47,17 @@ def test_depth_smoke(tmp_path):
     prompt = json.loads((tmp_path / "evals/none/seed0/depth1/final.jsonl").read_text().splitlines()[0])["prompt"]
     assert prompt.endswith("<think>"), "every arm is prompted as trained, ending with <think>"
     assert "| depth 6 |" in (tmp_path / "results.md").read_text()
+    # paired tests for the configured pairs that ran (the one naming an absent arm is skipped), depth by depth
+    paired = {(c["first"], c["second"], c["test_depth"]): c for c in results["paired"]}
+    assert set(paired) == {(a, b, d) for a, b in (("trm", "pause"), ("trm_probe", "pause_probe")) for d in range(1, 7)}
+    for (first, second, depth), c in paired.items():
+        records = {arm: [json.loads(line) for line in (tmp_path / f"evals/{arm}/seed0/depth{depth}/"
+                                                                   f"{'final__T1_N1' if arm.startswith('trm') else 'final'}.jsonl"
+                                                                   ).read_text().splitlines()]
+                   for arm in (first, second)}
+        wins = sum(a["correct"] and not b["correct"] for a, b in zip(records[first], records[second]))
+        assert (c["n"], c["first_only"]) == (len(records[first]), wins) and 0 <= c["p_value"] <= 1
+    assert "McNemar" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.slow
@@ -142,3 +153,14 @@ def test_thought_reading_splits_copied_tokens_from_computed_results(tmp_path):
     assert got["accuracy_when_last_result_right"] == 1.0
     assert record_reading({**records[0], "thoughts": records[0]["thoughts"][:1]},
                           examples[0]["reasoning"].splitlines(), pieces_of) is None  # fewer steps than lines
+
+
+def test_mcnemar_matches_the_exact_binomial_test():
+    from eval.paired import compare, mcnemar_p_value
+
+    assert mcnemar_p_value(21, 9) == pytest.approx(0.0427739452570677)  # scipy.stats.binomtest(9, 30).pvalue
+    assert mcnemar_p_value(2, 0) == 0.5 and mcnemar_p_value(0, 0) == 1.0 and mcnemar_p_value(5, 5) == 1.0
+    result = compare([True, True, False, True], [True, False, False, False])
+    assert result == {"n": 4, "first_only": 2, "second_only": 0, "difference": 0.5, "p_value": 0.5}
+    with pytest.raises(ValueError, match="same questions"):
+        compare([True], [True, False])
