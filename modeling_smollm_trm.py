@@ -294,8 +294,8 @@ class HiddenStateTRM(nn.Module):
         carry, (y, z) detached between steps. Without `halt_threshold` (training) every step runs, and each one's
         thoughts are scored by the caller. With it (inference), a row whose halting probability exceeds it keeps its
         thoughts, and the steps end once every row of `rows` has halted. `read_thoughts` (`thought_feedback`) gives
-        the backbone's hidden states over a step's thoughts, which the compressor reads beside the context for the
-        next step."""
+        the backbone's hidden states over a step's thoughts (without gradient), which the compressor reads beside
+        the context for the next step."""
         x = self.compressor(context, context_mask)  # (B, K, d)
         carry = self.initial_carry(x)
         halted = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -305,7 +305,7 @@ class HiddenStateTRM(nn.Module):
             if step:
                 carry = carry.detach()
                 if read_thoughts is not None:
-                    read, read_mask = read_thoughts(steps[-1].thoughts.detach())
+                    read, read_mask = read_thoughts(steps[-1].thoughts)
                     x = self.compressor(torch.cat([context, read.to(context.dtype)], dim=1),
                                         torch.cat([context_mask, read_mask], dim=1))
             carry = carry.where(halted, self.deep_recursion(x, carry, depth.n_cycles))
@@ -815,29 +815,39 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         its supervision steps, each earlier step's answer run on that step's thoughts."""
         context = cache.hidden if self.thoughts.reads_context else None
         threshold = None if supervise else self.config.halt_threshold
+        kinds = layout.kinds[:, layout.thoughts(j)]
+        answers = []  # supervised, with feedback: each earlier step's answer pass, which also gave its read
         read = None
         if self.config.thought_feedback:
             def read(thoughts):
-                return self._read_thoughts(cache, layout.kinds[:, layout.thoughts(j)], thoughts)
+                # What the feedback passes on carries no gradient: the next step learns to read it, while the
+                # backbone's processing of the thoughts trains through the answers they are scored on.
+                if not supervise:
+                    return self._read_thoughts(cache, kinds, thoughts).detach(), kinds != PAD
+                answer, thought_states = self._answer_pass(cache, layout, j, thoughts, prior_thinks)
+                answers.append(answer)
+                return thought_states.detach(), kinds != PAD
         thinking = self.thoughts(context, cache.kinds != PAD, depth, threshold, layout.think_rows[j], read)
         steps = []
         if supervise:
-            for step in thinking.steps[:-1]:
-                hidden = self._answer_pass(cache, layout, j, step.thoughts, prior_thinks)
+            for index, step in enumerate(thinking.steps[:-1]):
+                hidden = answers[index] if answers else self._answer_pass(cache, layout, j, step.thoughts,
+                                                                          prior_thinks)[0]
                 steps.append(SupervisedStep(j, step.halt_logit, hidden, step.thoughts))
             steps.append(SupervisedStep(j, thinking.steps[-1].halt_logit, None, thinking.thoughts))
         return thinking.thoughts, self._thought_stats(thinking), steps
 
-    def _read_thoughts(self, cache: ThoughtCache, kinds: torch.Tensor, thoughts: torch.Tensor):
-        """`thought_feedback`: the backbone's last-layer hidden states over `thoughts` (B, K, D) placed after the
-        context, as the answer would see them, and their mask; the cache is then cut back."""
+    def _read_thoughts(self, cache: ThoughtCache, kinds: torch.Tensor, thoughts: torch.Tensor) -> torch.Tensor:
+        """`thought_feedback` without answers to score: the backbone's last-layer hidden states over `thoughts`
+        (B, K, D) placed after the context, as the answer would see them; the cache is then cut back."""
         hidden = self._extend(cache, *self._joined([(thoughts, kinds)]), torch.zeros_like(kinds[:, 0]))
         cache.crop(-thoughts.shape[1])
-        return hidden, kinds != PAD
+        return hidden
 
-    def _answer_pass(self, cache, layout: ChunkLayout, j: int, thoughts, prior_thinks) -> torch.Tensor:
+    def _answer_pass(self, cache, layout: ChunkLayout, j: int, thoughts, prior_thinks):
         """Deep supervision: the j-th `<think>`'s [thoughts; answer] given an intermediate step's thoughts, run on the
-        context's cache, which is then cut back. Returns input-aligned hidden states (see `SupervisedStep`)."""
+        context's cache, which is then cut back. Returns the input-aligned hidden states (see `SupervisedStep`) and
+        the thoughts' own (B, K, D): what `thought_feedback` reads, as the thoughts never see the answer."""
         thought_columns, answer_columns = layout.thoughts(j), layout.tokens(j + 1)
         columns = [(thoughts, layout.kinds[:, thought_columns])]
         answer_drop = (prior_thinks + j + 1) * self.config.num_latents
@@ -853,7 +863,7 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         hidden = torch.cat(hidden, dim=1)  # (B, K + W, D) from the first thought column on
         cache.crop(-hidden.shape[1])
         columns = (layout.out_columns - thought_columns.start).clamp(0, hidden.shape[1] - 1)
-        return self._input_aligned(hidden, columns)
+        return self._input_aligned(hidden, columns), hidden[:, : thoughts.shape[1]]
 
     @staticmethod
     def _thought_stats(thinking: Thinking) -> dict:

@@ -349,6 +349,21 @@ def test_thought_feedback_changes_only_what_follows_the_first_supervision_step()
     plain_logits, fed_logits = plain(input_ids=ids).logits, fed(input_ids=ids).logits
     torch.testing.assert_close(fed_logits[0, :3], plain_logits[0, :3], atol=0, rtol=0)
     assert ((fed_logits[0, 3:] - plain_logits[0, 3:]).abs().amax(-1) > 1e-4).all()
+    # training reads the thoughts from the earlier step's answer pass: the same states as inference's own read
+    torch.testing.assert_close(fed(input_ids=ids, labels=ids).logits, fed_logits, atol=1e-5, rtol=0)
+
+
+def test_thought_feedback_passes_no_gradient_back_through_the_read():
+    model = tiny_model(**VIVID, n_supervision_steps=2, thought_feedback=True).train()
+    ids = torch.tensor([[7, 8, THINK, 9, 10]])
+    steps = []
+    handle = model.model.thoughts.register_forward_hook(lambda m, a, out: steps.extend(out.steps))
+    out = model(input_ids=ids)  # no labels: only the last step's thoughts reach the logits
+    handle.remove()
+    first = steps[0].thoughts
+    first.retain_grad()
+    out.logits.sum().backward()
+    assert first.grad is None or first.grad.abs().sum() == 0, "the feedback must not reach the earlier step"
 
 
 def test_thought_feedback_reads_the_backbone_over_the_last_steps_thoughts():
