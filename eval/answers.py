@@ -14,8 +14,8 @@ last number is taken. Two answer kinds are normalised:
   `\text{...}`/`\mbox{...}` unit, a short left-hand side (`x = 5` -> `5`). Rewritten: `\dfrac`/`\tfrac`
   -> `\frac`, `\frac12` -> `\frac{1}{2}`, `\sqrt2` -> `\sqrt{2}`, `1/2` -> `\frac{1}{2}`, other
   `\text{X}` -> `X`, `{,}` -> `,`; a span that is a plain number is canonicalised as for "number"
-  (`1,000` -> `1000`, `.5` -> `0.5`). Not handled: mathematical equivalence (`0.5` vs `\frac{1}{2}`,
-  `\frac{2}{4}` vs `\frac{1}{2}`, reordered sets or sums, `\sqrt{8}` vs `2\sqrt{2}`).
+  (`1,000` -> `1000`, `.5` -> `0.5`). Mathematical equivalence (`0.5` vs `\frac{1}{2}`, reordered sets,
+  `\sqrt{8}` vs `2\sqrt{2}`) is `answers_match`'s, through math-verify.
 
 Malformed generations (empty, no number, an unbalanced `\boxed{`) give None; nothing here raises on
 model output.
@@ -165,7 +165,20 @@ def extract_answer(text: str, kind: str = "number") -> str | None:
 
 
 def answers_match(pred: str | None, gold: str, kind: str = "number") -> bool:
-    """Whether two final answers are equal after `normalize_answer`; an empty or missing prediction never matches."""
+    """Whether two final answers are equal after `normalize_answer`; an empty or missing prediction never matches.
+    "latex" answers that differ as strings are then compared by math-verify (`0.5` and `\\frac{1}{2}`, `\\sqrt{8}`
+    and `2\\sqrt{2}`, reordered sets); "number" answers (GSM8K, arith) stay an exact comparison."""
     if pred is None or not pred.strip():
         return False
-    return normalize_answer(pred, kind) == normalize_answer(gold, kind)
+    if normalize_answer(pred, kind) == normalize_answer(gold, kind):
+        return True
+    return kind == "latex" and mathematically_equal(pred, gold)
+
+
+def mathematically_equal(pred: str, gold: str) -> bool:
+    """math-verify's verdict on two LaTeX answers (gold first, as it expects)."""
+    try:
+        from math_verify import parse, verify
+    except ImportError as error:
+        raise ImportError("--task math compares answers with math-verify: pip install -e \".[math]\"") from error
+    return bool(verify(parse(f"${gold}$"), parse(f"${pred}$")))

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from eval import load_metric
-from eval.answers import extract_answer
+from eval.answers import answers_match, extract_answer
 from eval.diagnostics import DONOR_ABLATIONS, donor, follows_donor, replacement, thoughts_through
 from eval.tasks import Task
 from modeling_smollm_trm import THINK_TOKENS, Depth
@@ -301,7 +301,7 @@ def _batch_records(loaded: LoadedModel, examples: list[dict], prompts: list[str]
         records.append({
             "id": example["id"], "question": example["question"], "prompt": prompt, "generated": generated,
             "answer_text": answer, "extracted": extracted, "gold": example["answer"],
-            "correct": extracted == example["answer"], "tokens_generated": len(token_ids),
+            "correct": answers_match(extracted, example["answer"], kind), "tokens_generated": len(token_ids),
             "latency_s": seconds / len(prompts), "batch_latency_s": seconds, "batch_size": len(prompts),
         })
         if thoughts is not None:
@@ -339,9 +339,11 @@ def run_model(loaded: LoadedModel, task: Task, settings: GenerationSettings, dep
 
 
 def score(records: list[dict]) -> dict:
-    """Accuracy with its 95% CI (the `exact_match` metric), mean tokens generated and mean time to answer."""
+    """Accuracy with its 95% CI (the `exact_match` metric), mean tokens generated and mean time to answer. A
+    prediction `answers_match` found equal to its reference (math-verify, for LaTeX) is passed as the reference."""
     metric = load_metric().compute(
-        predictions=[r["extracted"] for r in records], references=[r["gold"] for r in records]
+        predictions=[r["gold"] if r["correct"] else r["extracted"] for r in records],
+        references=[r["gold"] for r in records],
     )
     n = len(records)
     return {

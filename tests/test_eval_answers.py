@@ -92,7 +92,11 @@ def test_split_gsm8k():
         (None, "18", "number", False),
         ("", "", "number", False),
         ("\\dfrac{1}{2}", "\\frac12", "latex", True),
-        ("0.5", "\\frac{1}{2}", "latex", False),  # no numeric equivalence for LaTeX
+        ("0.5", "\\frac{1}{2}", "latex", True),  # math-verify: numerically equal
+        ("\\sqrt{8}", "2\\sqrt{2}", "latex", True),  # symbolically equal
+        ("\\{2, 1\\}", "\\{1, 2\\}", "latex", True),  # the same set
+        ("\\frac{1}{3}", "\\frac{1}{2}", "latex", False),
+        ("0.5", "1/2", "number", False),  # GSM8K's path stays exact
     ],
 )
 def test_answers_match(pred, gold, kind, expected):

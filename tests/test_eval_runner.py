@@ -26,7 +26,7 @@ TINY_CHAT_TEMPLATE = (
 )
 CHAR_CHAT_TEMPLATE = "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
 CHAR_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "</think>", "<think>"]
-CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,?!:;'$%+-*/=()#\n"
+CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,?!:;'$%+-*/=()#\\{}\n"
 PNG_MAGIC = b"\x89PNG"
 
 
@@ -194,6 +194,20 @@ def test_model_that_knows_the_gold_scores_100_percent(monkeypatch, tmp_path, tas
     records = read_jsonl(tmp_path / "oracle__T1_N1.jsonl")
     assert all(r["extracted"] == r["gold"] and r["generated"].endswith("</s>") for r in records)
     assert [r["tokens_generated"] for r in records] == [len(r["generated"]) - len("</think></s>") + 2 for r in records]
+
+
+def test_math_answers_are_compared_by_mathematical_equality(monkeypatch, tmp_path):
+    rows = [{"problem": "Half of one?", "answer": "\\frac{1}{2}"}, {"problem": "Root of eight?", "answer": "2\\sqrt{2}"},
+            {"problem": "A third?", "answer": "\\frac{1}{3}"}]
+    path = tmp_path / "math.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    replies = {"Half of one?": "0.5", "Root of eight?": "\\sqrt{8}", "A third?": "0.5"}
+    use_stub(monkeypatch, lambda prompt: f"</think>\\boxed{{{replies[prompt.removesuffix('A:')]}}}")
+    results = main(["--model", "oracle", "--task", "math", "--task_path", str(path), "--batch_size", "3",
+                    "--output_dir", str(tmp_path / "out")])
+    records = read_jsonl(tmp_path / "out" / results["runs"][0]["predictions_file"])
+    assert [r["correct"] for r in records] == [True, True, False]  # 0.5 = 1/2 and sqrt 8 = 2 sqrt 2, as math-verify
+    assert results["runs"][0]["accuracy"] == pytest.approx(2 / 3)
 
 
 def test_model_that_answers_nothing_scores_0_percent(monkeypatch, tmp_path):
