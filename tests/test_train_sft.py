@@ -478,6 +478,20 @@ def test_report_to_wandb_runs_offline_without_a_key(backbone, tmp_path, monkeypa
     assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb should have written an offline run"
 
 
+def test_report_to_trackio_logs_the_trm_metrics_locally(backbone, tmp_path):
+    import sqlite3
+
+    # In its own process: trackio reads TRACKIO_DIR once, when it is imported.
+    args = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--max_steps", "2", "--report_to", "trackio")
+    result = subprocess.run([sys.executable, "train_sft.py", *args], cwd=ROOT, capture_output=True, text=True,
+                            env={**ENV, "TRACKIO_DIR": str(tmp_path / "trackio")}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    databases = list((tmp_path / "trackio").glob("*.db"))
+    assert databases, "trackio should have written its local database"
+    logged = " ".join(str(row) for db in databases for row in sqlite3.connect(db).execute("SELECT * FROM metrics"))
+    assert "lm_loss" in logged and "thought_norm" in logged
+
+
 def test_a_non_finite_loss_or_gradient_norm_stops_the_run(backbone, tmp_path):
     from types import SimpleNamespace
 
