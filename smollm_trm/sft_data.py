@@ -501,9 +501,14 @@ def _plan_parts(splits: dict[str, Rows], args: SFTDataArguments) -> dict[str, tu
         plan["eval"] = (eval_name, splits[eval_name], list(range(len(splits[eval_name]))))
     elif args.eval_fraction > 0:
         keys = [row_key(train_rows[index]) for index in range(len(train_rows))]
-        if len(set(keys)) < len(keys):
-            logger.warning("%d of the %d rows of %r repeat an earlier row; each is held out with its copies or not "
-                           "at all.", len(keys) - len(set(keys)), len(keys), args.train_split)
+        first_seen: dict = {}
+        repeats = [(index, first_seen.setdefault(key, index)) for index, key in enumerate(keys)
+                   if first_seen.setdefault(key, index) != index]
+        if repeats:
+            shown = ", ".join(f"{index} (= {first})" for index, first in repeats[:SHOWN_BAD_ROWS])
+            logger.warning("%d of the %d rows of %r repeat an earlier row (0-based: %s%s); each is held out with "
+                           "its copies or not at all.", len(repeats), len(keys), args.train_split, shown,
+                           ", ..." if len(repeats) > SHOWN_BAD_ROWS else "")
         train_indices, eval_indices = split_indices(keys, args.eval_fraction, args.split_seed)
         plan["train"] = (args.train_split, train_rows, train_indices)
         plan["eval"] = (args.train_split, train_rows, eval_indices)

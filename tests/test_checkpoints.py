@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from test_train_sft import backbone, cli, write_data  # noqa: F401  (backbone is a fixture)
 
 import train_sft
@@ -119,3 +120,43 @@ def test_a_manifest_vouches_only_for_files_synced_to_disk(tmp_path, monkeypatch)
         assert names.index(name) < manifest, f"{name} must be on disk before the manifest vouches for it"
     assert names[-1] == ".", "the folder's entries are synced after the manifest's rename"
     assert checkpoints.checkpoint_problem(folder) is None
+
+
+def test_a_kill_at_any_point_of_saving_resumes_the_run_from_the_newest_complete_checkpoint(backbone, tmp_path,
+                                                                                          caplog):
+    """A checkpoint's files are written, then its manifest: a kill anywhere before the manifest lands leaves files
+    that never count. Each seeded kill point cuts checkpoint-3 after some of its files (the last one half written);
+    the rerun resumes from checkpoint-2 and ends with the weights of the run that was never killed."""
+    from safetensors.torch import load_file
+
+    reference = tmp_path / "reference"
+    args = cli(backbone, write_data(tmp_path, "qa"), reference, "--max_steps", "3", "--save_strategy", "steps",
+               "--save_steps", "1")
+    train_sft.main(*make_parser().parse_args_and_config(args))
+    expected = load_file(reference / "final" / "model.safetensors")
+    files = sorted(p.relative_to(reference / "checkpoint-3") for p in (reference / "checkpoint-3").rglob("*")
+                   if p.is_file() and p.name != MANIFEST_FILE)
+    for seed in range(3):  # a bounded, seeded set of kill points
+        rng = random.Random(seed)
+        run = tmp_path / f"killed{seed}"
+        shutil.copytree(reference, run, ignore=shutil.ignore_patterns("final"))
+        killed = run / "checkpoint-3"
+        (killed / MANIFEST_FILE).unlink()
+        written = rng.randrange(len(files) + 1)  # files finished before the kill; the next one is half written
+        for index, name in enumerate(files):
+            if index == written:
+                truncate(killed / name)
+            elif index > written:
+                (killed / name).unlink()
+        assert last_complete_checkpoint(str(run)) == str(run / "checkpoint-2"), seed
+        assert all(checkpoint_problem(run / f"checkpoint-{step}") is None for step in (1, 2)), "none lost"
+        rerun = [str(run) if part == str(reference) else part for part in map(str, args)]
+        caplog.clear()
+        with caplog.at_level("INFO", logger="smollm_trm.checkpoints"):
+            train_sft.main(*make_parser().parse_args_and_config(rerun))
+        assert f"Resuming from {run / 'checkpoint-2'}" in caplog.text, seed
+        assert checkpoint_problem(killed) is None, "checkpoint-3 is written again, whole"
+        resumed = load_file(run / "final" / "model.safetensors")
+        assert resumed.keys() == expected.keys()
+        for name, tensor in expected.items():
+            torch.testing.assert_close(resumed[name], tensor, atol=0, rtol=0, msg=f"seed {seed}: {name}")

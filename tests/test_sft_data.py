@@ -475,3 +475,14 @@ def test_duplicated_rows_never_fall_on_both_sides_of_the_held_out_split():
     assert {keys[i] for i in train}.isdisjoint({keys[i] for i in held_out})
     assert len(held_out) == 3 * 6 and sorted(train + held_out) == list(range(90))
     assert split_indices(100, 0.1, seed=3) == split_indices([f"r{i}" for i in range(100)], 0.1, seed=3)
+
+
+def test_duplicated_rows_are_reported_by_index(tokenizer, tmp_path, caplog):
+    rows = qa_rows(6)
+    rows += [dict(rows[1]), dict(rows[4])]  # rows 6 and 7 repeat rows 1 and 4
+    with caplog.at_level(logging.WARNING):
+        prepared = prepare(write_jsonl(tmp_path / "data.jsonl", rows), tokenizer, eval_fraction=0.25)
+    assert "2 of the 8 rows of 'train' repeat an earlier row (0-based: 6 (= 1), 7 (= 4))" in caplog.text
+    train = [row["prompt"][0]["content"] for row in prepared.train.to_list()]
+    held_out = [row["prompt"][0]["content"] for row in prepared.eval.to_list()]
+    assert not set(train) & set(held_out)
