@@ -24,6 +24,12 @@ prompts identical token for token, and the arms differ only in the K positions i
     trm      trm           latent         <think>[K TRM]</think>72        K recursive latent thoughts
     cot      none          latent+text    <think>Natalia sold ...</think>72   gsm8k: written chain of thought
 
+The depth experiment's recipes from written to latent reasoning are arms too (`experiments/settings.py`, each with
+its train_sft flags): `pause_curriculum` / `trm_curriculum` (stage by stage, written steps replaced by latent ones),
+`*_distill` (self-distillation from the written-reasoning teacher), `pause_probe` / `trm_probe` (the curriculum with
+the step probe), `trm_probe_supervised` (and N_sup 2) and `trm_probe_feedback` (and each supervision step reading the
+backbone's states over the last one's thoughts).
+
 `cot` is "written CoT, no TRM": with `thought_mode none`, `<think>` is an ordinary token (no positions inserted)
 and the reasoning is the GSM8K solution text (calculator notes removed) between the tags, which the model writes
 at test time before `</think>`; eval scores what follows the last `</think>`. `answer` keeps the same tags with
