@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import torch
 
+import configuration_smollm_trm
+import modeling_smollm_trm
 from modeling_smollm_trm import THINK_TOKENS, SmolLMTRMForCausalLM, add_think_tokens
 from smollm_trm.chat import make_template_think
 from smollm_trm.hub import is_hub_id
@@ -34,14 +37,48 @@ def is_smollm_trm_source(source: str, revision: str | None = None) -> bool:
     return config.get("model_type") == TRM_MODEL_TYPE
 
 
+def differing_code_files(source: str, revision: str | None = None) -> list[str]:
+    """The code files of a SmolLM+TRM folder or Hub repo that are not byte for byte this installed project's (a
+    file it lacks is not counted: our classes build it either way)."""
+    installed = {"configuration_smollm_trm.py": Path(configuration_smollm_trm.__file__),
+                 "modeling_smollm_trm.py": Path(modeling_smollm_trm.__file__)}
+    differing = []
+    for name, ours in installed.items():
+        theirs = _code_file(source, name, revision)
+        if theirs is not None and theirs.read_bytes() != ours.read_bytes():
+            differing.append(name)
+    return differing
+
+
+def _code_file(source: str, name: str, revision: str | None) -> Path | None:
+    if os.path.isdir(source):
+        path = Path(source) / name
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(source, name, revision=revision))
+    except EntryNotFoundError:
+        return None
+
+
 def load_causal_lm(source: str, trust_remote_code: bool = False, **loading):
-    """A causal LM from a folder or Hub id. A SmolLM+TRM one is built with this project's own classes, so that no
-    code from the folder runs and none needs consent; any other model's own code runs only with `trust_remote_code`
-    (transformers' rule)."""
+    """A causal LM from a folder or Hub id. A SmolLM+TRM one whose code files are this project's (or absent) is
+    built with this project's own classes, so that no code from the folder runs and none needs consent. One whose
+    code differs is foreign code like any other model's: it runs only with `trust_remote_code` (transformers' rule),
+    and without it the folder is refused rather than silently built with other code than its own."""
     from transformers import AutoModelForCausalLM
 
     if is_smollm_trm_source(source, loading.get("revision")):
-        return SmolLMTRMForCausalLM.from_pretrained(source, **loading)
+        differing = differing_code_files(source, loading.get("revision"))
+        if not differing:
+            return SmolLMTRMForCausalLM.from_pretrained(source, **loading)
+        if not trust_remote_code:
+            raise ValueError(
+                f"{source} is a SmolLM+TRM model whose {', '.join(differing)} differ from this installed "
+                f"smollm-trm's: its code is foreign, and it runs only with consent. Pass --trust_remote_code to run "
+                f"its own code, or replace those files with this version's to load it with the installed classes.")
     return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, **loading)
 
 
@@ -59,7 +96,7 @@ def load_model(model_args, trm_args, trust_remote_code: bool = False):
     if is_smollm_trm_source(source, model_args.model_revision):
         tokenizer = AutoTokenizer.from_pretrained(source, revision=model_args.model_revision, **consent)
         make_template_think(tokenizer)  # a folder saved before templates thought
-        model = load_causal_lm(source, **loading, **trm_args.trm_settings())
+        model = load_causal_lm(source, trust_remote_code=trust_remote_code, **loading, **trm_args.trm_settings())
         check_think_token(model.config, tokenizer)
         return model, tokenizer, []
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, revision=model_args.model_revision,

@@ -3,11 +3,15 @@ folders' code runs only with `--trust_remote_code` (transformers' rule), in trai
 
 import json
 import textwrap
+from pathlib import Path
 
+import pytest
 import torch
 from conftest import tiny_model, tiny_text_config, tiny_tokenizer
 from test_train_sft import CHAT_TEMPLATE
 
+import configuration_smollm_trm
+import modeling_smollm_trm
 from eval.runner import load_model as eval_load_model
 from modeling_smollm_trm import SmolLMTRMForCausalLM
 from smollm_trm.arguments import make_parser
@@ -32,19 +36,47 @@ def saved_trm_folder(tmp_path):
     return folder, model
 
 
-def test_a_smollm_trm_folder_loads_with_the_projects_classes_and_runs_none_of_its_code(tmp_path):
+def train_args(folder, tmp_path, *extra):
+    return make_parser().parse_args_and_config(
+        ["--model_name_or_path", str(folder), "--dataset_name", "x.jsonl", "--output_dir", str(tmp_path / "out"),
+         *extra])
+
+
+def test_a_smollm_trm_folder_with_our_code_loads_with_the_projects_classes(tmp_path):
     folder, model = saved_trm_folder(tmp_path)
-    marker = tmp_path / "payload-ran"
-    plant(folder, marker)
+    assert (folder / "modeling_smollm_trm.py").read_bytes() == Path(modeling_smollm_trm.__file__).read_bytes()
     loaded = eval_load_model(str(folder))
-    assert type(loaded.model) is SmolLMTRMForCausalLM
+    assert type(loaded.model) is SmolLMTRMForCausalLM  # the installed class, not transformers_modules' copy
     ids = torch.tensor([[7, 8, 5, 9]])
     torch.testing.assert_close(loaded.model(input_ids=ids).logits, model(input_ids=ids).logits)
-    data_args, training_args, model_args, trm_args = make_parser().parse_args_and_config(
-        ["--model_name_or_path", str(folder), "--dataset_name", "x.jsonl", "--output_dir", str(tmp_path / "out")])
+    _, training_args, model_args, trm_args = train_args(folder, tmp_path)
     trained, _, _ = train_load_model(model_args, trm_args, training_args.trust_remote_code)
     assert type(trained) is SmolLMTRMForCausalLM
+
+
+def test_a_smollm_trm_folder_with_other_code_is_foreign_and_runs_only_with_consent(tmp_path):
+    folder, _ = saved_trm_folder(tmp_path)
+    marker = tmp_path / "payload-ran"
+    plant(folder, marker)
+    with pytest.raises(ValueError, match="modeling_smollm_trm.py differ from this installed"):
+        eval_load_model(str(folder))
+    _, training_args, model_args, trm_args = train_args(folder, tmp_path)
+    with pytest.raises(ValueError, match="--trust_remote_code to run its own code"):
+        train_load_model(model_args, trm_args, training_args.trust_remote_code)
     assert not marker.exists()
+    with pytest.raises(Exception):  # its (planted) code runs, and is no model
+        eval_load_model(str(folder), trust_remote_code=True)
+    assert marker.exists()
+
+
+def test_training_from_our_folder_saves_the_installed_code_not_the_folders(tmp_path):
+    folder, _ = saved_trm_folder(tmp_path)
+    _, training_args, model_args, trm_args = train_args(folder, tmp_path)
+    trained, tokenizer, _ = train_load_model(model_args, trm_args, training_args.trust_remote_code)
+    trained.save_pretrained(tmp_path / "saved")
+    for module in (modeling_smollm_trm, configuration_smollm_trm):
+        name = Path(module.__file__).name
+        assert (tmp_path / "saved" / name).read_bytes() == Path(module.__file__).read_bytes(), name
 
 
 def test_a_plain_folder_with_an_auto_map_runs_its_code_only_with_consent(tmp_path):
@@ -66,5 +98,8 @@ def test_a_plain_folder_with_an_auto_map_runs_its_code_only_with_consent(tmp_pat
         """))
     loaded = eval_load_model(str(folder))
     assert type(loaded.model) is SmolLM3ForCausalLM and not marker.exists()
+    _, training_args, model_args, trm_args = train_args(folder, tmp_path)  # training: the same rule
+    wrapped, _, _ = train_load_model(model_args, trm_args, training_args.trust_remote_code)
+    assert type(wrapped.model.language_model).__name__ == "SmolLM3Model" and not marker.exists()
     consented = eval_load_model(str(folder), trust_remote_code=True)
     assert type(consented.model).__name__ == "Payload" and marker.exists()
