@@ -160,3 +160,14 @@ def test_a_kill_at_any_point_of_saving_resumes_the_run_from_the_newest_complete_
         assert resumed.keys() == expected.keys()
         for name, tensor in expected.items():
             torch.testing.assert_close(resumed[name], tensor, atol=0, rtol=0, msg=f"seed {seed}: {name}")
+
+
+def test_rotation_orders_by_step_whatever_the_names_sort_and_the_clock_say(tmp_path):
+    fake_checkpoints(tmp_path, [2, 9, 10])
+    for age, step in enumerate([10, 9, 2]):  # the newest steps were written first: mtime order is reversed
+        stamp = 1_000_000 + age * 1000
+        for path in [tmp_path / f"checkpoint-{step}", *(tmp_path / f"checkpoint-{step}").rglob("*")]:
+            os.utime(path, (stamp, stamp))
+    assert [c.name for c in checkpoint_folders(tmp_path)] == ["checkpoint-2", "checkpoint-9", "checkpoint-10"]
+    rotate_checkpoints(tmp_path, save_total_limit=2)
+    assert [c.name for c in checkpoint_folders(tmp_path)] == ["checkpoint-9", "checkpoint-10"]

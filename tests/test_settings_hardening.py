@@ -50,6 +50,40 @@ def test_a_think_token_id_that_is_not_the_tokenizers_is_refused():
         check_think_token(tiny_config(think_token_id=7), tokenizer)
 
 
+def test_a_saved_folder_whose_think_token_id_is_not_its_tokenizers_is_refused_by_training_and_eval(tmp_path):
+    from test_train_sft import CHAT_TEMPLATE
+
+    from eval.runner import load_model as eval_load_model
+    from smollm_trm.arguments import make_parser
+    from smollm_trm.loading import load_model as train_load_model
+
+    folder = tmp_path / "trm"
+    tiny_model().save_pretrained(folder)
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["think_token_id"] = THINK + 2  # another token than the tokenizer's <think>
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"think_token_id={THINK + 2}"):
+        eval_load_model(str(folder))
+    _, training_args, model_args, trm_args = make_parser().parse_args_and_config(
+        ["--model_name_or_path", str(folder), "--dataset_name", "x.jsonl", "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match=f"think_token_id={THINK + 2}"):
+        train_load_model(model_args, trm_args, training_args.trust_remote_code)
+
+
+def test_dtype_on_the_command_line_loads_the_weights_in_it(backbone, tmp_path):
+    from smollm_trm.arguments import make_parser
+    from smollm_trm.loading import load_model as train_load_model
+
+    _, training_args, model_args, trm_args = make_parser().parse_args_and_config(
+        ["--model_name_or_path", str(backbone), "--dataset_name", "x.jsonl", "--output_dir", str(tmp_path / "out"),
+         "--dtype", "bfloat16", "--num_latents", "4", "--trm_hidden_size", "16", "--trm_num_heads", "2"])
+    model, _, _ = train_load_model(model_args, trm_args, training_args.trust_remote_code)
+    assert model.model.language_model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+
+
 def test_an_output_folder_that_cannot_be_written_is_refused_before_training(backbone, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a folder below a file cannot be made, whoever runs the test (root included)
@@ -62,12 +96,18 @@ def test_rerunning_a_finished_run_trains_nothing_and_says_where_its_model_is(bac
     import train_sft
     from smollm_trm.arguments import make_parser
 
-    args = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--max_steps", "2")
+    # With a checkpoint at the last step and EMA weights: the cases where a rerun used to train on (step 3 of 2)
+    args = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--max_steps", "2", "--save_strategy", "steps",
+               "--save_steps", "1", "--ema_decay", "0.9")
     folder = train_sft.main(*make_parser().parse_args_and_config(args))
     weights = (folder / "model.safetensors").read_bytes()
+    written = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    checkpoints = sorted(path.name for path in folder.parent.glob("checkpoint-*"))
     capsys.readouterr()
     again = train_sft.main(*make_parser().parse_args_and_config(args))
     assert again == folder and (folder / "model.safetensors").read_bytes() == weights
+    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == written, "final/ is not rewritten"
+    assert sorted(path.name for path in folder.parent.glob("checkpoint-*")) == checkpoints, "no step past max_steps"
     assert f"{folder} already holds the model" in capsys.readouterr().out
 
 
