@@ -38,12 +38,18 @@ def flip_a_byte(path):
     ("optimizer.pt", flip_a_byte, "hash differs"),
     ("scheduler.pt", lambda path: path.unlink(), "missing"),
     ("config.json", flip_a_byte, "hash differs"),
+    ("trainable.safetensors", truncate, "bytes"),  # a LoRA run's trainable tensors
+    ("trm_ema.safetensors", flip_a_byte, "hash differs"),  # the EMA weights
     (MANIFEST_FILE, truncate, "no readable"),
 ])
 def test_a_damaged_checkpoint_is_skipped_with_its_reason_and_the_run_resumes_from_the_one_before(
         backbone, tmp_path, caplog, name, damage, reason):
-    args, _ = train(backbone, tmp_path, "--time_limit_s", "1e-9")  # stops after step 1 with checkpoint-1
-    args, _ = train(backbone, tmp_path, "--max_steps", "3")  # resumes, checkpoints 2 and 3
+    args, _ = train(backbone, tmp_path, "--time_limit_s", "1e-9", "--ema_decay", "0.9")  # checkpoint-1 only
+    args, _ = train(backbone, tmp_path, "--max_steps", "3", "--ema_decay", "0.9")  # resumes: checkpoints 2, 3
+    newest = tmp_path / "out" / "checkpoint-3"
+    listed = json.loads((newest / MANIFEST_FILE).read_text())["files"]
+    written = {str(p.relative_to(newest)) for p in newest.rglob("*") if p.is_file() and p.name != MANIFEST_FILE}
+    assert set(listed) == written, "the manifest lists every file of its checkpoint"
     out = tmp_path / "out"
     shutil.rmtree(out / "final")
     assert [checkpoint_problem(folder) for folder in checkpoint_folders(out)] == [None] * 3
