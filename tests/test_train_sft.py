@@ -308,6 +308,7 @@ def test_model_card_parses_and_its_widgets_run_through_the_pipeline(trained_run)
         with generator.model.watch_thoughts() as calls:  # chat messages alone must open <think>
             reply = generator(example["messages"], max_new_tokens=3, do_sample=False)
         assert reply[0]["generated_text"][-1]["role"] == "assistant"
+        assert reply[0]["generated_text"][-1]["content"].strip(), "a non-empty answer"
         assert calls and calls[0].thoughts.shape[1] == K and calls[0].rows.all()
 
 
@@ -515,3 +516,17 @@ def test_a_time_limit_stops_with_a_checkpoint_and_a_rerun_finishes(backbone, tmp
     assert folder == out / "final" and (folder / "README.md").is_file()
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
+
+
+def test_the_cards_snippet_loads_the_pushed_repo_id(tmp_path):
+    from smollm_trm.hub import write_model_card
+
+    write_model_card(tmp_path, repo_id="me/smollm-trm", base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+                     dataset="openai/gsm8k", settings={"num_latents": 16}, metrics={"eval_loss": 1.5,
+                                                                                  "eval_runtime": 3.0})
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "README.md")
+    assert 'from_pretrained("me/smollm-trm", trust_remote_code=True)' in card.text
+    assert card.data.datasets == ["openai/gsm8k"]
+    assert "| eval_loss | 1.5000 |" in card.text and "eval_runtime" not in card.text
