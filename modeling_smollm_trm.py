@@ -817,16 +817,17 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         threshold = None if supervise else self.config.halt_threshold
         kinds = layout.kinds[:, layout.thoughts(j)]
         answers = []  # supervised, with feedback: each earlier step's answer pass, which also gave its read
-        read = None
-        if self.config.thought_feedback:
-            def read(thoughts):
-                # What the feedback passes on carries no gradient: the next step learns to read it, while the
-                # backbone's processing of the thoughts trains through the answers they are scored on.
-                if not supervise:
-                    return self._read_thoughts(cache, kinds, thoughts).detach(), kinds != PAD
-                answer, thought_states = self._answer_pass(cache, layout, j, thoughts, prior_thinks)
-                answers.append(answer)
-                return thought_states.detach(), kinds != PAD
+
+        def read_thoughts(thoughts):
+            # What the feedback passes on carries no gradient: the next step learns to read it, while the
+            # backbone's processing of the thoughts trains through the answers they are scored on.
+            if not supervise:
+                return self._read_thoughts(cache, kinds, thoughts).detach(), kinds != PAD
+            answer, thought_states = self._answer_pass(cache, layout, j, thoughts, prior_thinks)
+            answers.append(answer)
+            return thought_states.detach(), kinds != PAD
+
+        read = read_thoughts if self.config.thought_feedback else None
         thinking = self.thoughts(context, cache.kinds != PAD, depth, threshold, layout.think_rows[j], read)
         steps = []
         if supervise:

@@ -3,10 +3,8 @@
 import os
 import shutil
 import socket
-import time
 
 import pytest
-import torch
 
 from conftest import EOS, PAD_ID, tiny_model, tiny_tokenizer
 from smollm_trm.chat import make_template_think
