@@ -128,40 +128,79 @@ def test_a_manifest_vouches_only_for_files_synced_to_disk(tmp_path, monkeypatch)
     assert checkpoints.checkpoint_problem(folder) is None
 
 
+class Killed(BaseException):
+    """The process dying mid-save (a BaseException, so that no `except Exception` of the save path swallows it)."""
+
+
+def kill_while_saving(monkeypatch, folder_name: str, kill_at: int) -> None:
+    """Make the `kill_at`-th file the save of `folder_name` writes come out half written, then die; past the last
+    file, die while writing the manifest. Files are the Trainer's torch.save and safetensors writes (weights,
+    optimizer, scheduler, RNG state, LoRA's trainable tensors)."""
+    import safetensors.torch
+    import transformers.modeling_utils
+
+    from smollm_trm import trainer as trm_trainer
+
+    written = 0
+
+    def killing(real, path_of):
+        def save(*args, **kwargs):
+            nonlocal written
+            path = str(path_of(args, kwargs))
+            result = real(*args, **kwargs)
+            if f"{os.sep}{folder_name}{os.sep}" in path:
+                if written == kill_at:
+                    truncate(Path(path))
+                    raise Killed
+                written += 1
+            return result
+        return save
+
+    second = lambda args, kwargs: args[1] if len(args) > 1 else kwargs.get("filename", kwargs.get("f"))  # noqa: E731
+    monkeypatch.setattr(torch, "save", killing(torch.save, second))
+    monkeypatch.setattr(safetensors.torch, "save_file", killing(safetensors.torch.save_file, second))
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file",
+                        killing(transformers.modeling_utils.safe_save_file, second))
+    real_manifest = trm_trainer.write_manifest
+
+    def manifest(folder):
+        if Path(folder).name == folder_name and written >= kill_at:
+            raise Killed  # every file written: killed while writing the manifest
+        real_manifest(folder)
+
+    monkeypatch.setattr(trm_trainer, "write_manifest", manifest)
+
+
 def test_a_kill_at_any_point_of_saving_resumes_the_run_from_the_newest_complete_checkpoint(backbone, tmp_path,
                                                                                           caplog):
-    """A checkpoint's files are written, then its manifest: a kill anywhere before the manifest lands leaves files
-    that never count. Each seeded kill point cuts checkpoint-3 after some of its files (the last one half written);
-    the rerun resumes from checkpoint-2 and ends with the weights of the run that was never killed."""
+    """Seeded kill points inside the real save of checkpoint-3 (each file the Trainer writes, the last one half
+    written, or the manifest): the rerun resumes from checkpoint-2 and ends with the weights of the run that was
+    never killed."""
     from safetensors.torch import load_file
 
+    data = write_data(tmp_path, "qa")
+
+    def run_args(folder):
+        return cli(backbone, data, folder, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1")
+
     reference = tmp_path / "reference"
-    args = cli(backbone, write_data(tmp_path, "qa"), reference, "--max_steps", "3", "--save_strategy", "steps",
-               "--save_steps", "1")
-    train_sft.main(*make_parser().parse_args_and_config(args))
+    train_sft.main(*make_parser().parse_args_and_config(run_args(reference)))
     expected = load_file(reference / "final" / "model.safetensors")
-    files = sorted(p.relative_to(reference / "checkpoint-3") for p in (reference / "checkpoint-3").rglob("*")
-                   if p.is_file() and p.name != MANIFEST_FILE)
-    for seed in range(3):  # a bounded, seeded set of kill points
-        rng = random.Random(seed)
+    # every kill point, in a seeded order: each of the 6 files the save writes (weights, LoRA tensors, training args,
+    # optimizer, scheduler, RNG state) half written, then the manifest
+    for seed, kill_at in enumerate(random.Random(0).sample(range(7), 7)):
         run = tmp_path / f"killed{seed}"
-        shutil.copytree(reference, run, ignore=shutil.ignore_patterns("final"))
-        killed = run / "checkpoint-3"
-        (killed / MANIFEST_FILE).unlink()
-        written = rng.randrange(len(files) + 1)  # files finished before the kill; the next one is half written
-        for index, name in enumerate(files):
-            if index == written:
-                truncate(killed / name)
-            elif index > written:
-                (killed / name).unlink()
-        assert last_complete_checkpoint(str(run)) == str(run / "checkpoint-2"), seed
+        with pytest.MonkeyPatch.context() as patch:
+            kill_while_saving(patch, "checkpoint-3", kill_at)
+            with pytest.raises(Killed):
+                train_sft.main(*make_parser().parse_args_and_config(run_args(run)))
+        assert checkpoint_problem(run / "checkpoint-3") is not None, seed  # what the kill left never counts
         assert all(checkpoint_problem(run / f"checkpoint-{step}") is None for step in (1, 2)), "none lost"
-        rerun = [str(run) if part == str(reference) else part for part in map(str, args)]
         caplog.clear()
         with caplog.at_level("INFO", logger="smollm_trm.checkpoints"):
-            train_sft.main(*make_parser().parse_args_and_config(rerun))
+            train_sft.main(*make_parser().parse_args_and_config(run_args(run)))
         assert f"Resuming from {run / 'checkpoint-2'}" in caplog.text, seed
-        assert checkpoint_problem(killed) is None, "checkpoint-3 is written again, whole"
+        assert checkpoint_problem(run / "checkpoint-3") is None, "checkpoint-3 is written again, whole"
         resumed = load_file(run / "final" / "model.safetensors")
         assert resumed.keys() == expected.keys()
         for name, tensor in expected.items():
