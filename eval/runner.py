@@ -154,8 +154,9 @@ def load_model(name: str, gguf_file: str | None = None, trust_remote_code: bool 
     from transformers import AutoTokenizer  # deferred: slow to import
 
     source, gguf = resolve_source(name, gguf_file)
-    consent = {"trust_remote_code": True} if trust_remote_code else {}
-    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, source, name, gguf_file=gguf, **consent)
+    # Explicit either way: left unset, transformers asks on the terminal whether to run a folder's auto_map code.
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, source, name, gguf_file=gguf,
+                                 trust_remote_code=trust_remote_code)
     # One device, not "auto": auto would spread a small model over every visible GPU and slow each decoding step.
     placement = {"device_map": {"": torch.cuda.current_device()}} if torch.cuda.is_available() else {}
     model = _from_pretrained(load_causal_lm, source, name, gguf_file=gguf, trust_remote_code=trust_remote_code,
@@ -366,9 +367,8 @@ def evaluate_models(
     """Every model on `task`, TRM models once per depth, models with thoughts also with each of `ablations` (at
     their configured depth); one model is loaded at a time and freed after its runs."""
     runs = []
-    consent = {"trust_remote_code": True} if trust_remote_code else {}
     for name in names:
-        loaded = load_model(name, gguf_file, **consent)
+        loaded = load_model(name, gguf_file, trust_remote_code)
         warm_up(loaded, task, settings)
         for depth in depths_for(loaded, n_cycles or [], n_supervision_steps or []):
             runs.append(run_model(loaded, task, settings, depth))

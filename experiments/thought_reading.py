@@ -42,7 +42,7 @@ def record_reading(record: dict, lines: list[str], pieces_of) -> dict | None:
     start = last_pieces.index(EQUALS) + 1 if EQUALS in last_pieces else len(last_pieces)
     decoded_result = "".join(thoughts[len(lines) - 1]["tokens"][start:len(last_pieces)]).strip()
     return {"steps": steps, "correct": record["correct"], "decoded_result": decoded_result,
-            "answer_is_decoded_result": record["extracted"] == decoded_result}
+            "answer_is_decoded_result": bool(decoded_result) and record["extracted"] == decoded_result}
 
 
 def summarize(readings: list[dict]) -> dict[str, float]:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)  # a model folder's, too
 
     def pieces_of(line: str) -> list[str]:
         return [tokenizer.decode([token]) for token in tokenizer(line, add_special_tokens=False)["input_ids"]]

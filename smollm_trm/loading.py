@@ -92,7 +92,8 @@ def load_model(model_args, trm_args, trust_remote_code: bool = False):
     loading = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
                "revision": model_args.model_revision}
     loading = {key: value for key, value in loading.items() if value is not None}
-    consent = {"trust_remote_code": True} if trust_remote_code else {}
+    # Explicit either way: left unset, transformers asks on the terminal whether to run a folder's auto_map code.
+    consent = {"trust_remote_code": trust_remote_code}
     if is_smollm_trm_source(source, model_args.model_revision):
         tokenizer = AutoTokenizer.from_pretrained(source, revision=model_args.model_revision, **consent)
         make_template_think(tokenizer)  # a folder saved before templates thought

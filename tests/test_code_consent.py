@@ -103,3 +103,25 @@ def test_a_plain_folder_with_an_auto_map_runs_its_code_only_with_consent(tmp_pat
     assert type(wrapped.model.language_model).__name__ == "SmolLM3Model" and not marker.exists()
     consented = eval_load_model(str(folder), trust_remote_code=True)
     assert type(consented.model).__name__ == "Payload" and marker.exists()
+
+
+def test_loading_our_folder_never_leaves_transformers_to_ask_on_the_terminal(tmp_path, monkeypatch):
+    """transformers asks interactively whether to run a folder's auto_map code when `trust_remote_code` is left
+    unset; training and eval always say it, so a run never stops at that question."""
+    import transformers.models.auto.configuration_auto as configuration_auto
+    import transformers.models.auto.tokenization_auto as tokenization_auto
+
+    asked = []
+    real = tokenization_auto.resolve_trust_remote_code
+
+    def recording(trust_remote_code, *args, **kwargs):
+        asked.append(trust_remote_code)
+        return real(trust_remote_code, *args, **kwargs)
+
+    for module in (configuration_auto, tokenization_auto):  # AutoTokenizer reads the config's auto_map too
+        monkeypatch.setattr(module, "resolve_trust_remote_code", recording)
+    folder, _ = saved_trm_folder(tmp_path)
+    eval_load_model(str(folder))
+    _, training_args, model_args, trm_args = train_args(folder, tmp_path)
+    train_load_model(model_args, trm_args, training_args.trust_remote_code)
+    assert asked and None not in asked, asked
