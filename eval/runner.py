@@ -367,8 +367,9 @@ def evaluate_models(
     """Every model on `task`, TRM models once per depth, models with thoughts also with each of `ablations` (at
     their configured depth); one model is loaded at a time and freed after its runs."""
     runs = []
+    consent = {"trust_remote_code": True} if trust_remote_code else {}
     for name in names:
-        loaded = load_model(name, gguf_file, trust_remote_code)
+        loaded = load_model(name, gguf_file, **consent)
         warm_up(loaded, task, settings)
         for depth in depths_for(loaded, n_cycles or [], n_supervision_steps or []):
             runs.append(run_model(loaded, task, settings, depth))
