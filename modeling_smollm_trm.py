@@ -50,7 +50,6 @@ from transformers.utils import ModelOutput, logging
 logger = logging.get_logger(__name__)
 
 
-
 def _sibling_config_module():
     """`configuration_smollm_trm` from the file beside this one, not whatever module of that name `sys.path` finds
     first (a file of that name in the working directory would otherwise run in its place)."""
@@ -1212,7 +1211,8 @@ class ThinkingWithinReach(LogitsProcessor):
         self.prompt_length, self.max_length = prompt.shape[1], max_length
         real = torch.ones_like(prompt, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         self.prompt_tokens = real.sum(dim=1)  # (B,) left padding takes no position
-        if self.limit is not None and int(self.prompt_tokens.max()) + max_length - self.prompt_length + self.K > self.limit:
+        longest = int(self.prompt_tokens.max()) + max_length - self.prompt_length  # positions without thoughts
+        if self.limit is not None and longest + self.K > self.limit:
             logger.warning(f"max_new_tokens leaves some rows no room for a <think> within max_position_embeddings="
                            f"{self.limit} (K={self.K} positions each): those rows will not think.")
 

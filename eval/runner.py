@@ -32,7 +32,7 @@ from eval.answers import answers_match, extract_answer
 from eval.diagnostics import DONOR_ABLATIONS, donor, follows_donor, replacement, thoughts_through
 from eval.tasks import Task
 from modeling_smollm_trm import THINK_TOKENS, Depth
-from smollm_trm.chat import chat_prompt
+from smollm_trm.chat import chat_prompt, describe_thoughts
 from smollm_trm.hub import is_hub_id
 from smollm_trm.loading import check_think_token, load_causal_lm
 from smollm_trm.model_sources import TRM_MODEL_TYPE, embedded_smollm2
@@ -268,23 +268,6 @@ def watched(loaded: LoadedModel):
     return loaded.model.watch_thoughts()
 
 
-def thoughts_seen(loaded: LoadedModel, calls, num_rows: int) -> list[list[dict]]:
-    """For each row, each `<think>` it held: the nearest token of each thought through the LM head (a logit lens),
-    the halting probability of each supervision step and the steps used."""
-    seen = [[] for _ in range(num_rows)]
-    for call in calls:
-        with torch.inference_mode():
-            tokens = loaded.model.thought_logits(call.thoughts).argmax(-1).tolist()  # (B, K)
-        halting = None if call.halt_probability is None else call.halt_probability.float().tolist()
-        for row in call.rows.nonzero().flatten().tolist():
-            seen[row].append({
-                "tokens": [loaded.tokenizer.decode([token]) for token in tokens[row]],
-                "halt_probability": None if halting is None else [round(p, 4) for p in halting[row]],
-                "supervision_steps": int(call.steps_used[row]),
-            })
-    return seen
-
-
 def _batch_records(loaded: LoadedModel, examples: list[dict], prompts: list[str], settings, depth, kind: str,
                    ablation: str | None = None) -> list[dict]:
     if ablation is None:
@@ -294,7 +277,7 @@ def _batch_records(loaded: LoadedModel, examples: list[dict], prompts: list[str]
         replace = replacement(loaded.model, ablation, lambda: generate_batch(loaded, prompts, settings, depth))
         with thoughts_through(loaded.model, replace), watched(loaded) as calls:
             outputs, seconds = generate_batch(loaded, prompts, settings, depth)
-    thoughts = None if calls is None else thoughts_seen(loaded, calls, len(prompts))
+    thoughts = None if calls is None else describe_thoughts(loaded.model, loaded.tokenizer, calls, len(prompts))
     records = []
     for row, (example, prompt, token_ids) in enumerate(zip(examples, prompts, outputs)):
         generated, answer = answer_text(loaded.tokenizer, token_ids)
@@ -367,9 +350,8 @@ def evaluate_models(
     """Every model on `task`, TRM models once per depth, models with thoughts also with each of `ablations` (at
     their configured depth); one model is loaded at a time and freed after its runs."""
     runs = []
-    consent = {"trust_remote_code": True} if trust_remote_code else {}
     for name in names:
-        loaded = load_model(name, gguf_file, **consent)
+        loaded = load_model(name, gguf_file, trust_remote_code=trust_remote_code)
         warm_up(loaded, task, settings)
         for depth in depths_for(loaded, n_cycles or [], n_supervision_steps or []):
             runs.append(run_model(loaded, task, settings, depth))

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 from pathlib import Path
 
 EQUALS = "="
 
 
+def result_start(line_pieces: list[str]) -> int:
+    """Where a written step's result begins: after its `=` (a line without one is all copied)."""
+    return line_pieces.index(EQUALS) + 1 if EQUALS in line_pieces else len(line_pieces)
+
+
 def step_reading(tokens: list[str], line_pieces: list[str]) -> dict[str, float | bool]:
     """One latent step: the share of its copied tokens (up to `=`) and of its result tokens that the thoughts decode,
     and whether the whole result is right."""
-    split = line_pieces.index(EQUALS) + 1 if EQUALS in line_pieces else len(line_pieces)
+    split = result_start(line_pieces)
     right = [decoded == piece for decoded, piece in zip(tokens, line_pieces)]
     right += [False] * (len(line_pieces) - len(right))
     copied, result = right[:split], right[split:]
@@ -39,8 +43,7 @@ def record_reading(record: dict, lines: list[str], pieces_of) -> dict | None:
         return None
     steps = [step_reading(think["tokens"], pieces_of(line)) for think, line in zip(thoughts, lines)]
     last_pieces = pieces_of(lines[-1])
-    start = last_pieces.index(EQUALS) + 1 if EQUALS in last_pieces else len(last_pieces)
-    decoded_result = "".join(thoughts[len(lines) - 1]["tokens"][start:len(last_pieces)]).strip()
+    decoded_result = "".join(thoughts[len(lines) - 1]["tokens"][result_start(last_pieces):len(last_pieces)]).strip()
     return {"steps": steps, "correct": record["correct"], "decoded_result": decoded_result,
             "answer_is_decoded_result": bool(decoded_result) and record["extracted"] == decoded_result}
 
@@ -87,10 +90,7 @@ def markdown(results: dict[str, dict[str, dict]]) -> str:
     columns = ["problems", "copied_token_accuracy", "result_token_accuracy", "step_result_right",
                "last_result_right", "answer_is_decoded_result", "accuracy", "accuracy_when_last_result_right"]
     rows = ["| eval | file | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
-    by_eval = defaultdict(dict)
     for folder, files in results.items():
-        by_eval[folder].update(files)
-    for folder, files in by_eval.items():
         for name, summary in files.items():
             cells = [f"{summary[c]:.3f}" if isinstance(summary[c], float) else str(summary[c]) for c in columns]
             rows.append(f"| {folder} | {name} | " + " | ".join(cells) + " |")

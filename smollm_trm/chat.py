@@ -20,7 +20,8 @@ THINKING_GENERATION_PROMPT = (
 def opens_thinking(tokenizer) -> bool:
     """Whether the tokenizer's chat template ends its generation prompt with `<think>`."""
     probe = [{"role": "user", "content": "1 + 1?"}]
-    return tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True).rstrip().endswith(THINK_TOKEN)
+    prompt = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    return prompt.rstrip().endswith(THINK_TOKEN)
 
 
 def make_template_think(tokenizer) -> None:
@@ -29,6 +30,26 @@ def make_template_think(tokenizer) -> None:
     kept. Training renders the same tokens either way: its completions start with `<think>`."""
     if tokenizer.chat_template is not None and not opens_thinking(tokenizer):  # None: training reports it
         tokenizer.chat_template = tokenizer.chat_template + THINKING_GENERATION_PROMPT
+
+
+def describe_thoughts(model, tokenizer, calls, num_rows: int) -> list[list[dict]]:
+    """For each of `num_rows` batch rows, each `<think>` it held in `calls` (`model.watch_thoughts()`'s records): the
+    nearest token of each thought through the LM head (a logit lens), the halting probability of each supervision
+    step (None for pause thoughts) and the steps used."""
+    import torch
+
+    seen = [[] for _ in range(num_rows)]
+    for call in calls:
+        with torch.inference_mode():
+            tokens = model.thought_logits(call.thoughts).argmax(-1).tolist()  # (B, K)
+        halting = None if call.halt_probability is None else call.halt_probability.float().tolist()
+        for row in call.rows.nonzero().flatten().tolist():
+            seen[row].append({
+                "tokens": [tokenizer.decode([token]) for token in tokens[row]],
+                "halt_probability": None if halting is None else [round(p, 4) for p in halting[row]],
+                "supervision_steps": int(call.steps_used[row]),
+            })
+    return seen
 
 
 def chat_prompt(tokenizer, messages: list[dict], think: bool, latent_steps: int = 1) -> str:

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from smollm_trm.chat import chat_prompt
+from smollm_trm.chat import chat_prompt, describe_thoughts
 
 MAX_NEW_TOKENS = 64
 MAX_SUPERVISION_STEPS = 8  # the slider's end
@@ -55,22 +55,14 @@ def answer(model, tokenizer, question: str, n_cycles: int, n_supervision_steps: 
         with_thoughts, seconds = _generate(model, tokenizer, prompt, n_cycles=n_cycles,
                                            n_supervision_steps=n_supervision_steps)
     without_thoughts, seconds_without = _generate(model, tokenizer, prompt, insert_thoughts=False)
-    thinks = []
-    for call in calls:
-        with torch.inference_mode():
-            tokens = model.thought_logits(call.thoughts[0]).argmax(-1).tolist()
-        halting = [] if call.halt_probability is None else call.halt_probability[0].float().tolist()
-        thinks.append({"tokens": [tokenizer.decode([token]) for token in tokens],
-                       "halt_probability": [round(p, 3) for p in halting],
-                       "supervision_steps": int(call.steps_used[0])})
     return {"answer": with_thoughts, "seconds": seconds, "answer_without_thoughts": without_thoughts,
-            "seconds_without_thoughts": seconds_without, "thinks": thinks}
+            "seconds_without_thoughts": seconds_without, "thinks": describe_thoughts(model, tokenizer, calls, 1)[0]}
 
 
 def thought_table(reply: dict) -> list[list]:
     """One row per `<think>`: its number, the thoughts read as tokens, halting per supervision step, steps used."""
     return [[index + 1, " ".join(repr(token) for token in think["tokens"]),
-             ", ".join(f"{p:.3f}" for p in think["halt_probability"]) or "-", think["supervision_steps"]]
+             ", ".join(f"{p:.3f}" for p in think["halt_probability"] or []) or "-", think["supervision_steps"]]
             for index, think in enumerate(reply["thinks"])]
 
 

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from smollm_trm import arith, gsm8k
+from smollm_trm.hub import is_hub_id
 from smollm_trm.rows import write_jsonl
 
 SAMPLE_FILE = Path(__file__).resolve().parent / "data" / "sample.json"
@@ -17,8 +18,6 @@ NAMES = ("sample", "gsm8k", "arith")
 
 def hub_dataset(name: str | None) -> str | None:
     """The Hub dataset a training set is, for a card's `datasets:` (None for local files and generated sets)."""
-    from smollm_trm.hub import is_hub_id
-
     if name == "gsm8k":
         return gsm8k.HUB_ID
     return name if name is not None and name not in NAMES and is_hub_id(name) else None

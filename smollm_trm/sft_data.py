@@ -488,7 +488,8 @@ def _plan_parts(splits: dict[str, Rows], args: SFTDataArguments) -> dict[str, tu
     is converted, so the eval rows do not change with max_length or K."""
     train_rows = splits[args.train_split]
     plan = {"train": (args.train_split, train_rows, list(range(len(train_rows))))}
-    eval_name = args.eval_split or next((name for name in VALIDATION_SPLITS if name in splits), None)
+    eval_name = args.eval_split or next(
+        (name for name in VALIDATION_SPLITS if name in splits and name != args.train_split), None)
     if args.eval_split is not None:
         if args.eval_split not in splits:
             raise ValueError(f"--eval_split {args.eval_split!r}: {args.dataset_name!r} has no such split; it has "
@@ -501,9 +502,11 @@ def _plan_parts(splits: dict[str, Rows], args: SFTDataArguments) -> dict[str, tu
         plan["eval"] = (eval_name, splits[eval_name], list(range(len(splits[eval_name]))))
     elif args.eval_fraction > 0:
         keys = [row_key(train_rows[index]) for index in range(len(train_rows))]
-        first_seen: dict = {}
-        repeats = [(index, first_seen.setdefault(key, index)) for index, key in enumerate(keys)
-                   if first_seen.setdefault(key, index) != index]
+        first_seen, repeats = {}, []  # (row, the earlier row it repeats)
+        for index, key in enumerate(keys):
+            first = first_seen.setdefault(key, index)
+            if first != index:
+                repeats.append((index, first))
         if repeats:
             shown = ", ".join(f"{index} (= {first})" for index, first in repeats[:SHOWN_BAD_ROWS])
             logger.warning("%d of the %d rows of %r repeat an earlier row (0-based: %s%s); each is held out with "

@@ -167,7 +167,7 @@ def use_stub(monkeypatch, reply, kind: str = "baseline") -> StubModel:
     tokenizer = char_tokenizer()
     stub = StubModel(tokenizer, reply)
 
-    def load_stub(name, gguf_file=None):
+    def load_stub(name, gguf_file=None, trust_remote_code=False):
         return LoadedModel(name=name, model=stub, tokenizer=tokenizer, kind=kind, source=name, gguf_file=None,
                            config=stub.config, num_parameters=0)
 

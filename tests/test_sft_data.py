@@ -340,6 +340,10 @@ def test_a_test_split_never_picks_checkpoints_unless_named(tokenizer, tmp_path, 
         named = prepare(tmp_path, tokenizer, eval_split="test")
     assert (len(named.train), len(named.eval)) == (8, 3)
     assert "checkpoints are selected on a test split" in caplog.text
+    write_jsonl(tmp_path / "validation.jsonl", qa_rows(4))
+    on_validation = prepare(tmp_path, tokenizer, train_split="validation", eval_fraction=0.25)
+    assert (len(on_validation.train), len(on_validation.eval)) == (3, 1), "never the train split itself"
+    (tmp_path / "validation.jsonl").unlink()
     with pytest.raises(ValueError, match=r"no such split; it has \['test', 'train'\]"):
         prepare(tmp_path, tokenizer, eval_split="validation")
     with pytest.raises(ValueError, match="is the train split"):
