@@ -509,7 +509,9 @@ class SmolLMTRMOutput(ModelOutput):
     halt_loss: torch.Tensor | None = None
     probe_loss: torch.Tensor | None = None  # only with `thought_labels`
     probe_accuracy: torch.Tensor | None = None  # share of labelled thoughts that decode their token
-    logits: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # None when training with labels, unless `return_logits=True`
+    # (B, L) bool, with labels: the column's top-1 prediction is its next label (False where nothing is scored)
+    token_correct: torch.Tensor | None = None
     cache: ThoughtCache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     halt_probability: torch.Tensor | None = None
@@ -991,12 +993,17 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         thought_labels: torch.LongTensor | None = None,
+        return_logits: bool | None = None,
         **kwargs,
     ) -> SmolLMTRMOutput:
         """See `SmolLMTRMModel.forward`. `labels` (unshifted, -100 ignored) give the loss: every supervision step of
         every `<think>` is scored on its answer. `thought_labels` [B, S, K] (with `labels`; -100 ignored) add the step
         probe: `thought_labels[:, j, i]` is the token that thought i of the row's j-th `<think>` in `input_ids` must
-        decode, and the probe's cross-entropy enters the loss with `config.probe_loss_weight`."""
+        decode, and the probe's cross-entropy enters the loss with `config.probe_loss_weight`.
+
+        The loss runs the LM head on the scored columns only. `return_logits` (default: not when training with
+        `labels`) also returns the logits of every column: [B, L, V] of them is most of a training step's memory and
+        time at a small backbone's width, for nothing the loss needs."""
         reject_unknown_arguments(kwargs, "SmolLMTRMForCausalLM.forward", ("num_items_in_batch",))
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
@@ -1007,19 +1014,22 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         if labels is None and logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
-        loss = lm_loss = halt_loss = probe_loss = probe_accuracy = None
+        if return_logits is None:
+            return_logits = labels is None or not self.training
+        logits = self.lm_head(hidden) if return_logits else None
+        loss = lm_loss = halt_loss = probe_loss = probe_accuracy = token_correct = None
         if thought_labels is not None and labels is None:
             raise ValueError("thought_labels score the thoughts in training: pass labels too.")
         if labels is not None:
             targets = next_token_targets(labels, valid_columns(input_ids, attention_mask))
-            lm_loss, halt_loss = self._loss(logits, targets, outputs.supervision, kwargs.get("num_items_in_batch"))
+            lm_loss, halt_loss, token_correct = self._loss(hidden, targets, outputs.supervision,
+                                                           kwargs.get("num_items_in_batch"))
             if thought_labels is not None:
                 probe_loss, probe_accuracy = self._probe_loss(thought_labels, outputs.supervision)
             loss = self.combine_losses(lm_loss, halt_loss, probe_loss)
         return SmolLMTRMOutput(
             loss=loss, lm_loss=lm_loss, halt_loss=halt_loss, probe_loss=probe_loss, probe_accuracy=probe_accuracy,
-            logits=logits, cache=outputs.cache,
+            logits=logits, token_correct=token_correct, cache=outputs.cache,
             hidden_states=outputs.hidden_states, halt_probability=outputs.halt_probability,
             supervision_steps=outputs.supervision_steps, thought_norm=outputs.thought_norm,
         )
@@ -1097,11 +1107,15 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         finally:
             handle.remove()
 
-    def _loss(self, logits, targets, supervision: ThoughtSupervision, num_items_in_batch):
-        """Token-weighted CE, averaged over supervision steps for answer tokens, plus the halting BCE."""
+    def _loss(self, hidden, targets, supervision: ThoughtSupervision, num_items_in_batch):
+        """Token-weighted CE, averaged over supervision steps for answer tokens, plus the halting BCE; and which
+        scored columns predict their target (B, L). The LM head runs on the scored columns alone."""
         scored = targets != IGNORE_INDEX
+        logits = self.lm_head(hidden[scored]).float()  # (N, V)
         token_ce = torch.zeros_like(targets, dtype=torch.float)
-        token_ce[scored] = F.cross_entropy(logits[scored].float(), targets[scored], reduction="none")
+        token_ce[scored] = F.cross_entropy(logits, targets[scored], reduction="none")
+        token_correct = torch.zeros_like(scored)
+        token_correct[scored] = logits.argmax(-1) == targets[scored]
         per_think = supervision.steps_per_think
         step_weight = torch.where(supervision.answer_index >= 0, 1.0 / per_think, 1.0)
         earlier_ce_sum, earlier_correct = self._score_earlier_steps(targets, scored, supervision)
@@ -1110,7 +1124,8 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         denominator = scored.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
         denominator = denominator.to(ce_sum.device).clamp(min=1)
         lm_loss = ce_sum / denominator
-        return lm_loss, self._halt_loss(logits, targets, scored, supervision, earlier_correct)
+        halt_loss = self._halt_loss(scored, scored & ~token_correct, supervision, earlier_correct)
+        return lm_loss, halt_loss, token_correct
 
     def _score_earlier_steps(self, targets, scored, supervision: ThoughtSupervision):
         """CE summed over the answers given the thoughts of earlier supervision steps, and for each step, which rows
@@ -1130,13 +1145,13 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         return ce_sum, correct
 
     @staticmethod
-    def _halt_loss(logits, targets, scored, supervision: ThoughtSupervision, earlier_correct) -> torch.Tensor:
-        """BCE of the halting head against "every answer token is predicted correctly under teacher forcing"."""
+    def _halt_loss(scored, wrong, supervision: ThoughtSupervision, earlier_correct) -> torch.Tensor:
+        """BCE of the halting head against "every answer token is predicted correctly under teacher forcing";
+        `wrong` (B, L): the `scored` columns whose top-1 prediction in the main pass misses."""
         halting = [(step, correct) for step, correct in zip(supervision.steps, earlier_correct)
                    if step.halt_logit is not None]
         if not halting:
-            return logits.new_zeros((), dtype=torch.float)
-        wrong = scored & (logits.argmax(-1) != targets)
+            return torch.zeros((), device=wrong.device)
         losses = []
         for step, correct in halting:
             answer = scored & (supervision.answer_index == step.think)
@@ -1146,7 +1161,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
             losses.append(F.binary_cross_entropy_with_logits(step.halt_logit[rows], correct[rows].float(),
                                                              reduction="none"))
         losses = torch.cat(losses)
-        return losses.mean() if losses.numel() else logits.new_zeros((), dtype=torch.float)
+        return losses.mean() if losses.numel() else torch.zeros((), device=wrong.device)
 
     # ------------------------------------------------------------------------------------------------------------
     # Generation

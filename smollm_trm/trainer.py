@@ -125,11 +125,11 @@ class TRMSFTTrainer(SFTTrainer):
 
     def _record_metrics(self, mode: str, inputs: dict, outputs, num_items_in_batch) -> None:
         metrics = self._metrics[mode]
-        labels, logits = inputs["labels"][:, 1:], outputs.logits[:, :-1].detach()  # logits[:, i] predicts i + 1
+        labels = inputs["labels"][:, 1:]  # column i predicts label i + 1
         scored = labels != IGNORE_INDEX
         # Answer tokens: after `</think>`, i.e. what the thoughts are for (not the closing tag itself).
         in_answer = scored & ((inputs["input_ids"][:, :-1] == self.end_think_id).long().cumsum(dim=1) > 0)
-        correct = logits.argmax(dim=-1) == labels
+        correct = outputs.token_correct[:, :-1]
         for name, mask in (("mean_token_accuracy", scored), ("answer_token_accuracy", in_answer)):
             counts = self.accelerator.gather_for_metrics(torch.stack([(correct & mask).sum(), mask.sum()])[None])
             counts = counts.view(-1, 2).sum(dim=0)
