@@ -10,6 +10,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 THOUGHT_WINDOWS = ("append", "slide")
 THOUGHT_MODES = ("trm", "pause", "none")
+THOUGHT_OUTPUTS = ("vector", "token_mixture")
 # Both model classes, whichever of them saves a folder (transformers writes only the saving class's entry).
 MODEL_AUTO_MAP = {
     "AutoModel": "modeling_smollm_trm.SmolLMTRMModel",
@@ -60,6 +61,11 @@ class SmolLMTRMConfig(PreTrainedConfig):
             step's thoughts on the context's cache, and the compressor reads those hidden states beside the context
             for the next step: the recursion sees what the language model computes from its thoughts (for a
             written step, the next token at every position), not only the context before them.
+        thought_output (`str`, *optional*, defaults to `"vector"`):
+            What the thought module's K outputs become before the backbone reads them. `"vector"`: thoughts in the
+            embedding space, as they are. `"token_mixture"`: each output is read as tokens (the backbone's final norm
+            and its tied LM head) and the thought is the softmax mixture of the token embeddings, so a thought that
+            decodes to a token is that token's embedding and the backbone reads it as it reads written text.
         halt_threshold (`float`, *optional*, defaults to 0.5):
             At inference, a row stops its supervision steps once its halting probability exceeds this.
         thought_window (`str`, *optional*, defaults to `"append"`):
@@ -89,6 +95,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
     halt_loss_weight: float = 0.5
     probe_loss_weight: float = 0.0
     thought_feedback: bool = False
+    thought_output: str = "vector"
     halt_threshold: float = 0.5
     thought_window: str = "append"
     thought_mode: str = "trm"
@@ -144,6 +151,11 @@ class SmolLMTRMConfig(PreTrainedConfig):
                 f"needs thought_mode='trm' and n_supervision_steps >= 2, got thought_mode={self.thought_mode!r}, "
                 f"n_supervision_steps={self.n_supervision_steps}."
             )
+        if self.thought_output not in THOUGHT_OUTPUTS:
+            raise ValueError(f"thought_output must be one of {THOUGHT_OUTPUTS}, got {self.thought_output!r}.")
+        if self.thought_output == "token_mixture" and not text.tie_word_embeddings:
+            raise ValueError("thought_output='token_mixture' scores thoughts against the token embeddings as the LM "
+                             "head does: it needs a backbone with tie_word_embeddings=True.")
         if not 0.0 < self.halt_threshold < 1.0:
             raise ValueError(f"halt_threshold must lie in (0, 1), got {self.halt_threshold}.")
         for name in ("halt_loss_weight", "probe_loss_weight"):  # `not >=` also refuses NaN

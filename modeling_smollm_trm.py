@@ -223,6 +223,8 @@ class Depth:
 
 # (thoughts (B, K, D)) -> (the backbone's last-layer hidden states over them (B, K, D), their mask (B, K))
 ReadThoughts = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (a thought module's outputs (B, K, D)) -> the thoughts the backbone reads (B, K, D): `thought_output`
+AsThoughts = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -241,8 +243,21 @@ class TRMCarry:
 
 @dataclass
 class ThoughtStep:
-    thoughts: torch.Tensor  # (B, K, D) in the backbone's embedding space
+    thoughts: torch.Tensor  # (B, K, D) in the backbone's embedding space, what it reads
     halt_logit: torch.Tensor | None  # (B,) float32; None for thoughts that cannot halt (pause)
+    # (B, K, D) what reads as tokens (`thought_logits`: the step probe, `watch_thoughts`): the thought module's
+    # outputs, which are the thoughts themselves unless `thought_output="token_mixture"` mixes embeddings by them
+    readout: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.readout is None:
+            self.readout = self.thoughts
+
+    @classmethod
+    def of_outputs(cls, outputs: torch.Tensor, halt_logit: torch.Tensor | None,
+                   as_thoughts: AsThoughts | None) -> "ThoughtStep":
+        thoughts = outputs if as_thoughts is None else as_thoughts(outputs)
+        return cls(thoughts, halt_logit, outputs)
 
 
 @dataclass
@@ -251,6 +266,7 @@ class ThoughtRecord:
 
     rows: torch.Tensor  # (B,) bool: the rows that hold this `<think>` (the others' entries mean nothing)
     thoughts: torch.Tensor  # (B, K, D) the thoughts inserted
+    readout: torch.Tensor  # (B, K, D) what `thought_logits` reads as tokens (see `ThoughtStep.readout`)
     halt_probability: torch.Tensor | None  # (B, S) each supervision step's, float32; None for pause thoughts
     steps_used: torch.Tensor  # (B,) supervision steps each row ran before it halted
 
@@ -265,6 +281,10 @@ class Thinking:
     @property
     def thoughts(self) -> torch.Tensor:
         return self.steps[-1].thoughts
+
+    @property
+    def readout(self) -> torch.Tensor:
+        return self.steps[-1].readout
 
 
 class HiddenStateTRM(nn.Module):
@@ -288,13 +308,13 @@ class HiddenStateTRM(nn.Module):
 
     def forward(self, context: torch.Tensor, context_mask: torch.Tensor, depth: Depth,
                 halt_threshold: float | None = None, rows: torch.Tensor | None = None,
-                read_thoughts: ReadThoughts | None = None) -> Thinking:
+                read_thoughts: ReadThoughts | None = None, as_thoughts: AsThoughts | None = None) -> Thinking:
         """Deep supervision from the context's hidden states [B, L, D]: N_sup steps of T cycles from the initial
         carry, (y, z) detached between steps. Without `halt_threshold` (training) every step runs, and each one's
         thoughts are scored by the caller. With it (inference), a row whose halting probability exceeds it keeps its
         thoughts, and the steps end once every row of `rows` has halted. `read_thoughts` (`thought_feedback`) gives
         the backbone's hidden states over a step's thoughts (without gradient), which the compressor reads beside
-        the context for the next step."""
+        the context for the next step; `as_thoughts` (`thought_output`) maps each step's outputs to its thoughts."""
         x = self.compressor(context, context_mask)  # (B, K, d)
         carry = self.initial_carry(x)
         halted = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -310,7 +330,7 @@ class HiddenStateTRM(nn.Module):
             carry = carry.where(halted, self.deep_recursion(x, carry, depth.n_cycles))
             steps_used += (~halted).float()
             halt_logit = self.halt_logit(carry.y)
-            steps.append(ThoughtStep(self.thoughts(carry.y), halt_logit))
+            steps.append(ThoughtStep.of_outputs(self.thoughts(carry.y), halt_logit, as_thoughts))
             if halt_threshold is not None:
                 halted = halted | (torch.sigmoid(halt_logit) > halt_threshold)
                 if bool(halted[rows].all()):
@@ -362,10 +382,10 @@ class PauseThoughts(nn.Module):
 
     def forward(self, context: torch.Tensor | None, context_mask: torch.Tensor, depth: Depth,
                 halt_threshold: float | None = None, rows: torch.Tensor | None = None,
-                read_thoughts: ReadThoughts | None = None) -> Thinking:
+                read_thoughts: ReadThoughts | None = None, as_thoughts: AsThoughts | None = None) -> Thinking:
         batch = context_mask.shape[0]
         steps_used = torch.ones(batch, device=context_mask.device)
-        return Thinking([ThoughtStep(self.vectors.expand(batch, -1, -1), None)], steps_used)
+        return Thinking([ThoughtStep.of_outputs(self.vectors.expand(batch, -1, -1), None, as_thoughts)], steps_used)
 
     @staticmethod
     def supervision_steps(depth: Depth) -> int:
@@ -472,7 +492,7 @@ class SupervisedStep:
     # (B, L, D) hidden states behind each input column's logits given this step's thoughts, meaningful in the columns
     # of this `<think>`'s answer; None for the last step, whose answer is the main pass's
     hidden: torch.Tensor | None
-    thoughts: torch.Tensor  # (B, K, D) this step's thoughts, for the step probe
+    readout: torch.Tensor  # (B, K, D) what this step's thoughts decode from, for the step probe
 
 
 @dataclass
@@ -829,15 +849,24 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
             return thought_states.detach(), kinds != PAD
 
         read = read_thoughts if self.config.thought_feedback else None
-        thinking = self.thoughts(context, cache.kinds != PAD, depth, threshold, layout.think_rows[j], read)
+        as_thoughts = self._token_mixture if self.config.thought_output == "token_mixture" else None
+        thinking = self.thoughts(context, cache.kinds != PAD, depth, threshold, layout.think_rows[j], read,
+                                 as_thoughts)
         steps = []
         if supervise:
             for index, step in enumerate(thinking.steps[:-1]):
                 hidden = answers[index] if answers else self._answer_pass(cache, layout, j, step.thoughts,
                                                                           prior_thinks)[0]
-                steps.append(SupervisedStep(j, step.halt_logit, hidden, step.thoughts))
-            steps.append(SupervisedStep(j, thinking.steps[-1].halt_logit, None, thinking.thoughts))
+                steps.append(SupervisedStep(j, step.halt_logit, hidden, step.readout))
+            steps.append(SupervisedStep(j, thinking.steps[-1].halt_logit, None, thinking.readout))
         return thinking.thoughts, self._thought_stats(thinking), steps
+
+    def _token_mixture(self, outputs: torch.Tensor) -> torch.Tensor:
+        """`thought_output="token_mixture"`: each output (B, K, D) read as tokens through the final norm and the
+        (tied) LM head, and the thought the softmax mixture of the token embeddings by those weights."""
+        embeddings = self.get_input_embeddings().weight  # (V, D), also the LM head's
+        weights = F.linear(self.language_model.norm(outputs), embeddings).float().softmax(dim=-1)  # (B, K, V)
+        return weights.to(embeddings.dtype) @ embeddings
 
     def _read_thoughts(self, cache: ThoughtCache, kinds: torch.Tensor, thoughts: torch.Tensor) -> torch.Tensor:
         """`thought_feedback` without answers to score: the backbone's last-layer hidden states over `thoughts`
@@ -1064,17 +1093,19 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
                 continue
             targets = thought_labels[:, step.think]  # (B, K)
             scored = targets != IGNORE_INDEX
-            logits = self.thought_logits(step.thoughts[scored]).float()  # (N, V)
+            logits = self.thought_logits(step.readout[scored]).float()  # (N, V)
             ce_sum = ce_sum + F.cross_entropy(logits, targets[scored], reduction="sum")
             if step.hidden is None:  # the last supervision step: the thoughts the answer reads
                 correct = correct + (logits.argmax(-1) == targets[scored]).sum()
         labelled = (thought_labels != IGNORE_INDEX).sum().clamp(min=1)
         return ce_sum / (labelled * supervision.steps_per_think), (correct / labelled).detach()
 
-    def thought_logits(self, thoughts: torch.Tensor) -> torch.Tensor:
+    def thought_logits(self, readout: torch.Tensor) -> torch.Tensor:
         """Thoughts (..., D) read as tokens (..., V): through the backbone's final norm and LM head, as it reads its
-        own last hidden states (a logit lens). The step probe scores these; `watch_thoughts` reports their argmax."""
-        return self.lm_head(self.model.language_model.norm(thoughts))
+        own last hidden states (a logit lens). Pass a `ThoughtRecord.readout`: with `thought_output="token_mixture"`
+        the thoughts are mixtures of embeddings weighted by the softmax of these logits. The step probe scores them;
+        `watch_thoughts` reports their argmax."""
+        return self.lm_head(self.model.language_model.norm(readout))
 
     @contextlib.contextmanager
     def watch_thoughts(self):
@@ -1085,7 +1116,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
 
             with model.watch_thoughts() as calls:
                 out = model.generate(**inputs, max_new_tokens=16)
-            tokens = [model.thought_logits(call.thoughts).argmax(-1) for call in calls]  # (B, K) each
+            tokens = [model.thought_logits(call.readout).argmax(-1) for call in calls]  # (B, K) each
         """
         if self.model.thoughts is None:
             raise ValueError("watch_thoughts: this model has no thoughts (thought_mode='none').")
@@ -1096,7 +1127,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
             halting = [torch.sigmoid(step.halt_logit) for step in thinking.steps if step.halt_logit is not None]
             calls.append(ThoughtRecord(
                 rows=torch.ones_like(context_mask[:, 0]) if rows is None else rows.detach().clone(),
-                thoughts=thinking.thoughts.detach(),
+                thoughts=thinking.thoughts.detach(), readout=thinking.readout.detach(),
                 halt_probability=torch.stack(halting, dim=1).detach() if halting else None,
                 steps_used=thinking.steps_used.detach(),
             ))

@@ -34,6 +34,12 @@ PROBE = ("--probe_loss_weight", "1.0")  # each latent step's thoughts decode the
 # computes its result.
 SUPERVISED = ("--n_supervision_steps", "2")
 FEEDBACK = (*SUPERVISED, "--thought_feedback", "true")  # ... each step reading the backbone over the last one's thoughts
+# Three steps: the backbone's reading of a step's thoughts predicts the result one digit further each time (after `=`
+# its first digit, after that digit the next), so a two-digit intermediate result needs the third.
+FEEDBACK3 = ("--n_supervision_steps", "3", "--thought_feedback", "true")
+# Thoughts as mixtures of token embeddings weighted by what they decode to: a step's thoughts read as its written
+# tokens do, so the backbone computes on them what it learned to compute on written steps.
+TOKENS = ("--thought_output", "token_mixture")
 ARMS = {
     "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text"),
@@ -43,7 +49,11 @@ ARMS = {
               Arm("trm_curriculum_distill", "trm", "curriculum", DISTILL),
               Arm("pause_probe", "pause", "curriculum", PROBE), Arm("trm_probe", "trm", "curriculum", PROBE),
               Arm("trm_probe_supervised", "trm", "curriculum", PROBE + SUPERVISED),
-              Arm("trm_probe_feedback", "trm", "curriculum", PROBE + FEEDBACK)),
+              Arm("trm_probe_feedback", "trm", "curriculum", PROBE + FEEDBACK),
+              Arm("pause_tokens", "pause", "curriculum", PROBE + TOKENS),
+              Arm("trm_tokens", "trm", "curriculum", PROBE + TOKENS),
+              Arm("trm_tokens_feedback", "trm", "curriculum", PROBE + TOKENS + FEEDBACK),
+              Arm("trm_tokens_feedback3", "trm", "curriculum", PROBE + TOKENS + FEEDBACK3)),
     "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text")),
 }

@@ -41,7 +41,7 @@ def describe_thoughts(model, tokenizer, calls, num_rows: int) -> list[list[dict]
     seen = [[] for _ in range(num_rows)]
     for call in calls:
         with torch.inference_mode():
-            tokens = model.thought_logits(call.thoughts).argmax(-1).tolist()  # (B, K)
+            tokens = model.thought_logits(getattr(call, "readout", call.thoughts)).argmax(-1).tolist()  # (B, K)
         halting = None if call.halt_probability is None else call.halt_probability.float().tolist()
         for row in call.rows.nonzero().flatten().tolist():
             seen[row].append({

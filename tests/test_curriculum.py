@@ -202,23 +202,24 @@ def test_the_step_probe_decodes_each_labelled_thought_and_trains_the_trm(backbon
     assert 0.0 <= logged["probe_accuracy"] <= 1.0
 
 
-def test_the_probe_accuracy_is_the_last_supervision_steps_the_loss_every_steps():
+@pytest.mark.parametrize("thought_output", ["vector", "token_mixture"])
+def test_the_probe_accuracy_is_the_last_supervision_steps_the_loss_every_steps(thought_output):
     from conftest import tiny_model, tiny_text_config
 
     model = tiny_model(text_config=tiny_text_config(initializer_range=0.15), n_supervision_steps=3,
-                       probe_loss_weight=1.0)
+                       probe_loss_weight=1.0, thought_output=thought_output)
     ids = torch.tensor([[7, 8, THINK, 9, 10]])
     steps = []
     handle = model.model.thoughts.register_forward_hook(lambda m, a, out: steps.extend(out.steps))
     model(input_ids=ids, labels=ids)
-    decoded = [model.thought_logits(step.thoughts[0]).argmax(-1) for step in steps]  # (K,) per step
+    decoded = [model.thought_logits(step.readout[0]).argmax(-1) for step in steps]  # (K,) per step
     assert not torch.equal(decoded[0], decoded[-1]), "the steps must decode differently for the test to bite"
     labels = decoded[-1][None, None].clone()  # what the last step decodes: its accuracy is 1, the others' less
     steps.clear()
     out = model(input_ids=ids, labels=ids, thought_labels=labels)
     handle.remove()
     assert out.probe_accuracy.item() == 1.0
-    losses = [torch.nn.functional.cross_entropy(model.thought_logits(step.thoughts[0]), labels[0, 0]) for step in steps]
+    losses = [torch.nn.functional.cross_entropy(model.thought_logits(step.readout[0]), labels[0, 0]) for step in steps]
     torch.testing.assert_close(out.probe_loss, sum(losses) / 3, rtol=1e-5, atol=1e-6)
 
 

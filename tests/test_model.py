@@ -29,7 +29,10 @@ def real_span(mask_row: torch.Tensor) -> torch.Tensor:
                                       {"n_supervision_steps": 3}, {"attn_implementation": "sdpa"},
                                       {"n_supervision_steps": 3, "thought_feedback": True},
                                       {"n_supervision_steps": 2, "thought_feedback": True, "thought_window": "slide"},
-                                      {"trm_qk_norm": True}])
+                                      {"trm_qk_norm": True}, {"thought_output": "token_mixture"},
+                                      {"thought_output": "token_mixture", "thought_mode": "pause"},
+                                      {"thought_output": "token_mixture", "n_supervision_steps": 2,
+                                       "thought_feedback": True}])
 def test_padded_batch_equals_rows_alone(settings):
     model = tiny_model(**VIVID, **settings)
     ids, mask = pad_batch(ROWS, SIDES)
@@ -572,8 +575,41 @@ def test_watch_thoughts_reports_each_rows_thoughts_as_the_row_alone_computes_the
         with model.watch_thoughts() as alone:
             model(input_ids=torch.tensor([prompts[row]]))
         torch.testing.assert_close(first.thoughts[row], alone[0].thoughts[0], atol=1e-5, rtol=0)
-    tokens = model.thought_logits(first.thoughts).argmax(-1)
+    tokens = model.thought_logits(first.readout).argmax(-1)
     assert tokens.shape == (3, model.config.num_latents)
+
+
+@pytest.mark.parametrize("thought_mode", ["trm", "pause"])
+def test_token_mixture_thoughts_are_the_embeddings_mixed_by_what_the_outputs_decode(thought_mode):
+    model = tiny_model(**VIVID, thought_mode=thought_mode, thought_output="token_mixture")
+    ids = torch.tensor([[7, 8, THINK, 9, 10]])
+    with model.watch_thoughts() as calls:
+        out = model(input_ids=ids, labels=ids)
+    (call,) = calls
+    embeddings = model.get_input_embeddings().weight
+    weights = model.thought_logits(call.readout).softmax(dim=-1)  # (1, K, V)
+    torch.testing.assert_close(call.thoughts, weights @ embeddings, atol=1e-6, rtol=0)
+    assert not torch.allclose(call.thoughts, call.readout, atol=1e-3)
+    out.loss.backward()  # the answer's loss reaches the thought module through the mixture
+    grads = [p.grad for p in model.model.thoughts.parameters()]
+    assert all(grad is not None for grad in grads) and sum(grad.abs().sum() for grad in grads) > 0
+
+
+def test_a_token_mixture_thought_that_decodes_one_token_sharply_is_that_tokens_embedding():
+    model = tiny_model(**VIVID, thought_output="token_mixture")
+    with torch.no_grad():
+        model.model.language_model.norm.weight.mul_(1e3)  # logits a thousand times sharper
+    readout = torch.randn(1, 4, model.config.text_config.hidden_size)
+    decoded = model.thought_logits(readout).argmax(-1)[0]
+    embeddings = model.get_input_embeddings().weight
+    torch.testing.assert_close(model.model._token_mixture(readout)[0], embeddings[decoded], atol=1e-5, rtol=0)
+
+
+def test_token_mixture_needs_tied_embeddings_and_known_outputs_are_checked():
+    with pytest.raises(ValueError, match="tie_word_embeddings=True"):
+        tiny_config(text_config=tiny_text_config(tie_word_embeddings=False), thought_output="token_mixture")
+    with pytest.raises(ValueError, match="thought_output must be one of"):
+        tiny_config(thought_output="tokens")
 
 
 def test_watch_thoughts_of_a_model_without_thoughts_is_refused():
