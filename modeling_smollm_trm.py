@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import (AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, LogitsProcessor,
                           LogitsProcessorList, PreTrainedModel)
 from transformers import initialization as init
@@ -864,6 +865,16 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
     def _token_mixture(self, outputs: torch.Tensor) -> torch.Tensor:
         """`thought_output="token_mixture"`: each output (B, K, D) read as tokens through the final norm and the
         (tied) LM head, and the thought the softmax mixture of the token embeddings by those weights."""
+        if is_deepspeed_zero3_enabled():  # outside their modules' forward, ZeRO-3 leaves parameters empty
+            raise NotImplementedError("thought_output='token_mixture' reads the whole embedding matrix, which DeepSpeed "
+                                      "ZeRO-3 partitions: train it with DDP or FSDP2.")
+        if torch.is_grad_enabled() and outputs.requires_grad:
+            # The (B, K, V) weights are a training step's largest tensors once a row has several `<think>` and N_sup
+            # steps: recompute them in the backward pass instead of keeping them.
+            return checkpoint(self._mix_token_embeddings, outputs, use_reentrant=False)
+        return self._mix_token_embeddings(outputs)
+
+    def _mix_token_embeddings(self, outputs: torch.Tensor) -> torch.Tensor:
         embeddings = self.get_input_embeddings().weight  # (V, D), also the LM head's
         weights = F.linear(self.language_model.norm(outputs), embeddings).float().softmax(dim=-1)  # (B, K, V)
         return weights.to(embeddings.dtype) @ embeddings
@@ -1093,12 +1104,17 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
                 continue
             targets = thought_labels[:, step.think]  # (B, K)
             scored = targets != IGNORE_INDEX
-            logits = self.thought_logits(step.readout[scored]).float()  # (N, V)
-            ce_sum = ce_sum + F.cross_entropy(logits, targets[scored], reduction="sum")
+            readout, targets = step.readout[scored], targets[scored]  # (N, D), (N,)
+            # The (N, V) logits are recomputed in the backward pass rather than kept for every step of every <think>.
+            ce_sum = ce_sum + checkpoint(self._thought_cross_entropy, readout, targets, use_reentrant=False)
             if step.hidden is None:  # the last supervision step: the thoughts the answer reads
-                correct = correct + (logits.argmax(-1) == targets[scored]).sum()
+                with torch.no_grad():
+                    correct = correct + (self.thought_logits(readout).argmax(-1) == targets).sum()
         labelled = (thought_labels != IGNORE_INDEX).sum().clamp(min=1)
         return ce_sum / (labelled * supervision.steps_per_think), (correct / labelled).detach()
+
+    def _thought_cross_entropy(self, readout: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.thought_logits(readout).float(), targets, reduction="sum")
 
     def thought_logits(self, readout: torch.Tensor) -> torch.Tensor:
         """Thoughts (..., D) read as tokens (..., V): through the backbone's final norm and LM head, as it reads its

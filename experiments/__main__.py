@@ -8,6 +8,7 @@ import logging
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import experiments
@@ -45,6 +46,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1,
                         help="(arm, seed) runs at once, each in its own process pinned to one of the visible GPUs "
                              "(logs in <output_dir>/logs/); default 1: one after another, in this process.")
+    parser.add_argument("--time_limit_s", type=float, default=None,
+                        help="Seconds after this command starts by which every training stops with a checkpoint (each "
+                             "train_sft.py gets the time left as its --time_limit_s); the unfinished arms are not "
+                             "evaluated, and the same command run again resumes them.")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="The same as a Unix time: what the harness passes its --jobs workers.")
     parser.add_argument("--train_only", action="store_true",
                         help="Train, without evaluating or reporting: what --jobs workers do. The evaluations then run "
                              "one at a time in the main process, so that no other work shares their timings.")
@@ -59,6 +66,8 @@ def worker_command(args: argparse.Namespace, config: Path, output_dir: Path, tra
         command += ["--steps", str(args.steps)]
     if args.tokenizer is not None:
         command += ["--tokenizer", str(args.tokenizer)]
+    if args.deadline is not None:
+        command += ["--deadline", repr(args.deadline)]
     return command + train_flags
 
 
@@ -76,6 +85,10 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.time_limit_s is not None:
+        if not args.time_limit_s > 0:
+            parser.error(f"--time_limit_s must be > 0, got {args.time_limit_s}")
+        args.deadline = time.time() + args.time_limit_s
     name = f"{args.experiment}{'-smoke' if args.smoke else ''}"
     output_dir = args.output_dir or Path(experiments.__file__).parent / "results" / name
     seeds = args.seeds or [0]
@@ -89,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(str(error))
     output_dir.mkdir(parents=True, exist_ok=True)
     entries = run_experiment(args.experiment, settings, train, arms, seeds, output_dir, args.steps, train_flags,
-                             worker_command(args, config, output_dir, train_flags), args.jobs, not args.train_only)
+                             worker_command(args, config, output_dir, train_flags), args.jobs, not args.train_only,
+                             args.deadline)
     if args.train_only:
         return {}
     header = {"experiment": args.experiment, "smoke": args.smoke, "seeds": seeds, "arms": [a.name for a in arms],

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ from smollm_trm.rows import read_rows, write_jsonl
 logger = logging.getLogger(__name__)
 
 PROMPT_STYLE = "think"  # every arm is prompted as it was trained, ending with <think>; see the package docstring
+# Below this, before a deadline, a training is not started: loading and preparing the data alone take about a minute
+# at the depth task's size, and the run would stop before its first checkpoint.
+MIN_TRAINING_S = 60
 
 
 # ------------------------------------------------------------------------------------------------------ backbone
@@ -107,14 +111,20 @@ def arith_test_size(depth: int, seed: int, wanted: int) -> int:
 
 
 def train_arm(arm: Arm, seed: int, run_dir: Path, train_config: Path, backbone: Path | None, data: Path,
-              extra_args: list[str]) -> Path | None:
+              extra_args: list[str], deadline: float | None = None) -> Path | None:
     """Train one arm with `python -m train_sft` unless its final folder is complete; returns that folder, or None when
-    the training stopped unfinished (`--time_limit_s`; a rerun resumes it). Its output goes to this process's (a
-    --jobs worker's log)."""
+    the training stopped unfinished (at the Unix time `deadline`; a rerun resumes it). Its output goes to this
+    process's (a --jobs worker's log)."""
     final = finished_model(run_dir)
     if final is not None:
         logger.info("%s exists; not retraining %s seed %d", final, arm.name, seed)
         return final
+    if deadline is not None:
+        left = deadline - time.time()
+        if left < MIN_TRAINING_S:
+            logger.warning("%.0f s left before the deadline: not starting %s seed %d", left, arm.name, seed)
+            return None
+        extra_args = [*extra_args, "--time_limit_s", f"{left:.0f}"]
     args = ["--config", str(train_config), "--dataset_name", str(data), "--output_dir", str(run_dir),
             "--seed", str(seed), "--split_seed", str(seed), "--thought_mode", arm.thought_mode,
             "--reasoning", arm.reasoning, *arm.train_flags]
@@ -216,12 +226,13 @@ def prepare_seed(experiment: str, settings: ExperimentSettings, output_dir: Path
 def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[str, Any], arms: tuple[Arm, ...],
                    seeds: list[int], output_dir: Path, steps: int | None = None,
                    extra_args: list[str] | None = None, worker_command: list[str] | None = None,
-                   jobs: int = 1, evaluate: bool = True) -> list[dict]:
+                   jobs: int = 1, evaluate: bool = True, deadline: float | None = None) -> list[dict]:
     """Train and evaluate every arm for every seed; returns one entry per (arm, seed, test set, n_cycles).
 
     With `jobs` > 1 the trainings go to that many worker processes at once (`worker_command` plus
     `--arms A --seeds S`, see `run_workers`); the evaluations then run here, one at a time. `evaluate=False` trains
-    only and returns no entries (a worker)."""
+    only and returns no entries (a worker). With a `deadline` (Unix time) every training stops by then with a
+    checkpoint, and the arms left unfinished are not evaluated."""
     train_config = write_train_config(train, output_dir / "train_config.yaml", steps)
     tasks = test_tasks(experiment, settings)
     extra_args = list(extra_args or [])
@@ -235,7 +246,7 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
         run_dir = output_dir / "models" / arm.name / f"seed{seed}"
         eval_dir = output_dir / "evals" / arm.name / f"seed{seed}"
         if not evaluate:
-            train_arm(arm, seed, run_dir, train_config, backbone, data, extra_args)
+            train_arm(arm, seed, run_dir, train_config, backbone, data, extra_args, deadline)
             continue
         tests = arm_tests(arm, tasks, settings)
         if all((eval_dir / name / "results.json").is_file() for name, _, _ in tests):
@@ -243,7 +254,7 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
             found = {name: json.loads((eval_dir / name / "results.json").read_text()) for name, _, _ in tests}
             n_cycles = configured_n_cycles(train_config, extra_args)
         else:
-            model_dir = train_arm(arm, seed, run_dir, train_config, backbone, data, extra_args)
+            model_dir = train_arm(arm, seed, run_dir, train_config, backbone, data, extra_args, deadline)
             if model_dir is None:
                 logger.warning("%s seed %d stopped unfinished (--time_limit_s): not evaluated; rerun to resume it",
                                arm.name, seed)

@@ -81,16 +81,15 @@ class StopOnNonFiniteLoss(TrainerCallback):
 
 
 class StopAtTimeLimit(TrainerCallback):
-    """Stop cleanly once training has run `seconds`, saving a checkpoint at that step, so that a job with a wall-clock
-    limit (a GPU lease, a cluster slot) ends resumable instead of killed; rerunning the command resumes there."""
+    """Stop cleanly once `seconds` have passed since this callback was made, saving a checkpoint at that step, so that
+    a job with a wall-clock limit (a GPU lease, a cluster slot) ends resumable instead of killed; rerunning the command
+    resumes there. Made before the model and the data are loaded, it counts their time too: what a wall-clock limit
+    counts, and on a resumed run preparing the data can take minutes."""
 
     def __init__(self, seconds: float):
         if not seconds > 0:
             raise ValueError(f"time_limit_s must be > 0, got {seconds}.")
-        self.seconds, self.started, self.stopped = seconds, None, False
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.monotonic()
+        self.seconds, self.started, self.stopped = seconds, time.monotonic(), False
 
     def on_step_end(self, args, state, control, **kwargs):
         if time.monotonic() - self.started >= self.seconds and state.global_step < state.max_steps:

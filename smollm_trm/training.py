@@ -52,6 +52,9 @@ def build_trainer(data_args, training_args, model_args, trm_args):
 
     check_training_args(training_args)
     configure_reporting(training_args.report_to)
+    callbacks = [StopOnNonFiniteLoss()]
+    if trm_args.time_limit_s is not None:  # first: the limit counts loading and preparing the data too
+        callbacks.append(StopAtTimeLimit(trm_args.time_limit_s))
     # Seeded before the model is built: the new TRM, the new think-token rows (frozen under LoRA, only their delta
     # trains) and LoRA's init must come out the same when a resumed run rebuilds the model.
     set_seed(training_args.seed)
@@ -68,9 +71,6 @@ def build_trainer(data_args, training_args, model_args, trm_args):
                                 report_dir=training_args.output_dir)
     if model_args.use_peft:
         model = apply_lora(model, model_args, tokenizer, added)
-    callbacks = [StopOnNonFiniteLoss()]
-    if trm_args.time_limit_s is not None:
-        callbacks.append(StopAtTimeLimit(trm_args.time_limit_s))
     if trm_args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=trm_args.early_stopping_patience))
     curriculum = data_args if data_args.reasoning == "curriculum" else None

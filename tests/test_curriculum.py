@@ -221,6 +221,15 @@ def test_the_probe_accuracy_is_the_last_supervision_steps_the_loss_every_steps(t
     assert out.probe_accuracy.item() == 1.0
     losses = [torch.nn.functional.cross_entropy(model.thought_logits(step.readout[0]), labels[0, 0]) for step in steps]
     torch.testing.assert_close(out.probe_loss, sum(losses) / 3, rtol=1e-5, atol=1e-6)
+    # The probe's logits are recomputed in the backward pass: its gradients equal those of the plain computation.
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    recomputed = torch.autograd.grad(out.probe_loss, parameters, retain_graph=True, allow_unused=True)
+    plain = torch.autograd.grad(sum(losses) / 3, parameters, allow_unused=True)
+    assert any(grad is not None and grad.abs().sum() > 0 for grad in plain)
+    for recomputed_grad, plain_grad in zip(recomputed, plain):
+        assert (recomputed_grad is None) == (plain_grad is None)
+        if plain_grad is not None:
+            torch.testing.assert_close(recomputed_grad, plain_grad, rtol=1e-5, atol=1e-6)
 
 
 def test_thought_labels_are_checked_against_the_rows_thinks(model):

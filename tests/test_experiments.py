@@ -112,6 +112,25 @@ def test_jobs_run_each_arm_in_a_worker_process_with_the_in_process_result(tmp_pa
     assert accuracies[0] == accuracies[1]
 
 
+def test_a_deadline_gives_each_training_the_time_left_and_starts_none_without_it(tmp_path, monkeypatch):
+    import subprocess
+    import time
+
+    from experiments import run
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda command: calls.append(command) or subprocess.CompletedProcess(command, 0))
+    arm = select_arms("depth", ["trm"])[0]
+    args = (arm, 0, tmp_path / "run", tmp_path / "train.yaml", None, tmp_path / "data", ["--max_steps", "3"])
+    assert run.train_arm(*args, deadline=time.time() + 300) is None  # the stub trains nothing: unfinished
+    limit = calls[-1][calls[-1].index("--time_limit_s") + 1]
+    assert 290 <= float(limit) <= 300 and calls[-1][-4:-2] == ["--max_steps", "3"]
+    assert run.train_arm(*args, deadline=time.time() + run.MIN_TRAINING_S - 5) is None
+    assert len(calls) == 1, "a training with less than a minute left must not start"
+    run.train_arm(*args)
+    assert "--time_limit_s" not in calls[-1]
+
+
 def test_a_failed_worker_fails_the_experiment_and_names_its_log(tmp_path):
     with pytest.raises(RuntimeError, match=r"none seed 0 \(exit code 1, log: .*none-seed0.log\)"):
         # an unknown train_sft.py flag: the worker's train_sft parser refuses it

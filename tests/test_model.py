@@ -590,9 +590,14 @@ def test_token_mixture_thoughts_are_the_embeddings_mixed_by_what_the_outputs_dec
     weights = model.thought_logits(call.readout).softmax(dim=-1)  # (1, K, V)
     torch.testing.assert_close(call.thoughts, weights @ embeddings, atol=1e-6, rtol=0)
     assert not torch.allclose(call.thoughts, call.readout, atol=1e-3)
-    out.loss.backward()  # the answer's loss reaches the thought module through the mixture
-    grads = [p.grad for p in model.model.thoughts.parameters()]
-    assert all(grad is not None for grad in grads) and sum(grad.abs().sum() for grad in grads) > 0
+    out.loss.backward()  # the answer's loss reaches the thought module through the mixture, recomputed in backward
+    grads = [p.grad.clone() for p in model.model.thoughts.parameters()]
+    assert sum(grad.abs().sum() for grad in grads) > 0
+    model.zero_grad()
+    model.model._token_mixture = model.model._mix_token_embeddings  # the plain path: the mixture kept for backward
+    model(input_ids=ids, labels=ids).loss.backward()
+    for recomputed, kept in zip(grads, (p.grad for p in model.model.thoughts.parameters())):
+        torch.testing.assert_close(recomputed, kept, atol=1e-6, rtol=1e-5)
 
 
 def test_a_token_mixture_thought_that_decodes_one_token_sharply_is_that_tokens_embedding():
