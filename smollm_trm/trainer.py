@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,7 @@ class TRMSFTTrainer(SFTTrainer):
             check_padded_rows(kwargs["args"])
         super().__init__(*args, **kwargs)
         self.distill_weight, self.teacher_loss_weight = distill_weight, teacher_loss_weight
+        self._last_batch_time: float | None = None
         if set(ROW_EXTRAS) & set(getattr(self.train_dataset, "column_names", None) or []):
             self.data_collator = TRMDataCollator(self.data_collator, thought_model(self.model).config.num_latents)
         self.curriculum = None
@@ -100,6 +102,8 @@ class TRMSFTTrainer(SFTTrainer):
         if teacher:
             loss = loss + self._teacher_terms(model, mode, inputs, outputs, teacher) / steps
         self._record_metrics(mode, inputs, outputs, num_items_in_batch)
+        if mode == "train":
+            self._record_batch_time()
         if self.curriculum is not None:
             self._metrics[mode]["curriculum_stage"].append(float(self.curriculum.stage_of(self.state.global_step)))
         return (loss, outputs) if return_outputs else loss
@@ -153,6 +157,14 @@ class TRMSFTTrainer(SFTTrainer):
         if mode == "train":
             self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
         metrics["num_tokens"] = [self._total_train_tokens]
+
+    def _record_batch_time(self) -> None:
+        """`seconds_per_batch`: the wall time from one training batch to the next (forward, backward, optimizer step,
+        data, host waits; an evaluation or a save in between counts too), so each log shows the speed of its stage."""
+        now = time.monotonic()
+        if self._last_batch_time is not None:
+            self._metrics["train"]["seconds_per_batch"].append(now - self._last_batch_time)
+        self._last_batch_time = now
 
     def _record_probe(self, metrics, thought_labels: torch.Tensor, outputs) -> None:
         """The step probe's loss and accuracy over the labelled thoughts of every rank; a batch without any (stage 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from smollm_trm.callbacks import StopAtTimeLimit, StopOnNonFiniteLoss
+from smollm_trm.callbacks import CurriculumStages, StopAtTimeLimit, StopOnNonFiniteLoss
 from smollm_trm.loading import apply_lora, load_model
 from smollm_trm.named_datasets import resolve_dataset
 from smollm_trm.sft_data import prepare_sft_data
@@ -65,6 +65,8 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     probe = model.config.probe_loss_weight > 0
     if probe and model.config.thought_mode == "none":
         raise ValueError("--probe_loss_weight decodes the thoughts: thought_mode 'none' has none.")
+    if data_args.reasoning == "curriculum":
+        CurriculumStages(data_args, training_args.max_steps)  # its schedule's errors, before preparing the data
     with training_args.main_process_first(desc="writing and tokenizing the data"):  # one writer of arith's files
         data = prepare_sft_data(resolve_dataset(data_args, training_args.output_dir), tokenizer,
                                 model.config.num_latents, training_args.max_length, teacher=distill, probe=probe,

@@ -114,7 +114,13 @@ def test_a_stage_warmup_longer_than_a_stage_is_refused(backbone, tmp_path):
                         "--max_steps", "6", "--curriculum_stage_warmup_steps", "3"))
 
 
-def test_a_curriculum_needs_max_steps_and_room_for_its_last_stage(backbone, tmp_path):
+def test_a_curriculum_needs_max_steps_and_room_for_its_last_stage(backbone, tmp_path, monkeypatch):
+    from smollm_trm import training
+
+    def prepare(*args, **kwargs):
+        raise AssertionError("the schedule must be refused before the data are prepared (minutes at full size)")
+
+    monkeypatch.setattr(training, "prepare_sft_data", prepare)
     data = write_rows(tmp_path, reasoning_rows(8))
     with pytest.raises(ValueError, match="leaves no step"):
         trainer_for(cli(backbone, data, tmp_path / "out", "--reasoning", "curriculum", "--curriculum_stages", "3",

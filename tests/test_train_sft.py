@@ -145,6 +145,8 @@ def test_trm_metrics_are_logged_beside_trls(backbone, tmp_path):
                  "mean_token_accuracy", "answer_token_accuracy", "num_tokens"):
         assert name in train_logs and f"eval_{name}" in eval_logs, name
     assert 0.0 <= train_logs["answer_token_accuracy"] <= 1.0
+    timed = [log["seconds_per_batch"] for log in trainer.state.log_history if "seconds_per_batch" in log]
+    assert timed and all(seconds > 0 for seconds in timed), "the second batch on shows the speed"
 
 
 def test_packing_and_padding_free_are_refused(backbone, tmp_path):
