@@ -30,9 +30,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import os
 import random
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +71,7 @@ CHAT_ROLES = ("system", "user", "assistant")
 SHOWN_BAD_ROWS = 5  # how many offenders an error message or log summary lists (the report file has them all)
 BAD_ROWS_FILE = "bad_rows.jsonl"
 FORMAT_SAMPLE_ROWS = 100  # rows looked at to detect the form: the one most of them have wins
+ROWS_PER_WORKER = 2000  # below this many rows per worker, converting them in this process is as fast
 
 
 @dataclass
@@ -428,13 +431,77 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase, think_id: int) -> No
 # ------------------------------------------------------------------------------------------------------ preparation
 
 
+@dataclass(frozen=True)
+class RowConversion:
+    """How one source row becomes its training rows: what `prepare_sft_data` applies to every row of a part."""
+
+    args: SFTDataArguments
+    tokenizer: PreTrainedTokenizerBase
+    data_format: str
+    control_tokens: tuple[str, ...]
+    num_latents: int
+    think_id: int
+    max_length: int
+    teacher: bool  # add the distillation teacher's tokens
+    probe: bool  # add the step probe's thought_labels
+    final_stage_only: bool  # eval rows: the curriculum's last stage alone
+
+    def __call__(self, row: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+        """(the row's conversations, None), or ([], why it is unusable)."""
+        args = self.args
+        try:
+            parts = row_parts(row, self.data_format, args.reasoning_steps == "equations")
+            reject_special_tokens(parts, self.control_tokens)
+            variants = training_rows(parts, args, self.final_stage_only)
+            for variant in variants:
+                _check_length(self.tokenizer, variant, self.num_latents, self.think_id, self.max_length)
+            if self.teacher:
+                extra = teacher_tokens(self.tokenizer, parts, self.max_length)
+                variants = [{**variant, **extra} for variant in variants]
+            if self.probe:
+                step_ids = step_token_ids(self.tokenizer, parts, self.num_latents)
+                variants = [{**variant, THOUGHT_LABELS_COLUMN: staged_thought_labels(
+                    step_ids, variant[STAGE_COLUMN], args.curriculum_pad_latent_steps)} for variant in variants]
+        except BadRowError as err:
+            return [], str(err)
+        return variants, None
+
+
+_worker_conversion: RowConversion | None = None  # a worker process's, set once by its initializer
+
+
+def _set_worker_conversion(conversion: RowConversion) -> None:
+    global _worker_conversion
+    _worker_conversion = conversion
+
+
+def _convert_in_worker(row: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    return _worker_conversion(row)
+
+
+def converted_rows(conversion: RowConversion, rows: list[dict[str, Any]], num_proc: int | None
+                   ) -> list[tuple[list[dict[str, Any]], str | None]]:
+    """`conversion` of every row, in order; over `num_proc` forked processes when there are enough rows to pay for
+    them (rendering the chat template for every stage of every row is most of the preparation: about a minute for
+    the depth task's 50k rows in one process)."""
+    workers = min(num_proc or 1, len(rows) // ROWS_PER_WORKER)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [conversion(row) for row in rows]
+    # Forked, the workers get the conversion (tokenizer included) once, from the initializer, not with every chunk.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=_set_worker_conversion, initargs=(conversion,)) as pool:
+        return list(pool.map(_convert_in_worker, rows, chunksize=max(1, len(rows) // (workers * 4))))
+
+
 def prepare_sft_data(
     args: SFTDataArguments, tokenizer: PreTrainedTokenizerBase, num_latents: int, max_length: int,
     teacher: bool = False, probe: bool = False, report_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
 ) -> PreparedData:
     """Load, convert and validate `args.dataset_name` into train (and eval) prompt/completion datasets; `teacher`
     adds the distillation teacher's tokens to the train rows, `probe` the step probe's `thought_labels` to the
-    curriculum's rows. Every unusable row (index, reason) is written to `report_dir/bad_rows.jsonl` when given."""
+    curriculum's rows. Every unusable row (index, reason) is written to `report_dir/bad_rows.jsonl` when given.
+    `num_proc`: processes that convert the rows of a large dataset (TRL's `dataset_num_proc`)."""
     if probe and args.reasoning != "curriculum":
         raise ValueError(f"The step probe decodes latent steps, which only --reasoning curriculum has (got "
                          f"{args.reasoning!r}).")
@@ -452,24 +519,13 @@ def prepare_sft_data(
     skipped: dict[str, list[tuple[int, str]]] = {}
     reported: list[dict[str, Any]] = []
     for part, (split_name, rows, indices) in _plan_parts(splits, args).items():
+        conversion = RowConversion(args, tokenizer, data_format, control_tokens, num_latents, think_id, max_length,
+                                   teacher=teacher and part == "train", probe=probe, final_stage_only=part == "eval")
         conversations, bad = [], []
-        for index in indices:
-            try:
-                parts = row_parts(rows[index], data_format, args.reasoning_steps == "equations")
-                reject_special_tokens(parts, control_tokens)
-                variants = training_rows(parts, args, final_stage_only=part == "eval")
-                for variant in variants:
-                    _check_length(tokenizer, variant, num_latents, think_id, max_length)
-                if teacher and part == "train":
-                    extra = teacher_tokens(tokenizer, parts, max_length)
-                    variants = [{**variant, **extra} for variant in variants]
-                if probe:
-                    step_ids = step_token_ids(tokenizer, parts, num_latents)
-                    variants = [{**variant, THOUGHT_LABELS_COLUMN: staged_thought_labels(
-                        step_ids, variant[STAGE_COLUMN], args.curriculum_pad_latent_steps)} for variant in variants]
-            except BadRowError as err:
-                bad.append((index, str(err)))
-                continue
+        for index, (variants, reason) in zip(indices, converted_rows(conversion, [rows[i] for i in indices],
+                                                                     num_proc)):
+            if reason is not None:
+                bad.append((index, reason))
             conversations += variants
         where = f"{part} rows of split {split_name!r} of {args.dataset_name!r}"
         reported += [{"part": part, "split": split_name, "index": index, "reason": reason} for index, reason in bad]

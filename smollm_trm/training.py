@@ -70,7 +70,7 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     with training_args.main_process_first(desc="writing and tokenizing the data"):  # one writer of arith's files
         data = prepare_sft_data(resolve_dataset(data_args, training_args.output_dir), tokenizer,
                                 model.config.num_latents, training_args.max_length, teacher=distill, probe=probe,
-                                report_dir=training_args.output_dir)
+                                report_dir=training_args.output_dir, num_proc=training_args.dataset_num_proc)
     if model_args.use_peft:
         model = apply_lora(model, model_args, tokenizer, added)
     if trm_args.early_stopping_patience is not None:

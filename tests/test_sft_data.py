@@ -6,6 +6,7 @@ Offline: the tokenizer is SmolLM2-135M-Instruct's, read from the GGUF file the `
 import copy
 import json
 import logging
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import datasets
@@ -372,6 +373,30 @@ def test_bad_row_is_skipped_and_reported_with_its_index(tokenizer, tmp_path):
     assert len(prepared.train) == 2 and prepared.eval is None
     assert [index for index, _ in prepared.skipped["train"]] == [1]
     assert "missing 'answer'" in prepared.skipped["train"][0][1]
+
+
+def test_rows_converted_by_worker_processes_equal_the_rows_converted_here(tokenizer, tmp_path, monkeypatch):
+    from smollm_trm import sft_data
+
+    rows = [{**row, "reasoning": f"{i % 10}\n{(i + 3) % 10}"} for i, row in enumerate(qa_rows(40))]
+    del rows[7]["answer"]
+    rows[23]["reasoning"] = "x" * 80  # a step longer than the K thoughts of the probe
+    path = write_jsonl(tmp_path / "data.jsonl", rows)
+    settings = dict(reasoning="curriculum", curriculum_stages=2, eval_fraction=0.1)
+
+    def run(num_proc):
+        arguments = SFTDataArguments(dataset_name=str(path), **settings)
+        return prepare_sft_data(arguments, tokenizer, NUM_LATENTS, ROOMY, probe=True, num_proc=num_proc)
+
+    serial = run(None)
+    monkeypatch.setattr(sft_data, "ROWS_PER_WORKER", 5)  # 36 train rows: 3 workers
+    spawned = []
+    monkeypatch.setattr(sft_data, "ProcessPoolExecutor",
+                        lambda *args, **kwargs: spawned.append(args) or ProcessPoolExecutor(*args, **kwargs))
+    parallel = run(3)
+    assert spawned and spawned[0][0] == 3, "the rows must have gone to worker processes"
+    assert parallel.train.to_list() == serial.train.to_list() and parallel.eval.to_list() == serial.eval.to_list()
+    assert parallel.skipped == serial.skipped and sorted(i for i, _ in serial.skipped["train"]) == [7, 23]
 
 
 def test_stray_row_of_another_form_does_not_skip_the_good_rows(tokenizer, tmp_path):
