@@ -153,6 +153,8 @@ class SmolLMTRMConfig(PreTrainedConfig):
             )
         if self.thought_output not in THOUGHT_OUTPUTS:
             raise ValueError(f"thought_output must be one of {THOUGHT_OUTPUTS}, got {self.thought_output!r}.")
+        if self.thought_output == "token_mixture" and self.thought_mode == "none":
+            raise ValueError("thought_output='token_mixture' shapes thoughts: thought_mode='none' has none.")
         if self.thought_output == "token_mixture" and not text.tie_word_embeddings:
             raise ValueError("thought_output='token_mixture' scores thoughts against the token embeddings as the LM "
                              "head does: it needs a backbone with tie_word_embeddings=True.")

@@ -386,7 +386,9 @@ class PauseThoughts(nn.Module):
                 read_thoughts: ReadThoughts | None = None, as_thoughts: AsThoughts | None = None) -> Thinking:
         batch = context_mask.shape[0]
         steps_used = torch.ones(batch, device=context_mask.device)
-        return Thinking([ThoughtStep.of_outputs(self.vectors.expand(batch, -1, -1), None, as_thoughts)], steps_used)
+        step = ThoughtStep.of_outputs(self.vectors[None], None, as_thoughts)  # mixed once, the same for every row
+        rows = (batch, -1, -1)
+        return Thinking([ThoughtStep(step.thoughts.expand(rows), None, step.readout.expand(rows))], steps_used)
 
     @staticmethod
     def supervision_steps(depth: Depth) -> int:
@@ -1063,7 +1065,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         if labels is not None:
             targets = next_token_targets(labels, valid_columns(input_ids, attention_mask))
             lm_loss, halt_loss, token_correct = self._loss(hidden, targets, outputs.supervision,
-                                                           kwargs.get("num_items_in_batch"))
+                                                           kwargs.get("num_items_in_batch"), logits)
             if thought_labels is not None:
                 probe_loss, probe_accuracy = self._probe_loss(thought_labels, outputs.supervision)
             loss = self.combine_losses(lm_loss, halt_loss, probe_loss)
@@ -1154,11 +1156,12 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         finally:
             handle.remove()
 
-    def _loss(self, hidden, targets, supervision: ThoughtSupervision, num_items_in_batch):
+    def _loss(self, hidden, targets, supervision: ThoughtSupervision, num_items_in_batch, logits=None):
         """Token-weighted CE, averaged over supervision steps for answer tokens, plus the halting BCE; and which
-        scored columns predict their target (B, L). The LM head runs on the scored columns alone."""
+        scored columns predict their target (B, L). The LM head runs on the scored columns alone, unless every
+        column's `logits` are there already."""
         scored = targets != IGNORE_INDEX
-        logits = self.lm_head(hidden[scored]).float()  # (N, V)
+        logits = (self.lm_head(hidden[scored]) if logits is None else logits[scored]).float()  # (N, V)
         token_ce = torch.zeros_like(targets, dtype=torch.float)
         token_ce[scored] = F.cross_entropy(logits, targets[scored], reduction="none")
         token_correct = torch.zeros_like(scored)

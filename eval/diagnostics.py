@@ -22,6 +22,10 @@ import torch
 
 ABLATIONS = ("zeroed", "shuffled", "transplant")
 DONOR_ABLATIONS = ("shuffled", "transplant")  # another problem's thoughts: the answer may follow them
+# A call's thoughts (B, K, D) and what they decode from (B, K, D), `ThoughtStep.readout`: an ablation moves both, so
+# that what eval records a row's thoughts decode to is what that row was given (with thought_output="token_mixture"
+# the thoughts are embedding mixtures, and only the readout decodes).
+ThoughtPair = tuple[torch.Tensor, torch.Tensor]
 
 
 def donor(index: int, size: int) -> int:
@@ -33,15 +37,23 @@ def next_row(thoughts: torch.Tensor) -> torch.Tensor:
     return torch.roll(thoughts, shifts=-1, dims=0)  # row i <- row i + 1
 
 
+def each(function: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[ThoughtPair], ThoughtPair]:
+    return lambda pair: tuple(function(tensor) for tensor in pair)
+
+
 @contextlib.contextmanager
-def thoughts_through(model, replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """While inside, every `<think>`'s thoughts (B, K, D) are `replace(thoughts)`."""
+def thoughts_through(model, replace: Callable[[ThoughtPair], ThoughtPair]) -> Iterator[None]:
+    """While inside, every `<think>`'s (thoughts, readout) are `replace((thoughts, readout))`."""
 
     def hook(module, args, thinking):
-        # The classes of the model's own code (a folder's copy under trust_remote_code): `Thinking`, `ThoughtStep`.
+        # The classes of the model's own code (a folder's copy under trust_remote_code): `Thinking`, `ThoughtStep`;
+        # a folder saved before readouts existed has thoughts alone, which are their own readout.
         last = thinking.steps[-1]
-        steps = thinking.steps[:-1] + [type(last)(replace(last.thoughts), last.halt_logit)]
-        return type(thinking)(steps, thinking.steps_used)
+        thoughts, readout = replace((last.thoughts, getattr(last, "readout", last.thoughts)))
+        step = type(last)(thoughts, last.halt_logit)
+        if hasattr(last, "readout"):
+            step.readout = readout
+        return type(thinking)(thinking.steps[:-1] + [step], thinking.steps_used)
 
     handle = model.model.thoughts.register_forward_hook(hook)
     try:
@@ -51,30 +63,30 @@ def thoughts_through(model, replace: Callable[[torch.Tensor], torch.Tensor]) -> 
 
 
 @contextlib.contextmanager
-def recorded_thoughts(model) -> Iterator[list[torch.Tensor]]:
-    """While inside, the thoughts of every call are appended to the yielded list (unchanged)."""
-    calls: list[torch.Tensor] = []
+def recorded_thoughts(model) -> Iterator[list[ThoughtPair]]:
+    """While inside, the (thoughts, readout) of every call are appended to the yielded list (unchanged)."""
+    calls: list[ThoughtPair] = []
 
-    def record(thoughts: torch.Tensor) -> torch.Tensor:
-        calls.append(thoughts)
-        return thoughts
+    def record(pair: ThoughtPair) -> ThoughtPair:
+        calls.append(pair)
+        return pair
 
     with thoughts_through(model, record):
         yield calls
 
 
-def replacement(model, ablation: str, answer_normally: Callable[[], object]) -> Callable[[torch.Tensor], torch.Tensor]:
+def replacement(model, ablation: str, answer_normally: Callable[[], object]) -> Callable[[ThoughtPair], ThoughtPair]:
     """The thoughts function of an ablation; the transplant first answers normally to record its donors."""
     if ablation == "zeroed":
-        return torch.zeros_like
+        return each(torch.zeros_like)
     if ablation == "shuffled":
-        return next_row
+        return each(next_row)
     if ablation != "transplant":
         raise ValueError(f"unknown ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
     with recorded_thoughts(model) as calls:
         answer_normally()
     donors = iter(calls)
-    return lambda thoughts: next_row(next(donors, thoughts))
+    return lambda pair: each(next_row)(next(donors, pair))
 
 
 def follows_donor(records: list[dict]) -> float | None:

@@ -50,7 +50,8 @@ Smoke runs (CPU, under a minute each; tiny model and data, a few steps; the accu
 Other flags: `--steps N` (max_steps of every arm), `--arms trm,none` (a subset), `--config FILE.yaml`; any further
 flag goes to `train_sft.py` for every arm (e.g. `--learning_rate 3e-4 --per_device_train_batch_size 32`). Under a
 wall-clock limit (a 10-minute GPU call), `--time_limit_s 480` stops every training cleanly with a checkpoint by 480 s
-after the command started (each train_sft.py gets the time left; one with less than a minute left does not start);
+after the command started (each train_sft.py gets the time left less 30 s for its start-up and last checkpoint; one
+with less than a minute of that does not start);
 the unfinished arms are not evaluated, and the same command run again resumes them.
 
 Cost, measured on 2xH200 (docs/RESULTS.md): depth, 2000 steps x 256 rows of the 17M-parameter backbone, the nine

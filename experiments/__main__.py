@@ -48,8 +48,9 @@ def make_parser() -> argparse.ArgumentParser:
                              "(logs in <output_dir>/logs/); default 1: one after another, in this process.")
     parser.add_argument("--time_limit_s", type=float, default=None,
                         help="Seconds after this command starts by which every training stops with a checkpoint (each "
-                             "train_sft.py gets the time left as its --time_limit_s); the unfinished arms are not "
-                             "evaluated, and the same command run again resumes them.")
+                             "train_sft.py gets the time left, less a margin for its start-up and last checkpoint, as "
+                             "its --time_limit_s); the unfinished arms are not evaluated, and the same command run "
+                             "again resumes them.")
     parser.add_argument("--deadline", type=float, default=None,
                         help="The same as a Unix time: what the harness passes its --jobs workers.")
     parser.add_argument("--train_only", action="store_true",

@@ -36,6 +36,9 @@ PROMPT_STYLE = "think"  # every arm is prompted as it was trained, ending with <
 # Below this, before a deadline, a training is not started: loading and preparing the data alone take about a minute
 # at the depth task's size, and the run would stop before its first checkpoint.
 MIN_TRAINING_S = 60
+# What a training takes beyond its --time_limit_s, kept from the time left before a deadline: its Python imports,
+# before its clock starts, and the step under way and the checkpoint when the limit comes.
+STOP_MARGIN_S = 30
 
 
 # ------------------------------------------------------------------------------------------------------ backbone
@@ -120,9 +123,10 @@ def train_arm(arm: Arm, seed: int, run_dir: Path, train_config: Path, backbone: 
         logger.info("%s exists; not retraining %s seed %d", final, arm.name, seed)
         return final
     if deadline is not None:
-        left = deadline - time.time()
+        left = deadline - time.time() - STOP_MARGIN_S
         if left < MIN_TRAINING_S:
-            logger.warning("%.0f s left before the deadline: not starting %s seed %d", left, arm.name, seed)
+            logger.warning("%.0f s of training left before the deadline: not starting %s seed %d", left, arm.name,
+                           seed)
             return None
         extra_args = [*extra_args, "--time_limit_s", f"{left:.0f}"]
     args = ["--config", str(train_config), "--dataset_name", str(data), "--output_dir", str(run_dir),

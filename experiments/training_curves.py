@@ -16,7 +16,8 @@ from pathlib import Path
 
 def logged_steps(log: Path, metric: str, max_steps: int) -> dict[int, float]:
     """{step: value} of `metric` in the training lines of one log (`{'loss': ...}` dicts; eval lines are skipped).
-    The step is read from the logged epoch of the curriculum's single pass over `max_steps`."""
+    The logs hold no step: it is the logged epoch times `max_steps`, right for a run whose one epoch is its
+    `max_steps` (the curriculum's sampler draws exactly that), not for a run of several epochs."""
     values = {}
     for line in log.read_text(errors="replace").splitlines():
         line = line.strip()
@@ -69,7 +70,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("log_dirs", nargs="+", type=Path, help="Folders of run logs, in the order of the calls.")
     parser.add_argument("--metric", default="probe_accuracy")
-    parser.add_argument("--max_steps", type=int, default=1200, help="The runs' max_steps (steps from epochs).")
+    parser.add_argument("--max_steps", type=int, default=1200,
+                        help="Optimizer steps of one epoch of the runs (a curriculum run's max_steps): step = epoch x this.")
     parser.add_argument("--every", type=int, default=50, help="The table's step interval.")
     parser.add_argument("--stage_steps", type=int, default=None, help="Mark curriculum stages on the plot.")
     parser.add_argument("--plot", type=Path, default=None)

@@ -133,7 +133,10 @@ class TRMSFTTrainer(SFTTrainer):
         scored = labels != IGNORE_INDEX
         # Answer tokens: after `</think>`, i.e. what the thoughts are for (not the closing tag itself).
         in_answer = scored & ((inputs["input_ids"][:, :-1] == self.end_think_id).long().cumsum(dim=1) > 0)
-        correct = outputs.token_correct[:, :-1]
+        if getattr(outputs, "token_correct", None) is not None:
+            correct = outputs.token_correct[:, :-1]
+        else:  # a folder saved before the loss ran on the scored columns alone, running its own code, has logits
+            correct = outputs.logits[:, :-1].argmax(dim=-1) == labels
         for name, mask in (("mean_token_accuracy", scored), ("answer_token_accuracy", in_answer)):
             counts = self.accelerator.gather_for_metrics(torch.stack([(correct & mask).sum(), mask.sum()])[None])
             counts = counts.view(-1, 2).sum(dim=0)

@@ -49,6 +49,7 @@ def check_sharded_lora(trains_new_token_rows: bool, fsdp: bool) -> None:
 def build_trainer(data_args, training_args, model_args, trm_args):
     """(trainer, prepared data): the model loaded or wrapped, LoRA applied, the data validated at max_length."""
     from transformers import EarlyStoppingCallback, set_seed
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     check_training_args(training_args)
     configure_reporting(training_args.report_to)
@@ -65,6 +66,9 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     probe = model.config.probe_loss_weight > 0
     if probe and model.config.thought_mode == "none":
         raise ValueError("--probe_loss_weight decodes the thoughts: thought_mode 'none' has none.")
+    if model.config.thought_output == "token_mixture" and is_deepspeed_zero3_enabled():  # the model's own check
+        raise ValueError("--thought_output token_mixture reads the whole embedding matrix, which DeepSpeed ZeRO-3 "
+                         "partitions: train it with DDP or FSDP2.")  # would come only at the first step
     if data_args.reasoning == "curriculum":
         CurriculumStages(data_args, training_args.max_steps)  # its schedule's errors, before preparing the data
     with training_args.main_process_first(desc="writing and tokenizing the data"):  # one writer of arith's files

@@ -32,7 +32,7 @@ def own_thoughts(model, row: list[int]) -> torch.Tensor:
 
 def test_zeroed_thoughts_are_zeros():
     model = tiny_model(**VIVID)
-    with torch.no_grad(), thoughts_through(model, torch.zeros_like):
+    with torch.no_grad(), thoughts_through(model, replacement(model, "zeroed", lambda: None)):
         ablated = model(input_ids=torch.tensor([A])).logits[0]
         reference = logits_given(model, A, torch.zeros(model.config.num_latents, model.config.text_config.hidden_size))
     torch.testing.assert_close(ablated, reference, atol=1e-5, rtol=0)
@@ -61,8 +61,24 @@ def test_recording_leaves_the_thoughts_as_they_are():
         plain = model(input_ids=torch.tensor([A, B])).logits
         with recorded_thoughts(model) as calls:
             recorded = model(input_ids=torch.tensor([A, B])).logits
-    assert len(calls) == 1 and calls[0].shape == (2, model.config.num_latents, model.config.text_config.hidden_size)
+    thoughts, readout = calls[0]
+    assert len(calls) == 1 and thoughts.shape == (2, model.config.num_latents, model.config.text_config.hidden_size)
     torch.testing.assert_close(recorded, plain, atol=0, rtol=0)
+
+
+def test_an_ablation_moves_the_readout_with_the_thoughts():
+    """What eval records a row's thoughts decode to is what the row was given: the donor's readout, not a logit lens
+    of the donor's embedding mixtures."""
+    model = tiny_model(**VIVID, thought_output="token_mixture")
+    batch = torch.tensor([A, B])
+    with torch.no_grad():
+        with model.watch_thoughts() as normal:
+            model(input_ids=batch)
+        with thoughts_through(model, replacement(model, "shuffled", lambda: None)), model.watch_thoughts() as shuffled:
+            model(input_ids=batch)
+    torch.testing.assert_close(shuffled[0].readout, normal[0].readout.roll(-1, dims=0), atol=0, rtol=0)
+    torch.testing.assert_close(shuffled[0].thoughts, normal[0].thoughts.roll(-1, dims=0), atol=0, rtol=0)
+    assert not torch.allclose(normal[0].readout, normal[0].thoughts, atol=1e-3)
 
 
 def test_follows_donor_counts_only_problems_whose_donor_answers_otherwise():

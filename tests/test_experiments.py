@@ -124,11 +124,31 @@ def test_a_deadline_gives_each_training_the_time_left_and_starts_none_without_it
     args = (arm, 0, tmp_path / "run", tmp_path / "train.yaml", None, tmp_path / "data", ["--max_steps", "3"])
     assert run.train_arm(*args, deadline=time.time() + 300) is None  # the stub trains nothing: unfinished
     limit = calls[-1][calls[-1].index("--time_limit_s") + 1]
-    assert 290 <= float(limit) <= 300 and calls[-1][-4:-2] == ["--max_steps", "3"]
-    assert run.train_arm(*args, deadline=time.time() + run.MIN_TRAINING_S - 5) is None
+    assert 290 - run.STOP_MARGIN_S <= float(limit) <= 300 - run.STOP_MARGIN_S
+    assert calls[-1][-4:-2] == ["--max_steps", "3"]
+    assert run.train_arm(*args, deadline=time.time() + run.MIN_TRAINING_S + run.STOP_MARGIN_S - 5) is None
     assert len(calls) == 1, "a training with less than a minute left must not start"
     run.train_arm(*args)
     assert "--time_limit_s" not in calls[-1]
+
+
+def test_training_curves_join_the_logs_of_resumed_calls(tmp_path):
+    from experiments.training_curves import joined_runs, markdown
+
+    def log(folder, lines):
+        folder.mkdir()
+        (folder / "trm-seed0.log").write_text("INFO starting\n" + "\n".join(lines) + "\n")
+        return folder
+
+    first = log(tmp_path / "call1", ["{'loss': '2.0', 'probe_accuracy': '0.2', 'epoch': '0.25'}",
+                                     "{'eval_loss': '3.0', 'epoch': '0.25'}",
+                                     "{'loss': '1.0', 'probe_accuracy': '0.4', 'epoch': '0.5'}"])
+    # resumed from the checkpoint at step 1 of 4: its step 2 replaces the first call's
+    second = log(tmp_path / "call2", ["{'loss': '0.9', 'probe_accuracy': '0.5', 'epoch': '0.5'}",
+                                      "{'loss': '0.5', 'probe_accuracy': '0.7', 'epoch': '0.75'}"])
+    runs = joined_runs([first, second], "probe_accuracy", max_steps=4)
+    assert runs == {"trm-seed0": {1: 0.2, 2: 0.5, 3: 0.7}}
+    assert markdown(runs, "probe_accuracy", every=1).splitlines()[-1] == "| trm-seed0 | 0.200 | 0.500 | 0.700 |"
 
 
 def test_a_failed_worker_fails_the_experiment_and_names_its_log(tmp_path):
