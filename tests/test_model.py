@@ -155,7 +155,7 @@ def test_segmented_forward_equals_one_uncached_pass_over_context_thoughts_rest()
 
 
 @pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"n_supervision_steps": 2},
-                                      {"n_supervision_steps": 2, "thought_feedback": True}])
+                                      {"n_supervision_steps": 2, "thought_feedback": True}, {"thought_output": "token_mixture", "n_supervision_steps": 2, "thought_feedback": True}])
 def test_activation_checkpointing_fallback_gives_the_same_loss_and_gradients(settings):
     model = tiny_model(**VIVID, **settings).train()
     ids, mask = pad_batch(ROWS, SIDES)
@@ -207,7 +207,8 @@ PROMPTS = [[7, 8, 9, THINK], [11, THINK, 12, 13, 14], [15, 16], [17, THINK, 18, 
 
 
 @pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"thought_mode": "pause"},
-                                      {"n_supervision_steps": 2}, {"n_supervision_steps": 2, "thought_feedback": True}])
+                                      {"n_supervision_steps": 2}, {"n_supervision_steps": 2, "thought_feedback": True},
+                                      {"thought_output": "token_mixture", "n_supervision_steps": 2, "thought_feedback": True}, {"thought_output": "token_mixture", "thought_mode": "pause"}])
 @pytest.mark.parametrize("depth", [{}, {"n_cycles": 4}])
 def test_cached_greedy_generation_equals_recompute(settings, depth):
     model = tiny_model(**VIVID, **settings)
@@ -330,7 +331,8 @@ def test_cache_records_thought_columns(model):
 
 
 @pytest.mark.parametrize("settings", [{}, {"thought_mode": "pause"}, {"n_supervision_steps": 2}, {"trm_qk_norm": True},
-                                      {"n_supervision_steps": 2, "thought_feedback": True}])
+                                      {"n_supervision_steps": 2, "thought_feedback": True}, {"thought_output": "token_mixture", "n_supervision_steps": 2, "thought_feedback": True},
+                                      {"thought_output": "token_mixture", "thought_mode": "pause"}])
 def test_every_trainable_parameter_gets_a_finite_nonzero_gradient(settings):
     model = tiny_model(**settings).train()
     ids, mask = pad_batch(ROWS, SIDES)
