@@ -77,6 +77,8 @@ PAD, TOKEN, THOUGHT = 0, 1, 2  # kinds of the backbone's stream columns
 THINK_TOKENS = ("<think>", "</think>")
 HALT_BIAS_INIT = -5.0  # as in the TRM reference: the halting head starts by never halting
 IGNORE_INDEX = -100
+# Scored columns per LM-head chunk of the training loss: at most (chunk, V) float32 logits exist at a time.
+LOSS_CHUNK_TOKENS = 4096
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -226,6 +228,10 @@ class Depth:
 ReadThoughts = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # (a thought module's outputs (B, K, D)) -> the thoughts the backbone reads (B, K, D): `thought_output`
 AsThoughts = Callable[[torch.Tensor], torch.Tensor]
+# (hidden states (N, D), the LM head's weight (V, D), targets (N,)) -> (each target's log-probability (N,), whether
+# it is the top-1 prediction (N,) bool), without (N, V) logits: a fused kernel such as TRL's chunked log-prob, which
+# `TRMSFTTrainer` hands to the model (remote code cannot import TRL)
+FusedTokenScorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -930,6 +936,9 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
     halting BCE) and the generation glue."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # `score_tokens`' fused kernel when the head is a plain linear layer (`TRMSFTTrainer` sets TRL's); None: chunks
+    fused_token_scorer: FusedTokenScorer | None = None
+    loss_chunk_tokens = LOSS_CHUNK_TOKENS
 
     def __init__(self, config: SmolLMTRMConfig, backbone: PreTrainedModel | None = None):
         """`backbone`: a loaded `*ForCausalLM` whose body and head are used as they are (`from_base`); without it
@@ -1106,17 +1115,24 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
                 continue
             targets = thought_labels[:, step.think]  # (B, K)
             scored = targets != IGNORE_INDEX
-            readout, targets = step.readout[scored], targets[scored]  # (N, D), (N,)
-            # The (N, V) logits are recomputed in the backward pass rather than kept for every step of every <think>.
-            ce_sum = ce_sum + checkpoint(self._thought_cross_entropy, readout, targets, use_reentrant=False)
+            # Read as `thought_logits` reads them: the final norm, then the LM head (inside `score_tokens`).
+            ce, top1 = self.score_tokens(self.model.language_model.norm(step.readout[scored]), targets[scored])
+            ce_sum = ce_sum + ce.sum()
             if step.hidden is None:  # the last supervision step: the thoughts the answer reads
-                with torch.no_grad():
-                    correct = correct + (self.thought_logits(readout).argmax(-1) == targets).sum()
+                correct = correct + top1.sum()
         labelled = (thought_labels != IGNORE_INDEX).sum().clamp(min=1)
         return ce_sum / (labelled * supervision.steps_per_think), (correct / labelled).detach()
 
-    def _thought_cross_entropy(self, readout: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.thought_logits(readout).float(), targets, reduction="sum")
+    def score_tokens(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each target's cross-entropy (N,) float32 under the LM head's logits of `hidden` (N, D) (final-normed
+        states), and whether it is their top-1 (N,) bool, without keeping (N, V) logits: a training step's largest
+        tensors at a large vocabulary. `fused_token_scorer` computes them when set and the head is a plain linear
+        layer; otherwise the head runs on `loss_chunk_tokens` rows at a time, each chunk recomputed in backward."""
+        head = self.lm_head
+        if self.fused_token_scorer is not None and type(head) is nn.Linear and head.bias is None:
+            log_probability, top1 = self.fused_token_scorer(hidden, head.weight, targets)
+            return -log_probability.float(), top1
+        return chunked_token_scores(head, hidden, targets, self.loss_chunk_tokens)
 
     def thought_logits(self, readout: torch.Tensor) -> torch.Tensor:
         """Thoughts (..., D) read as tokens (..., V): through the backbone's final norm and LM head, as it reads its
@@ -1158,14 +1174,18 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
 
     def _loss(self, hidden, targets, supervision: ThoughtSupervision, num_items_in_batch, logits=None):
         """Token-weighted CE, averaged over supervision steps for answer tokens, plus the halting BCE; and which
-        scored columns predict their target (B, L). The LM head runs on the scored columns alone, unless every
-        column's `logits` are there already."""
+        scored columns predict their target (B, L). The scored columns alone are scored (`score_tokens`), unless
+        every column's `logits` are there already."""
         scored = targets != IGNORE_INDEX
-        logits = (self.lm_head(hidden[scored]) if logits is None else logits[scored]).float()  # (N, V)
+        if logits is None:
+            ce, top1 = self.score_tokens(hidden[scored], targets[scored])
+        else:
+            logits = logits[scored].float()  # (N, V)
+            ce, top1 = F.cross_entropy(logits, targets[scored], reduction="none"), logits.argmax(-1) == targets[scored]
         token_ce = torch.zeros_like(targets, dtype=torch.float)
-        token_ce[scored] = F.cross_entropy(logits, targets[scored], reduction="none")
+        token_ce[scored] = ce
         token_correct = torch.zeros_like(scored)
-        token_correct[scored] = logits.argmax(-1) == targets[scored]
+        token_correct[scored] = top1
         per_think = supervision.steps_per_think
         step_weight = torch.where(supervision.answer_index >= 0, 1.0 / per_think, 1.0)
         earlier_ce_sum, earlier_correct = self._score_earlier_steps(targets, scored, supervision)
@@ -1187,10 +1207,10 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
                 correct.append(None)
                 continue
             answer = scored & (supervision.answer_index == step.think)
-            logits = self.lm_head(step.hidden[answer])  # only this answer's columns: (N, V)
-            ce_sum = ce_sum + F.cross_entropy(logits.float(), targets[answer], reduction="sum")
+            ce, top1 = self.score_tokens(step.hidden[answer], targets[answer])  # only this answer's columns
+            ce_sum = ce_sum + ce.sum()
             wrong = torch.zeros_like(answer)
-            wrong[answer] = logits.argmax(-1) != targets[answer]
+            wrong[answer] = ~top1
             correct.append(~wrong.any(dim=1))
         return ce_sum, correct
 
@@ -1325,6 +1345,25 @@ def next_token_targets(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     so a left-padded row scores exactly the tokens it scores alone."""
     shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     return shifted.masked_fill(~valid, IGNORE_INDEX)
+
+
+def chunked_token_scores(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                         chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`SmolLMTRMForCausalLM.score_tokens` through any head module: `chunk_tokens` rows of `hidden` (N, D) at a
+    time, each chunk's logits recomputed in the backward pass rather than kept. An empty `hidden` still runs the head
+    once, so that a batch with nothing scored keeps a loss connected to the model."""
+
+    def score(hidden_chunk: torch.Tensor, target_chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = head(hidden_chunk).float()  # (chunk, V)
+        return F.cross_entropy(logits, target_chunk, reduction="none"), logits.argmax(-1) == target_chunk
+
+    recompute = torch.is_grad_enabled() and hidden.requires_grad
+    scores = []
+    for start in range(0, max(hidden.shape[0], 1), chunk_tokens):
+        chunk = (hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens])
+        scores.append(checkpoint(score, *chunk, use_reentrant=False) if recompute else score(*chunk))
+    ce, top1 = zip(*scores)
+    return torch.cat(ce), torch.cat(top1)
 
 
 def real_tokens_first(valid: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:

@@ -9,7 +9,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 from trl import SFTTrainer
+from trl.kernels import ChunkedLogProbFunction
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from modeling_smollm_trm import IGNORE_INDEX, THINK_TOKENS
 from smollm_trm.callbacks import CurriculumStages, TRMWeightsEMA
@@ -26,6 +29,20 @@ END_THINK_TOKEN = THINK_TOKENS[1]
 TEACHER_COLUMNS = ("teacher_input_ids", "teacher_labels")  # smollm_trm.sft_data's teacher rows
 TEACHER_INPUTS = ("teacher_input_ids", "teacher_attention_mask", "teacher_labels")  # a collated batch's
 ROW_EXTRAS = (*TEACHER_COLUMNS, THOUGHT_LABELS_COLUMN)  # row columns that TRL's collator does not know
+VOCAB_TILE = 32768  # vocabulary columns per tile of the fused loss, as in TRL's own fused LM head
+
+
+def trl_token_scorer(hidden: torch.Tensor, weight: torch.Tensor,
+                     targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's `fused_token_scorer`: TRL's chunked log-prob kernel (Triton on CUDA, torch tiles elsewhere) scores
+    hidden states (N, D) against the LM head's weight (V, D) tile by tile, so the (N, V) logits never exist, and gives
+    each target's log-probability and whether it is the top-1."""
+    if isinstance(weight, DTensor):  # FSDP2 shards the head: gather it once for every tile
+        weight = weight.full_tensor()
+    with maybe_gather_lm_head_ctx(weight):  # ZeRO-3 partitions it outside its module's forward
+        log_probability, _, _, _, top1 = ChunkedLogProbFunction.apply(hidden, weight, None, targets, 1.0, VOCAB_TILE,
+                                                                      None, 1.0, ("is_top1",))
+    return log_probability, top1
 
 
 def check_padded_rows(training_args) -> None:
@@ -65,8 +82,10 @@ class TRMSFTTrainer(SFTTrainer):
             self.curriculum = CurriculumStages(curriculum, self.args.max_steps)
             self.add_callback(self.curriculum)
         self.thought_lm = thought_model(self.model)
-        # TRL patched `forward` with a fused LM head that runs the backbone alone, i.e. without thoughts.
+        # TRL patched `forward` with a fused LM head that runs the backbone alone, i.e. without thoughts. The model
+        # takes TRL's kernel instead, for the columns its own loss scores.
         self.thought_lm.__dict__.pop("forward", None)
+        self.thought_lm.fused_token_scorer = trl_token_scorer
         self.end_think_id = self.processing_class.convert_tokens_to_ids(END_THINK_TOKEN)
         if ema_decay is not None and self.is_sharded:
             # Under ZeRO-3 a rank holds an empty placeholder for each parameter outside forward, so the average would

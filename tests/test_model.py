@@ -77,6 +77,66 @@ def test_the_loss_from_scored_columns_equals_the_loss_from_every_columns_logits(
     assert model.eval()(input_ids=ids, attention_mask=mask, labels=labels).logits is not None
 
 
+def probe_labels(ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """[B, S, K] random step-probe targets for every `<think>` of each row (-100 where a row has fewer)."""
+    K = tiny_config().num_latents
+    thinks = (ids == THINK).sum(dim=1)
+    labels = torch.randint(6, 90, (ids.shape[0], int(thinks.max()), K), generator=generator)
+    return labels.masked_fill(torch.arange(labels.shape[1])[None, :, None] >= thinks[:, None, None], -100)
+
+
+def training_scores(model, ids, mask, labels, thought_labels):
+    """Every loss, the top-1 flags, the probe's accuracy and each trainable parameter's gradient of the total loss."""
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, thought_labels=thought_labels)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(out.loss, parameters, allow_unused=True)
+    return out, grads
+
+
+@pytest.mark.parametrize("settings", [{"n_supervision_steps": 3, "probe_loss_weight": 0.5},
+                                      {"n_supervision_steps": 2, "thought_feedback": True, "probe_loss_weight": 1.0,
+                                       "thought_output": "token_mixture"},
+                                      {"thought_mode": "pause", "probe_loss_weight": 1.0}])
+def test_chunked_and_fused_token_scores_equal_one_pass_of_the_lm_head(settings):
+    """The training loss never holds the logits of every scored column at once: the LM head runs on
+    `loss_chunk_tokens` rows at a time (recomputed in backward), or a fused kernel (TRL's, which TRMSFTTrainer hands
+    over) scores the columns from the head's weight. Both give the answer, halting and probe losses, the top-1 flags,
+    the probe accuracy and every gradient of one unchunked pass of the head."""
+    from smollm_trm.trainer import trl_token_scorer
+
+    model = tiny_model(**VIVID, **settings).train()
+    ids, mask = pad_batch(ROWS, SIDES)
+    labels = ids.masked_fill(mask == 0, -100)
+    thought_labels = probe_labels(ids, torch.Generator().manual_seed(0))
+    model.loss_chunk_tokens = 10**9
+    reference, reference_grads = training_scores(model, ids, mask, labels, thought_labels)
+    head_rows = []
+    model.lm_head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[0]))
+    model.loss_chunk_tokens = 3
+    chunked = training_scores(model, ids, mask, labels, thought_labels)
+    assert len(head_rows) > 1 and max(head_rows) <= 3
+    head_rows.clear()
+    model.fused_token_scorer = trl_token_scorer
+    fused = training_scores(model, ids, mask, labels, thought_labels)
+    assert head_rows == []  # the fused kernel reads the weight; the head module never runs
+    assert reference_grads.count(None) < len(reference_grads)
+    for out, grads in (chunked, fused):
+        assert torch.equal(out.token_correct, reference.token_correct)
+        for name in ("loss", "lm_loss", "halt_loss", "probe_loss", "probe_accuracy"):
+            torch.testing.assert_close(getattr(out, name), getattr(reference, name), atol=1e-6, rtol=0, msg=name)
+        for grad, reference_grad in zip(grads, reference_grads):
+            assert (grad is None) == (reference_grad is None)
+            if reference_grad is not None:
+                torch.testing.assert_close(grad, reference_grad, atol=1e-6, rtol=0)
+
+
+def test_a_batch_with_nothing_scored_still_has_a_loss_to_backpropagate(model):
+    ids = torch.tensor([[7, 8, THINK, 9, 10]])
+    out = model.train()(input_ids=ids, labels=torch.full_like(ids, -100))
+    assert out.loss.item() == 0.0 and out.loss.requires_grad
+    out.loss.backward()
+
+
 def test_num_items_in_batch_sets_the_denominator(model):
     ids = torch.tensor([[7, 8, THINK, 9, 10]])
     mean = model(input_ids=ids, labels=ids).lm_loss
