@@ -413,15 +413,22 @@ class ThoughtCache(DynamicCache):
     """A `DynamicCache` that also records, per row and column of the backbone's stream, the column's kind (`PAD`,
     `TOKEN`, `THOUGHT`) and its last-layer hidden state (the compressor's input at a later `<think>`).
 
-    Positions and thought counts derive from the kinds, so beam search's reordering keeps everything consistent.
-    Hidden states are kept as the chunks that produced them and joined only when a `<think>` needs them, so that a
-    decoding step does not copy the whole history. With `replay=True` (activation checkpointing, where layers drop
-    the KV cache) it keeps the inputs instead and the backbone recomputes the whole stream at each segment.
+    Positions and thought counts derive from the kinds, so beam search's reordering keeps everything consistent; they
+    are also kept as running counts per row, with the mask of real columns, so that a decoding step costs no pass
+    over the whole history. Hidden states are kept as the chunks that produced them and joined only when a `<think>`
+    needs them, so that a decoding step does not copy the whole history. With `replay=True` (activation
+    checkpointing, where layers drop the KV cache) it keeps the inputs instead and the backbone recomputes the whole
+    stream at each segment.
     """
+
+    COLUMN_RECORDS = ("kinds", "real", "replay_embeds", "replay_drops")  # (B, C, ...) beside the hidden states
 
     def __init__(self, *args, replay: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.kinds: torch.Tensor | None = None  # (B, C) long
+        self.real: torch.Tensor | None = None  # (B, C) bool: kinds != PAD, the keys a query may see
+        self.real_count: torch.Tensor | None = None  # (B,) real columns so far: the next column's position id
+        self.thought_count: torch.Tensor | None = None  # (B,) thought columns so far
         self.hidden_chunks: list[torch.Tensor] = []  # (B, c, D) each, along C
         self.replay = replay
         self.replay_embeds: torch.Tensor | None = None  # (B, C, D), replay only
@@ -438,23 +445,50 @@ class ThoughtCache(DynamicCache):
             self.hidden_chunks = [torch.cat(self.hidden_chunks, dim=1)]
         return self.hidden_chunks[0]
 
-    def record(self, kinds: torch.Tensor, hidden: torch.Tensor | None, embeds: torch.Tensor, drops: torch.Tensor):
+    def positions(self, kinds: torch.Tensor) -> torch.Tensor:
+        """(B, c) position ids of new columns of these kinds: real columns count on from the cached ones, padding
+        takes any valid value (as `stream_positions` of the whole stream gives them)."""
+        new = (kinds != PAD).long().cumsum(dim=1) - 1
+        return (new if self.real_count is None else new + self.real_count[:, None]).clamp(min=0)
+
+    def kinds_with(self, kinds: torch.Tensor) -> torch.Tensor:
+        """(B, C + c) the kinds of the stream with new columns of these kinds."""
+        return kinds if self.kinds is None else torch.cat([self.kinds, kinds], dim=1)
+
+    def real_with(self, kinds: torch.Tensor) -> torch.Tensor:
+        """(B, C + c) the real columns of the stream with new columns of these kinds: a query's visible keys."""
+        return kinds != PAD if self.real is None else torch.cat([self.real, kinds != PAD], dim=1)
+
+    def record(self, kinds: torch.Tensor, hidden: torch.Tensor | None, embeds: torch.Tensor,
+               drops: torch.Tensor | None, real: torch.Tensor | None = None):
+        """Append new columns: their kinds, last-layer hidden states (None: not needed), inputs and drops (replay
+        only); `real` is `real_with(kinds)` when the caller has it already."""
+
         def grow(old, new):
             return new if old is None else torch.cat([old, new], dim=1)
 
+        def count(old, new):
+            return new if old is None else old + new
+
+        self.real = self.real_with(kinds) if real is None else real
+        self.real_count = count(self.real_count, self.real[:, -kinds.shape[1] :].sum(dim=1))
         self.kinds = grow(self.kinds, kinds)
+        self.thought_count = count(self.thought_count, (kinds == THOUGHT).sum(dim=1))
         if hidden is not None:
             self.hidden_chunks.append(hidden)
         if self.replay:
             self.replay_embeds = grow(self.replay_embeds, embeds)
             self.replay_drops = grow(self.replay_drops, drops)
 
-    def _map_rows(self, fn) -> None:
+    def _map(self, fn, names: tuple[str, ...]) -> None:
         self.hidden_chunks = [fn(chunk) for chunk in self.hidden_chunks]
-        for name in ("kinds", "replay_embeds", "replay_drops"):
+        for name in names:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, fn(value))
+
+    def _map_rows(self, fn) -> None:
+        self._map(fn, self.COLUMN_RECORDS + ("real_count", "thought_count"))
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         super().reorder_cache(beam_idx)
@@ -476,11 +510,15 @@ class ThoughtCache(DynamicCache):
         if tokens_to_remove:
             if self.hidden_chunks:
                 self.hidden_chunks = [self.hidden]
-            self._map_rows(lambda t: t[:, :tokens_to_remove])
+            removed = self.kinds[:, tokens_to_remove:]
+            self.real_count = self.real_count - (removed != PAD).sum(dim=1)
+            self.thought_count = self.thought_count - (removed == THOUGHT).sum(dim=1)
+            self._map(lambda t: t[:, :tokens_to_remove], self.COLUMN_RECORDS)
 
     def reset(self):
         super().reset()
-        self.kinds = self.replay_embeds = self.replay_drops = None
+        self.kinds = self.real = self.real_count = self.thought_count = None
+        self.replay_embeds = self.replay_drops = None
         self.hidden_chunks = []
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -672,7 +710,9 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
                                     hidden_states=hidden_states, supervision=supervision, **stats)
 
     def _stream_cache(self, cache) -> ThoughtCache:
-        replay = self.language_model.is_activation_checkpointing and self.training and torch.is_grad_enabled()
+        # In this order: `is_activation_checkpointing` walks every module, which would cost each decoding step more
+        # than the rest of the wrapper's bookkeeping does.
+        replay = self.training and torch.is_grad_enabled() and self.language_model.is_activation_checkpointing
         if cache is None:
             return ThoughtCache(config=self.config.get_text_config(decoder=True), replay=replay)
         if not isinstance(cache, ThoughtCache):
@@ -729,7 +769,7 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
 
     def _check_length(self, cache: ThoughtCache, layout: ChunkLayout) -> None:
         """Refuse positions beyond what the backbone was built for: they would be silently wrong, not an error."""
-        seen = 0 if cache.kinds is None else (cache.kinds != PAD).sum(dim=1)
+        seen = 0 if cache.real_count is None else cache.real_count
         longest = int(((layout.kinds != PAD).sum(dim=1) + seen).max())
         limit = getattr(self.config.text_config, "max_position_embeddings", None)
         if limit is not None and longest > limit:
@@ -788,32 +828,31 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         return hidden.gather(1, columns[..., None].expand(-1, -1, hidden.shape[-1]))
 
     def _thinks_so_far(self, cache: ThoughtCache, batch: int) -> torch.Tensor:
-        if cache.kinds is None:
+        if cache.thought_count is None:
             return torch.zeros(batch, dtype=torch.long, device=self.device)
-        return (cache.kinds == THOUGHT).sum(dim=1) // self.config.num_latents
+        return cache.thought_count // self.config.num_latents
 
     def _extend(self, cache: ThoughtCache, embeds: torch.Tensor, kinds: torch.Tensor, drop: torch.Tensor,
                 layers: list | None = None):
         """Run the backbone on new columns after everything in `cache`; `drop` (B,) is how many of each row's oldest
         tokens these columns may not see (`thought_window="slide"`). Returns their last-layer hidden states, and
         appends every layer's to `layers` when given."""
-        seen = cache.kinds if cache.kinds is not None else kinds[:, :0]
-        all_kinds = torch.cat([seen, kinds], dim=1)
-        positions = stream_positions(all_kinds)[:, seen.shape[1] :]
-        if self.config.thought_window != "slide":
-            drop = torch.zeros_like(drop)
-        drops = drop[:, None].expand_as(kinds)
+        slide = self.config.thought_window == "slide"
+        drops = real = None
         if cache.replay:
-            out = self._replay_backbone(cache, embeds, all_kinds, drops, layers is not None)
+            drops = (drop if slide else torch.zeros_like(drop))[:, None].expand_as(kinds)
+            out = self._replay_backbone(cache, embeds, cache.kinds_with(kinds), drops, layers is not None)
         else:
-            mask = visible_keys(all_kinds, drop[:, None])  # (B, C): every query of this call shares the row's drop
-            out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
-                                      use_cache=True, output_hidden_states=layers is not None)
+            # (B, C): every query of this call shares the row's drop; without one, the running mask of real columns
+            real = cache.real_with(kinds)
+            mask = visible_keys(cache.kinds_with(kinds), drop[:, None]) if slide else real
+            out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=cache.positions(kinds),
+                                      cache=cache, use_cache=True, output_hidden_states=layers is not None)
         hidden = out.last_hidden_state[:, -embeds.shape[1] :]
         if layers is not None:
             layers.append(tuple(state[:, -embeds.shape[1] :] for state in out.hidden_states))
         reads_context = self.thoughts is not None and self.thoughts.reads_context
-        cache.record(kinds, hidden if reads_context else None, embeds, drops)
+        cache.record(kinds, hidden if reads_context else None, embeds, drops, real)
         return hidden
 
     def _replay_backbone(self, cache: ThoughtCache, embeds, all_kinds, drops, output_hidden_states: bool):
@@ -1268,7 +1307,8 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         if self.config.thought_mode != "none" and isinstance(prompt, torch.Tensor):
             budget = ThinkingWithinReach(self.config, prompt, kwargs.get("attention_mask"),
                                          self._generation_max_length(prompt.shape[1], kwargs), max_latent_steps)
-            kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), budget])
+            if budget.may_ban():  # a logits processor costs every decoding step; most generations cannot need it
+                kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), budget])
         return super().generate(*args, **kwargs)
 
     def _generation_max_length(self, prompt_length: int, kwargs: dict) -> int:
@@ -1296,10 +1336,22 @@ class ThinkingWithinReach(LogitsProcessor):
         self.prompt_length, self.max_length = prompt.shape[1], max_length
         real = torch.ones_like(prompt, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         self.prompt_tokens = real.sum(dim=1)  # (B,) left padding takes no position
+        self.prompt_thinks = ((prompt == self.think) & real).sum(dim=1)  # (B,)
         longest = int(self.prompt_tokens.max()) + max_length - self.prompt_length  # positions without thoughts
         if self.limit is not None and longest + self.K > self.limit:
             logger.warning(f"max_new_tokens leaves some rows no room for a <think> within max_position_embeddings="
                            f"{self.limit} (K={self.K} positions each): those rows will not think.")
+
+    def may_ban(self) -> bool:
+        """Whether `<think>` could ever be banned: a cap on latent steps, or a row that would run out of positions if
+        every token it generates were a `<think>`."""
+        if self.max_latent_steps is not None:
+            return True
+        if self.limit is None:
+            return False
+        new_tokens = self.max_length - self.prompt_length
+        worst = self.prompt_tokens + new_tokens + self.K * (self.prompt_thinks + new_tokens)
+        return bool((worst > self.limit).any())
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         thinks = (input_ids == self.think).sum(dim=1)

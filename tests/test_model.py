@@ -321,6 +321,26 @@ def test_a_model_that_keeps_thinking_stops_thinking_before_it_runs_out_of_positi
     assert int((out[0] == THINK).sum()) > int((out[1] == THINK).sum()), "the longer prompt leaves less room"
 
 
+@pytest.mark.parametrize("spare", [0, -1])
+def test_the_thinking_budget_joins_generation_only_when_a_row_could_run_out_of_positions(spare):
+    """A row that emits nothing but `<think>` needs prompt + new tokens + K per `<think>` (its prompt's included):
+    with exactly that many positions the budget is left out of generation (it costs every decoding step), and the
+    always-thinking model still fits; with one fewer it joins and bans the last `<think>`."""
+    K, max_new_tokens = 4, 5
+    prompt = [7, 8, THINK, 9, THINK]
+    limit = len(prompt) + max_new_tokens + K * (2 + max_new_tokens) + spare
+    model = tiny_model(text_config=tiny_text_config(max_position_embeddings=limit), num_latents=K)
+    added = []
+    original = model._get_logits_processor
+    model._get_logits_processor = lambda *args, **kwargs: added.append(kwargs["logits_processor"]) or original(
+        *args, **kwargs)
+    out = always_thinking(model, torch.tensor([prompt]), max_new_tokens=max_new_tokens)
+    budgets = [p for p in added[0] if type(p).__name__ == "ThinkingWithinReach"]
+    assert len(budgets) == (1 if spare < 0 else 0)
+    assert row_positions(model, out[0]) <= limit
+    assert int((out[0, len(prompt):] == THINK).sum()) == max_new_tokens - (1 if spare < 0 else 0)
+
+
 def test_max_latent_steps_caps_the_think_tokens_of_a_row_prompt_included():
     model = tiny_model()
     ids = torch.tensor([[7, 8, THINK]])
@@ -383,6 +403,34 @@ def test_cache_records_thought_columns(model):
     K = model.config.num_latents
     assert kinds.count(THOUGHT) == K and cache.get_seq_length() == 3 + K
     assert kinds.index(THOUGHT) == 2  # right after `<think>`
+
+
+def assert_counts_match_the_kinds(cache: ThoughtCache) -> None:
+    assert torch.equal(cache.real, cache.kinds != 0)
+    assert torch.equal(cache.real_count, (cache.kinds != 0).sum(dim=1))
+    assert torch.equal(cache.thought_count, (cache.kinds == THOUGHT).sum(dim=1))
+
+
+def test_the_caches_running_counts_follow_its_kinds_through_every_row_and_column_operation():
+    """The running counts behind positions and masks (so that a decoding step never scans the history) equal what
+    the recorded kinds give after padded chunks, beam reordering, row selection and repetition, and a crop."""
+    model = tiny_model(**VIVID)
+    ids, mask = pad_batch(ROWS, SIDES)
+    cache = ThoughtCache(config=model.config.text_config)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
+        model(input_ids=torch.tensor([[THINK], [9], [THINK], [0], [11]]), cache=cache, use_cache=True,
+              attention_mask=torch.cat([mask, torch.tensor([[1], [1], [1], [0], [1]])], dim=1))
+    assert_counts_match_the_kinds(cache)
+    assert cache.thought_count.tolist() == [8, 8, 4, 4, 4]
+    for operation in (lambda: cache.reorder_cache(torch.tensor([4, 0, 0, 2, 1])),
+                      lambda: cache.batch_select_indices(torch.tensor([0, 3, 4])),
+                      lambda: cache.batch_repeat_interleave(2),
+                      lambda: cache.crop(-5)):
+        before = cache.kinds.clone()
+        operation()
+        assert not torch.equal(before, cache.kinds) or before.shape != cache.kinds.shape
+        assert_counts_match_the_kinds(cache)
 
 
 # ---------------------------------------------------------------------------------------------------------------
