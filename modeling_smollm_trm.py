@@ -147,16 +147,37 @@ class TransformerBlock(nn.Module):
 
 
 class TinyRecursiveNetwork(nn.Module):
-    """f: the one network that every recursion step shares."""
+    """f: the one network that every recursion step shares.
+
+    It runs T * (n + 1) times per supervision step on a small (B, K, d), so a step of a small model is bound by kernel
+    launches, most of them this network's: `compile_layers` fuses its kernels (torch.compile), and falls back to eager
+    with a warning where the compiler fails."""
 
     def __init__(self, config: SmolLMTRMConfig):
         super().__init__()
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.trm_num_layers))
+        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(h)
+            except compiler_errors() as error:
+                logger.warning(f"Compiling the TRM's network failed ({type(error).__name__}); running it eagerly.")
+                self.compiled = None
+        return self.run_layers(h)
+
+    def run_layers(self, h: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
             h = layer(h)
         return h
+
+    def compile_layers(self, mode: str | None = None) -> None:
+        """Run the layers through `torch.compile(mode=mode)` from now on (the weights stay this module's own)."""
+        self.compiled = torch.compile(self.run_layers, mode=mode)
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "compiled": None}  # copies and pickles hold the weights, not the compiled code
 
 
 class LatentAttentionCompressor(nn.Module):
@@ -1180,6 +1201,15 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         `watch_thoughts` reports their argmax."""
         return self.lm_head(self.model.language_model.norm(readout))
 
+    def compile_thoughts(self, mode: str | None = None) -> int:
+        """torch.compile every TRM network of the model in place (`mode`: torch.compile's, e.g. "reduce-overhead"
+        for CUDA graphs), with an eager fallback where the compiler fails; the weights, their names and what is
+        saved do not change. Returns how many networks were compiled (0 for pause or plain models)."""
+        networks = [module for module in self.modules() if isinstance(module, TinyRecursiveNetwork)]
+        for network in networks:
+            network.compile_layers(mode)
+        return len(networks)
+
     @contextlib.contextmanager
     def watch_thoughts(self):
         """While inside, every call of the thought module (one per `<think>` position of a forward or decoding
@@ -1416,6 +1446,14 @@ def chunked_token_scores(head: nn.Module, hidden: torch.Tensor, targets: torch.T
         scores.append(checkpoint(score, *chunk, use_reentrant=False) if recompute else score(*chunk))
     ce, top1 = zip(*scores)
     return torch.cat(ce), torch.cat(top1)
+
+
+def compiler_errors() -> type[Exception]:
+    """What torch.compile raises when its backend cannot compile (inductor's errors included): no compiler for the
+    device, a failed kernel build. Imported when needed: dynamo is slow to import and most runs never compile."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    return BackendCompilerFailed
 
 
 def real_tokens_first(valid: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:

@@ -45,6 +45,12 @@ class TrainingExtras:
     start_over: bool = field(
         default=False, metadata={"help": "When output_dir holds a run with other settings: delete its checkpoints and "
                                          "final folder and train anew (without it, such a run is refused)."})
+    compile_thoughts: str | None = field(
+        default=None, metadata={"help": "torch.compile the TRM's network, whose many small calls bound a small "
+                                        "model's step: 'default', or a torch.compile mode ('reduce-overhead': CUDA "
+                                        "graphs). Where compiling fails it runs eagerly, with a warning. Unset: eager.",
+                                "choices": ["default", "reduce-overhead", "max-autotune",
+                                            "max-autotune-no-cudagraphs"]})
     teacher_loss_weight: float = field(
         default=1.0, metadata={"help": "With --distill_weight: weight of the teacher's own CE on the written "
                                        "reasoning and answer."})

@@ -21,7 +21,8 @@ MANIFEST_FILE = "manifest.json"  # in a checkpoint, written last: every other fi
 HASH_BLOCK = 1 << 23
 RUN_SETTINGS_FILE = "run_settings.json"  # in output_dir: what the run there trains, to refuse resuming another one
 # Settings a resumed run may change: they do not alter what is trained.
-RESUMABLE_CHANGES = {"time_limit_s", "num_demo_answers", "merge_on_save", "early_stopping_patience", "start_over"}
+RESUMABLE_CHANGES = {"time_limit_s", "num_demo_answers", "merge_on_save", "early_stopping_patience", "start_over",
+                     "compile_thoughts"}
 # The TrainingArguments that define the training (the rest: logging, saving, reporting, hardware).
 TRAINING_SETTINGS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2",
                      "adam_epsilon", "optim", "max_grad_norm", "max_steps", "num_train_epochs",

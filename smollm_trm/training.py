@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 
 from smollm_trm.callbacks import CurriculumStages, StopAtTimeLimit, StopOnNonFiniteLoss
-from smollm_trm.loading import apply_lora, load_model
+from smollm_trm.loading import apply_lora, load_model, thought_model
 from smollm_trm.named_datasets import resolve_dataset
 from smollm_trm.sft_data import prepare_sft_data
 from smollm_trm.trainer import TRMSFTTrainer, check_padded_rows
+
+logger = logging.getLogger(__name__)
 
 
 def check_training_args(training_args) -> None:
@@ -46,6 +49,17 @@ def check_sharded_lora(trains_new_token_rows: bool, fsdp: bool) -> None:
                          "--use_peft.")
 
 
+def compile_thoughts(model, mode: str) -> None:
+    """`--compile_thoughts`: torch.compile the model's TRM networks ("default": torch.compile's default mode)."""
+    compile_networks = getattr(thought_model(model), "compile_thoughts", None)
+    if compile_networks is None:
+        raise ValueError("--compile_thoughts: this model runs its own saved code, which cannot compile its thoughts; "
+                         "drop the flag.")
+    if not compile_networks(None if mode == "default" else mode):
+        logger.warning("--compile_thoughts: this model has no TRM network to compile (thought_mode %r).",
+                       thought_model(model).config.thought_mode)
+
+
 def build_trainer(data_args, training_args, model_args, trm_args):
     """(trainer, prepared data): the model loaded or wrapped, LoRA applied, the data validated at max_length."""
     from transformers import EarlyStoppingCallback, set_seed
@@ -77,6 +91,8 @@ def build_trainer(data_args, training_args, model_args, trm_args):
                                 report_dir=training_args.output_dir, num_proc=training_args.dataset_num_proc)
     if model_args.use_peft:
         model = apply_lora(model, model_args, tokenizer, added)
+    if trm_args.compile_thoughts is not None:  # after LoRA, whose copy of the thought module is the one that trains
+        compile_thoughts(model, trm_args.compile_thoughts)
     if trm_args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=trm_args.early_stopping_patience))
     curriculum = data_args if data_args.reasoning == "curriculum" else None

@@ -451,6 +451,54 @@ def test_every_trainable_parameter_gets_a_finite_nonzero_gradient(settings):
         assert param.grad.abs().sum() > 0, name
 
 
+def test_a_compiled_trm_trains_as_the_eager_one_and_saves_the_same_weights():
+    """`compile_thoughts` (torch.compile of every TRM network: inductor's CPU code here) gives the eager model's
+    losses and gradients, on the depth experiment's recipe (N_sup 2 with feedback, token mixtures, the step probe);
+    the weights' names do not change and a copy holds the weights, not the compiled code."""
+    import copy
+
+    settings = dict(n_supervision_steps=2, thought_feedback=True, thought_output="token_mixture",
+                    probe_loss_weight=1.0)
+    ids, mask = pad_batch(ROWS, SIDES)
+    labels = ids.masked_fill(mask == 0, -100)
+    thought_labels = probe_labels(ids, torch.Generator().manual_seed(1))
+    eager = tiny_model(**VIVID, **settings).train()
+    reference, reference_grads = training_scores(eager, ids, mask, labels, thought_labels)
+    compiled = tiny_model(**VIVID, **settings).train()
+    assert compiled.compile_thoughts() == 1
+    out, grads = training_scores(compiled, ids, mask, labels, thought_labels)
+    assert compiled.model.thoughts.net.compiled is not None, "it ran compiled, without falling back"
+    for name in ("loss", "lm_loss", "probe_loss"):
+        torch.testing.assert_close(getattr(out, name), getattr(reference, name), atol=1e-5, rtol=0, msg=name)
+    for grad, reference_grad in zip(grads, reference_grads):
+        if reference_grad is not None:
+            torch.testing.assert_close(grad, reference_grad, atol=1e-5, rtol=0)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    assert copy.deepcopy(compiled).model.thoughts.net.compiled is None
+    assert tiny_model(thought_mode="pause").compile_thoughts() == 0
+
+
+def test_a_trm_whose_compilation_fails_runs_eagerly_with_a_warning(monkeypatch, caplog):
+    from torch._inductor.exc import InductorError
+
+    import modeling_smollm_trm
+
+    def failing_compile(function, mode=None):
+        def call(*args):
+            raise InductorError(RuntimeError("no C++ compiler"), None)
+        return call
+
+    model = tiny_model(**VIVID)
+    ids = torch.tensor([[7, 8, THINK, 9]])
+    eager = model(input_ids=ids).logits
+    monkeypatch.setattr(modeling_smollm_trm.torch, "compile", failing_compile)
+    model.compile_thoughts("reduce-overhead")
+    with caplog.at_level("WARNING"):
+        fallen_back = model(input_ids=ids).logits
+    torch.testing.assert_close(fallen_back, eager, atol=0, rtol=0)
+    assert model.model.thoughts.net.compiled is None and "running it eagerly" in caplog.text
+
+
 def test_only_the_last_cycle_carries_gradient():
     model = tiny_model(n_latent_steps=3, n_cycles=4).train()
     calls = []

@@ -135,6 +135,24 @@ def test_trainer_optimises_the_models_own_loss_with_thoughts(backbone, tmp_path)
     assert abs(perturbed.item() - trainer_loss.item()) > 1e-4
 
 
+def test_compile_thoughts_compiles_the_trm_network_that_trains(backbone, tmp_path, caplog):
+    """--compile_thoughts reaches the thought module LoRA trains (its modules_to_save copy); it changes no run setting
+    (a run may resume with or without it), and a model without a TRM network warns instead."""
+    from modeling_smollm_trm import TinyRecursiveNetwork
+    from smollm_trm.checkpoints import run_settings
+
+    args = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out")
+    trainer, _ = trainer_for([*args, "--compile_thoughts", "reduce-overhead"])
+    trained = trainer.model.get_base_model().model.thoughts.modules_to_save["default"].net
+    assert isinstance(trained, TinyRecursiveNetwork) and trained.compiled is not None
+    parser = make_parser()
+    assert run_settings(*parser.parse_args_and_config(args)) == run_settings(
+        *parser.parse_args_and_config([*args, "--compile_thoughts", "default"]))
+    with caplog.at_level("WARNING"):
+        trainer_for([*args, "--thought_mode", "pause", "--compile_thoughts", "default"])
+    assert "no TRM network to compile" in caplog.text
+
+
 def test_trm_metrics_are_logged_beside_trls(backbone, tmp_path):
     trainer, _ = trainer_for(cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out", "--max_steps", "2",
                                  "--eval_strategy", "steps", "--eval_steps", "2"))
