@@ -177,7 +177,7 @@ class TinyRecursiveNetwork(nn.Module):
         self.compiled = torch.compile(self.run_layers, mode=mode)
 
     def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "compiled": None}  # copies and pickles hold the weights, not the compiled code
+        return {**super().__getstate__(), "compiled": None}  # a copy holds the weights, not the compiled code
 
 
 class LatentAttentionCompressor(nn.Module):

@@ -130,6 +130,32 @@ def test_chunked_and_fused_token_scores_equal_one_pass_of_the_lm_head(settings):
                 torch.testing.assert_close(grad, reference_grad, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("settings", [{"n_supervision_steps": 3},
+                                      {"n_supervision_steps": 2, "probe_loss_weight": 1.0,
+                                       "thought_output": "token_mixture"},
+                                      {"n_supervision_steps": 3, "thought_mode": "pause"}])
+def test_supervision_steps_stacked_on_the_batch_axis_equal_one_pass_per_step(settings):
+    """The earlier supervision steps' answers, read in the main pass on repeated rows, give every loss, flag, probe
+    accuracy and gradient of one [thoughts; answer] pass per step (left and right padding, `<think>` at different
+    columns, two in a row, none, at the start)."""
+    model = tiny_model(**VIVID, **settings).train()
+    ids, mask = pad_batch(ROWS, SIDES)
+    labels = ids.masked_fill(mask == 0, -100)
+    thought_labels = probe_labels(ids, torch.Generator().manual_seed(2)) if "probe_loss_weight" in settings else None
+    model.model.stack_supervision_steps = False
+    reference, reference_grads = training_scores(model, ids, mask, labels, thought_labels)
+    model.model.stack_supervision_steps = True
+    stacked, grads = training_scores(model, ids, mask, labels, thought_labels)
+    assert torch.equal(stacked.token_correct, reference.token_correct)
+    for name in ("loss", "lm_loss", "halt_loss", "probe_loss", "probe_accuracy"):
+        if getattr(reference, name) is not None:
+            torch.testing.assert_close(getattr(stacked, name), getattr(reference, name), atol=1e-6, rtol=0, msg=name)
+    for grad, reference_grad in zip(grads, reference_grads):
+        assert (grad is None) == (reference_grad is None)
+        if reference_grad is not None:
+            torch.testing.assert_close(grad, reference_grad, atol=1e-6, rtol=0)
+
+
 def test_a_batch_with_nothing_scored_still_has_a_loss_to_backpropagate(model):
     ids = torch.tensor([[7, 8, THINK, 9, 10]])
     out = model.train()(input_ids=ids, labels=torch.full_like(ids, -100))
@@ -185,7 +211,11 @@ def test_insert_thoughts_false_reads_think_as_an_ordinary_token(settings):
 @pytest.mark.parametrize("settings, calls", [
     ({}, 1 + 2),  # two <think>: the context, then each one's thoughts with the tokens after them
     ({"thought_window": "slide"}, 1 + 2 * 2),  # thoughts and what follows them hide different tokens: apart
-    ({"n_supervision_steps": 2}, 1 + 2 + 2),  # plus one [thoughts; answer] pass per <think> for the earlier step
+    # the earlier supervision steps' [thoughts; answer] join each <think>'s pass, stacked on the batch axis
+    ({"n_supervision_steps": 2}, 1 + 2),
+    ({"n_supervision_steps": 3}, 1 + 2),
+    # with feedback each step reads the last one's pass: one [thoughts; answer] pass per earlier step and <think>
+    ({"n_supervision_steps": 3, "thought_feedback": True}, 1 + 2 + 2 * 2),
 ])
 def test_backbone_passes_per_forward(settings, calls):
     model = tiny_model(**settings)
