@@ -561,6 +561,7 @@ class SupervisedStep:
     # of this `<think>`'s answer; None for the last step, whose answer is the main pass's
     hidden: torch.Tensor | None
     readout: torch.Tensor  # (B, K, D) what this step's thoughts decode from, for the step probe
+    thoughts: torch.Tensor | None = None  # (B, K, D) an earlier step's thoughts, which its answer pass reads
 
 
 @dataclass
@@ -667,6 +668,10 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
     """The backbone's body with the thoughts: it cuts a chunk at each `<think>`, runs the backbone block by block on
     the `ThoughtCache`, and inserts the thought module's K vectors after every `<think>`. Returns the last hidden
     states aligned with `input_ids`, and the cache."""
+
+    # Training: the earlier supervision steps' answer passes join the main pass on the batch axis (False: one pass
+    # each, the reference the stacked path is tested against).
+    stack_supervision_steps = True
 
     def __init__(self, config: SmolLMTRMConfig, language_model: PreTrainedModel | None = None):
         """`language_model`: a loaded backbone body used as it is (`from_base`); without it, one is built from
@@ -811,11 +816,15 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
 
         With `thought_window="append"` a `<think>`'s thoughts run in one backbone pass with the tokens after them,
         thoughts first (causal attention keeps them from those tokens: exact), so S `<think>` cost 1 + S passes;
-        `"slide"` hides different tokens from the thoughts and from what follows them, so those run apart."""
+        `"slide"` hides different tokens from the thoughts and from what follows them, so those run apart. In
+        training, the answers to the earlier supervision steps' thoughts are the same columns after other thoughts:
+        they join that pass, stacked on the batch axis (`stack_supervision_steps`), so N_sup adds no pass."""
         K = self.config.num_latents
         prior_thinks = self._thinks_so_far(cache, layout.kinds.shape[0])
+        stack = self._stacks_supervision_steps(cache, supervise, layers)
         hidden_blocks, stats, steps = [], [], []
         pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # thoughts (embeds, kinds) to run with the next tokens
+        earlier: list[SupervisedStep] = []  # supervision steps whose answers the next pass scores
         for j in range(layout.num_thinks + 1):
             tokens = layout.tokens(j)
             columns = pending
@@ -823,18 +832,49 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
                 columns = columns + [(self.get_input_embeddings()(layout.ids[:, tokens]), layout.kinds[:, tokens])]
             if columns:
                 embeds, kinds = self._joined(columns)
-                hidden_blocks.append(self._extend(cache, embeds, kinds, (prior_thinks + j) * K, layers))
+                drop = (prior_thinks + j) * K
+                if earlier:  # the columns after the last `<think>`'s thoughts, read after each earlier step's
+                    variants = [self._joined([(step.thoughts, columns[0][1]), *columns[1:]])[0] for step in earlier]
+                    hidden, *answers = self._extend_stacked(cache, [embeds, *variants], kinds, drop)
+                    answer_columns = (layout.out_columns - layout.thoughts(j - 1).start).clamp(0, hidden.shape[1] - 1)
+                    for step, answer in zip(earlier, answers):
+                        step.hidden = self._input_aligned(answer, answer_columns)
+                    earlier = []
+                else:
+                    hidden = self._extend(cache, embeds, kinds, drop, layers)
+                hidden_blocks.append(hidden)
             if j == layout.num_thinks:
                 break
-            thoughts, think_stats, think_steps = self._think(cache, layout, j, depth, supervise, prior_thinks)
+            thoughts, think_stats, think_steps = self._think(cache, layout, j, depth, supervise, prior_thinks, stack)
             stats.append(think_stats)
             steps += think_steps
+            if stack:
+                earlier = think_steps[:-1]
             pending = [(thoughts, layout.kinds[:, layout.thoughts(j)])]
             if self.config.thought_window == "slide":
                 hidden_blocks.append(self._extend(cache, *pending[0], torch.zeros_like(prior_thinks), layers))
                 pending = []
         hidden = torch.cat(hidden_blocks, dim=1)  # (B, C, D) the chunk in layout order
         return self._input_aligned(hidden, layout.out_columns), self._mean_stats(stats), steps
+
+    def _stacks_supervision_steps(self, cache: ThoughtCache, supervise: bool, layers: list | None) -> bool:
+        """Whether the earlier supervision steps' answers join the next pass (see `_run_chunk`): not with feedback
+        (each step reads the last one's pass), `"slide"` (thoughts and answers run apart), replay or per-layer
+        states, which keep one pass per step."""
+        return (self.stack_supervision_steps and supervise and not cache.replay and layers is None
+                and not self.config.thought_feedback and self.config.thought_window != "slide")
+
+    def _extend_stacked(self, cache: ThoughtCache, variants: list[torch.Tensor], kinds: torch.Tensor,
+                        drop: torch.Tensor) -> list[torch.Tensor]:
+        """`_extend` of the same new columns with several variants of their embeddings (B, c, D) each, in one pass
+        with the rows repeated on the batch axis; the cache keeps the first variant's. Returns each one's hidden
+        states (B, c, D)."""
+        batch, count = kinds.shape[0], len(variants)
+        cache.batch_repeat_interleave(count)  # row b's copies are rows b * count ... b * count + count - 1
+        hidden = self._extend(cache, torch.stack(variants, dim=1).flatten(0, 1), kinds.repeat_interleave(count, 0),
+                              drop.repeat_interleave(count, 0))
+        cache.batch_select_indices(torch.arange(batch, device=kinds.device) * count)
+        return list(hidden.unflatten(0, (batch, count)).unbind(1))
 
     @staticmethod
     def _joined(columns: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -900,9 +940,11 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
     # Thoughts
     # ------------------------------------------------------------------------------------------------------------
 
-    def _think(self, cache, layout: ChunkLayout, j: int, depth: Depth, supervise: bool, prior_thinks):
+    def _think(self, cache, layout: ChunkLayout, j: int, depth: Depth, supervise: bool, prior_thinks,
+               stacked: bool = False):
         """The K thought vectors for the j-th `<think>` of the chunk (B, K, D), their statistics, and (supervised)
-        its supervision steps, each earlier step's answer run on that step's thoughts."""
+        its supervision steps, each earlier step's answer run on that step's thoughts; `stacked`: those answers are
+        left to the next pass (`_run_chunk`), which fills in their `hidden`."""
         context = cache.hidden if self.thoughts.reads_context else None
         threshold = None if supervise else self.config.halt_threshold
         kinds = layout.kinds[:, layout.thoughts(j)]
@@ -924,9 +966,13 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         steps = []
         if supervise:
             for index, step in enumerate(thinking.steps[:-1]):
-                hidden = answers[index] if answers else self._answer_pass(cache, layout, j, step.thoughts,
-                                                                          prior_thinks)[0]
-                steps.append(SupervisedStep(j, step.halt_logit, hidden, step.readout))
+                if stacked:
+                    hidden = None  # until the next pass
+                elif answers:
+                    hidden = answers[index]
+                else:
+                    hidden = self._answer_pass(cache, layout, j, step.thoughts, prior_thinks)[0]
+                steps.append(SupervisedStep(j, step.halt_logit, hidden, step.readout, step.thoughts))
             steps.append(SupervisedStep(j, thinking.steps[-1].halt_logit, None, thinking.readout))
         return thinking.thoughts, self._thought_stats(thinking), steps
 

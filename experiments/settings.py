@@ -29,9 +29,9 @@ class Arm:
 
 DISTILL = ("--distill_weight", "1.0")  # CODI's weights: distillation 1, teacher CE 1 (the default)
 PROBE = ("--probe_loss_weight", "1.0")  # each latent step's thoughts decode the written step they replace
-# Deep supervision, every step scored (answer and probe). Two steps, not more: each costs a backbone pass per latent
-# step in training, and feedback's second step already reads the backbone's states after `=`, where a written step
-# computes its result.
+# Deep supervision, every step scored (answer and probe). Two steps, not more: each adds the rows of a backbone pass
+# per latent step in training (stacked on the main pass's batch axis, or a pass of its own with feedback), and
+# feedback's second step already reads the backbone's states after `=`, where a written step computes its result.
 SUPERVISED = ("--n_supervision_steps", "2")
 FEEDBACK = (*SUPERVISED, "--thought_feedback", "true")  # ... each step reading the backbone over the last one's thoughts
 # Three steps: the backbone's reading of a step's thoughts predicts the result one digit further each time (after `=`
