@@ -6,8 +6,8 @@ At batch 1 a large model's decoding step is bound by the host (Python, launches)
 wrapper adds per step (finding `<think>`, positions, masks, the cache's records, the outputs) shows directly in its
 tokens/s. This bench isolates that cost: a backbone with SmolLM3-3B's 36 layers (its module count: per-step Python
 work grows with it) at a width where the arithmetic is negligible, greedy `generate()` of 128 tokens after a 150-token
-prompt, ms per step = (time for 129 tokens - time for 1) / 128, median of 5, on whatever device runs it (the CPU gives
-the same comparison). Arms: `hf` (transformers' `SmolLM3ForCausalLM` over the very same modules), `wrapper` (our
+prompt, ms per step = (time for 129 tokens - time for 1) / 128, median of 5 (`--new_tokens`, `--repeats`), on
+whatever device runs it (the CPU gives the same comparison). Arms: `hf` (transformers' `SmolLM3ForCausalLM` over the very same modules), `wrapper` (our
 model decoding without `<think>`) and `after thoughts` (the prompt ends with `<think>`: the steps after K thoughts).
 """
 
@@ -40,22 +40,24 @@ def build_models(num_latents: int):
     return model, plain.eval()
 
 
-def step_ms(model, ids: torch.Tensor) -> float:
-    def run(new_tokens: int) -> float:
+def step_ms(model, ids: torch.Tensor, new_tokens: int, repeats: int) -> float:
+    def run(count: int) -> float:
         began = time.perf_counter()
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=count,
+                       min_new_tokens=count, do_sample=False, eos_token_id=None, pad_token_id=0)
         if DEVICE == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - began
 
     run(4)  # warm-up
-    return median([(run(NEW_TOKENS + 1) - run(1)) / NEW_TOKENS * 1e3 for _ in range(REPEATS)])
+    return median([(run(new_tokens + 1) - run(1)) / new_tokens * 1e3 for _ in range(repeats)])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num_latents", type=int, default=256)
+    parser.add_argument("--new_tokens", type=int, default=NEW_TOKENS, help="decoding steps timed per generation")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="generations per arm (the median is kept)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     model, plain = build_models(args.num_latents)
@@ -65,9 +67,12 @@ def main() -> None:
             ids = torch.randint(1000, 100_000, (batch, PROMPT), generator=torch.Generator().manual_seed(0))
             thinking = ids.clone()
             thinking[:, -1] = THINK_ID
-            hf = step_ms(plain, ids.to(DEVICE))
-            for arm, ms in (("hf", hf), ("wrapper", step_ms(model, ids.to(DEVICE))),
-                            ("after thoughts", step_ms(model, thinking.to(DEVICE)))):
+
+            def timed(model, prompt):
+                return step_ms(model, prompt.to(DEVICE), args.new_tokens, args.repeats)
+
+            hf = timed(plain, ids)
+            for arm, ms in (("hf", hf), ("wrapper", timed(model, ids)), ("after thoughts", timed(model, thinking))):
                 rows.append({"arm": arm, "batch": batch, "ms_per_step": ms, "overhead_ms": ms - hf,
                              "vs_hf": hf / ms})
                 log(f"{arm}, batch {batch}: {ms:.3f} ms per step")

@@ -157,11 +157,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--arms", help="comma-separated subset of the arms (default: all)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     shape, trm = depth_config()
     arms = [(name, settings, None) for name, settings in ARMS.items()]
     arms += [(name, ARMS["trm_tokens_feedback3"], mode) for name, mode in COMPILED.items()]
+    if args.arms:
+        wanted = args.arms.split(",")
+        unknown = sorted(set(wanted) - {name for name, _, _ in arms})
+        if unknown:
+            parser.error(f"unknown arms {unknown}; the arms are {[name for name, _, _ in arms]}")
+        arms = [arm for arm in arms if arm[0] in wanted]
     rows = []
     for name, settings, mode in arms:
         try:

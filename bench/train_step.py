@@ -6,11 +6,11 @@
 Arms (random weights, bf16 under bf16 autocast as the Trainer runs it, sdpa, LoRA r=16 on every linear projection of
 the backbone as train_sft.py applies it, the thought module trained in full; batch 8 x 1024 tokens):
   backbone                 plain backbone (thought_mode="none"), activation checkpointing off / on
-  trm K=64 / K=256         SmolLMTRM, `<think>` at token 768 of each row, default recursion (n=6, T=3)
+  trm K=64 / K=256         SmolLMTRM, `<think>` at token 768 of each row (3/4 of it), default recursion (n=6, T=3)
   pause K=64 / K=256       the same positions with learned pause vectors: the difference to trm is the time spent
                            in the compressor and the recursion
   trm K=256 N_sup=2        deep supervision: every step's [thoughts; answer] scored
-  trm / pause K=64 x4      four `<think>` per row (at tokens 256, 512, 768, 960): the curriculum's rows
+  trm / pause K=64 x4      four `<think>` per row (at tokens 256, 512, 768, 960 of 1024): the curriculum's rows
   ... (TRL SFTTrainer)     the plain backbone's step through TRL's own SFTTrainer (its fused LM head), the reference
   ... (TRMSFTTrainer)      our trainer, as train_sft.py runs it: the plain backbone and trm K=256
 Manual-loop arms: forward + backward + clip + fused AdamW step, timed with CUDA events, median over --steps after 2
@@ -50,7 +50,7 @@ from smollm_trm.loading import apply_lora
 
 LORA = SimpleNamespace(lora_target_modules=None, lora_modules_to_save=None, lora_r=16, lora_alpha=32,
                        lora_dropout=0.0, use_rslora=False, use_dora=False)  # apply_lora's model arguments
-THINK_COLUMNS = {1: [767], 4: [255, 511, 767, 959]}  # `<think>` columns of each row, by count
+THINK_AT = {1: (0.75,), 4: (0.25, 0.5, 0.75, 0.9375)}  # where a row's `<think>` stand, as shares of its length
 WARMUP_STEPS = 2
 
 
@@ -88,7 +88,7 @@ TRAINER_ARMS = [Arm("backbone (TRL SFTTrainer)", "none", trainer="trl"),
 def make_ids(batch: int, length: int, arm: Arm, seed: int = 0) -> torch.Tensor:
     ids = torch.randint(1000, 100_000, (batch, length), generator=torch.Generator().manual_seed(seed))
     if arm.thought_mode != "none":
-        ids[:, [c for c in THINK_COLUMNS[arm.thinks] if c < length]] = THINK_ID
+        ids[:, [int(share * length) - 1 for share in THINK_AT[arm.thinks]]] = THINK_ID
     return ids
 
 

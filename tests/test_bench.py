@@ -1,0 +1,48 @@
+"""The GPU benchmarks run end to end on the CPU at small sizes (their timings then mean nothing), so that a device call
+is never spent on a broken script; what they count without a clock is checked."""
+
+import json
+import math
+import subprocess
+import sys
+
+from conftest import ROOT
+from test_train_sft import ENV
+
+
+def run_bench(script: str, *args: str, env: dict | None = None) -> str:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
+                            env=env or ENV, cwd=ROOT / "bench", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_depth_step_counts_where_the_depth_recipes_operations_run(tmp_path):
+    out = run_bench("depth_step.py", "--batch", "2", "--steps", "1", "--warmup", "1", "--out", str(tmp_path),
+                    "--arms", "none,pause_tokens,trm_tokens_feedback3")
+    rows = {row["arm"]: row for row in json.loads((tmp_path / "depth_step.json").read_text())["rows"]}
+    assert set(rows) == {"none", "pause_tokens", "trm_tokens_feedback3"}, out
+    assert rows["none"]["forward_ops"] < rows["pause_tokens"]["forward_ops"] < rows["trm_tokens_feedback3"]["forward_ops"]
+    assert rows["trm_tokens_feedback3"]["trm_network_op_share"] > 0.5
+    assert rows["pause_tokens"]["trm_network_op_share"] == 0
+    assert "| trm_tokens_feedback3 | eager |" in out
+
+
+def test_decode_overhead_times_every_arm_beside_transformers_own(tmp_path):
+    out = run_bench("decode_overhead.py", "--num_latents", "4", "--new_tokens", "2", "--repeats", "1",
+                    "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "decode_overhead.json").read_text())["rows"]
+    assert [(row["arm"], row["batch"]) for row in rows] == [
+        (arm, batch) for batch in (1, 16) for arm in ("hf", "wrapper", "after thoughts")]
+    # a difference of two timings: its sign is noise at two tokens on a busy CPU
+    assert all(math.isfinite(row["ms_per_step"]) for row in rows) and "| after thoughts |" in out
+
+
+def test_train_step_runs_every_manual_loop_arm(tmp_path):
+    out = run_bench("train_step.py", "--batch", "1", "--length", "64", "--steps", "1", "--no-trainers",
+                    "--out", str(tmp_path), env={**ENV, "BENCH_TINY": "1"})
+    rows = json.loads((tmp_path / "train_step.json").read_text())["rows"]
+    assert len(rows) == 9 and all(row["step_s"] > 0 for row in rows), out
+    thinking = {row["arm"]: row for row in rows if row["K"]}
+    assert thinking["trm K=64 x4 <think>"]["positions_per_s"] > thinking["trm K=64 x4 <think>"]["tokens_per_s"]
+    assert "trm_share" in thinking["trm K=256"]
