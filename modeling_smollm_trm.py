@@ -77,6 +77,7 @@ PAD, TOKEN, THOUGHT = 0, 1, 2  # kinds of the backbone's stream columns
 THINK_TOKENS = ("<think>", "</think>")
 HALT_BIAS_INIT = -5.0  # as in the TRM reference: the halting head starts by never halting
 IGNORE_INDEX = -100
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 # Scored columns per LM-head chunk of the training loss: at most (chunk, V) float32 logits exist at a time.
 LOSS_CHUNK_TOKENS = 4096
 
@@ -1247,13 +1248,16 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         `watch_thoughts` reports their argmax."""
         return self.lm_head(self.model.language_model.norm(readout))
 
-    def compile_thoughts(self, mode: str | None = None) -> int:
-        """torch.compile every TRM network of the model in place (`mode`: torch.compile's, e.g. "reduce-overhead"
-        for CUDA graphs), with an eager fallback where the compiler fails; the weights, their names and what is
-        saved do not change. Returns how many networks were compiled (0 for pause or plain models)."""
+    def compile_thoughts(self, mode: str = "default") -> int:
+        """torch.compile every TRM network of the model in place (`mode`: one of `COMPILE_MODES`, torch.compile's,
+        e.g. "reduce-overhead" for CUDA graphs), with an eager fallback where the compiler fails; the weights, their
+        names and what is saved do not change. Returns how many networks were compiled (0 for pause or plain
+        models)."""
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile_thoughts: mode must be one of {COMPILE_MODES}, got {mode!r}.")
         networks = [module for module in self.modules() if isinstance(module, TinyRecursiveNetwork)]
         for network in networks:
-            network.compile_layers(mode)
+            network.compile_layers(None if mode == "default" else mode)
         return len(networks)
 
     @contextlib.contextmanager

@@ -21,6 +21,7 @@ from pathlib import Path
 from eval.diagnostics import ABLATIONS
 from eval.runner import EMBEDDED_MODELS, EMBEDDED_PREFIX, PROMPT_STYLES
 from eval.tasks import TASK_KINDS
+from modeling_smollm_trm import COMPILE_MODES
 
 logger = logging.getLogger("eval")
 
@@ -72,6 +73,9 @@ def make_parser() -> argparse.ArgumentParser:
                              "models with thoughts, at their configured depth; reported with follows_donor.")
     parser.add_argument("--prompt_style", choices=PROMPT_STYLES,
                         help="Force `think` (end the prompt with <think>) or `plain`; default: think for models with thoughts.")
+    parser.add_argument("--compile_thoughts", choices=COMPILE_MODES,
+                        help="torch.compile TRM models' recursive network ('default' or a torch.compile mode): the "
+                             "warm-up then runs at two batch sizes, so that no compiling lands in a timed call.")
     parser.add_argument("--output_dir", type=Path, default=Path("runs/eval"), help="Where the outputs go.")
     parser.add_argument("--write_card", action="store_true", help="Write the results into each local model folder's README.md.")
     return parser
@@ -95,7 +99,7 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
         latent_steps=args.latent_steps,
     )
     runs = evaluate_models(args.model, task, settings, args.n_cycles, args.n_supervision_steps, args.gguf_file,
-                           ABLATIONS if args.diagnostics else (), args.trust_remote_code)
+                           ABLATIONS if args.diagnostics else (), args.trust_remote_code, args.compile_thoughts)
     task_info = {"name": task.name, "kind": task.kind, "split": args.split, "path": args.task_path, "limit": args.limit,
                  "seed": args.seed if task.name == "arith" else None, "depth": args.depth, "n": len(task.examples)}
     results = write_outputs(args.output_dir, task_info, {**vars(args), "output_dir": str(args.output_dir)}, runs)

@@ -68,6 +68,7 @@ class LoadedModel:
     gguf_file: str | None
     config: object  # kept when `model` is freed after its runs, for reports
     num_parameters: int
+    compiled: bool = False  # its TRM networks run through torch.compile (`compile_thoughts`)
 
     @property
     def has_thoughts(self) -> bool:
@@ -146,10 +147,12 @@ def model_kind(config) -> str:
     return "trm" if config.thought_mode == "trm" else "pause"
 
 
-def load_model(name: str, gguf_file: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
+def load_model(name: str, gguf_file: str | None = None, trust_remote_code: bool = False,
+               compile_thoughts: str | None = None) -> LoadedModel:
     """Model (eval mode, on the current GPU where there is one) and tokenizer for a --model value; the tokenizer pads
     on the left for batched generation. A SmolLM+TRM model is built with this project's classes (no code from its
-    folder runs); another model's own code runs only with `trust_remote_code`."""
+    folder runs); another model's own code runs only with `trust_remote_code`. `compile_thoughts` ("default" or a
+    torch.compile mode) compiles a TRM model's networks (`SmolLMTRMForCausalLM.compile_thoughts`)."""
     import torch
     from transformers import AutoTokenizer  # deferred: slow to import
 
@@ -167,9 +170,13 @@ def load_model(name: str, gguf_file: str | None = None, trust_remote_code: bool 
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
         raise ValueError(f"model {name!r}: its tokenizer has no chat template; eval prompts are chat prompts as in training")
+    kind = model_kind(model.config)
+    compiled = bool(compile_thoughts) and kind == "trm" and hasattr(model, "compile_thoughts")
+    if compiled:
+        model.compile_thoughts(compile_thoughts)
     return LoadedModel(
-        name=name, model=model, tokenizer=tokenizer, kind=model_kind(model.config), source=source, gguf_file=gguf,
-        config=model.config, num_parameters=model.num_parameters(),
+        name=name, model=model, tokenizer=tokenizer, kind=kind, source=source, gguf_file=gguf,
+        config=model.config, num_parameters=model.num_parameters(), compiled=compiled,
     )
 
 
@@ -242,10 +249,15 @@ def generate_batch(
 
 def warm_up(loaded: LoadedModel, task: Task, settings: GenerationSettings) -> None:
     """One untimed single-token generation, so that one-off start-up costs (kernel selection, allocator growth)
-    do not land in the first run's latency and skew comparisons between depths."""
+    do not land in the first run's latency and skew comparisons between depths. A compiled model also generates at
+    two batch sizes above 1 (torch.compile then builds one graph for them all) and at 1 (which it compiles apart), so
+    that no compiling lands in a timed call."""
     think = uses_think(loaded, settings.prompt_style)
     prompt = build_prompt(loaded.tokenizer, task.examples[0]["question"], think, settings.latent_steps)
-    generate_batch(loaded, [prompt], replace(settings, max_new_tokens=1), None)
+    batch = min(settings.batch_size, len(task.examples))
+    sizes = [batch, batch - 1, 1] if loaded.compiled and batch > 2 else [1]
+    for size in sizes:
+        generate_batch(loaded, [prompt] * size, replace(settings, max_new_tokens=1), None)
 
 
 def answer_text(tokenizer, token_ids: list[int]) -> tuple[str, str]:
@@ -346,12 +358,13 @@ def evaluate_models(
     gguf_file: str | None = None,
     ablations: tuple[str, ...] = (),
     trust_remote_code: bool = False,
+    compile_thoughts: str | None = None,
 ) -> list[Run]:
     """Every model on `task`, TRM models once per depth, models with thoughts also with each of `ablations` (at
     their configured depth); one model is loaded at a time and freed after its runs."""
     runs = []
     for name in names:
-        loaded = load_model(name, gguf_file, trust_remote_code=trust_remote_code)
+        loaded = load_model(name, gguf_file, trust_remote_code=trust_remote_code, compile_thoughts=compile_thoughts)
         warm_up(loaded, task, settings)
         for depth in depths_for(loaded, n_cycles or [], n_supervision_steps or []):
             runs.append(run_model(loaded, task, settings, depth))

@@ -166,10 +166,11 @@ def arm_tests(arm: Arm, tasks: list[tuple[str, dict]], settings: ExperimentSetti
 
 
 def evaluate_arm(model_dir: Path, eval_dir: Path, tests: list[tuple[str, dict, int]], settings: ExperimentSettings,
-                 seed: int) -> dict[str, dict]:
+                 seed: int, compile_thoughts: str | None = None) -> dict[str, dict]:
     """eval's results.json of every test, {folder name: content}; the model loads once, tests already evaluated are
     read back. The trm arms run at every inference n_cycles, and the diagnostics run, on the tests with one `<think>`
-    in the prompt; the tests that give more latent steps run at the trained depth alone."""
+    in the prompt; the tests that give more latent steps run at the trained depth alone. `compile_thoughts`: the
+    mode the arms trained with (`--compile_thoughts`), which their evaluation compiles with too."""
     from eval.diagnostics import ABLATIONS
     from eval.report import write_outputs
     from eval.runner import GenerationSettings, depths_for, load_model, run_model, warm_up
@@ -180,7 +181,7 @@ def evaluate_arm(model_dir: Path, eval_dir: Path, tests: list[tuple[str, dict, i
     todo = [test for test in tests if test[0] not in results]
     if not todo:
         return results
-    loaded = load_model(str(model_dir))
+    loaded = load_model(str(model_dir), compile_thoughts=compile_thoughts)
     n_cycles = settings.trm_n_cycles or list(range(1, 2 * loaded.config.n_cycles + 1))
     for name, spec, latent_steps in todo:
         generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, batch_size=settings.eval_batch_size,
@@ -264,7 +265,8 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
                                arm.name, seed)
                 continue
             n_cycles = json.loads((model_dir / "config.json").read_text())["n_cycles"]
-            found = evaluate_arm(model_dir, eval_dir, tests, settings, seed)
+            compiled = flag_value(extra_args, "--compile_thoughts")
+            found = evaluate_arm(model_dir, eval_dir, tests, settings, seed, compiled)
         for name, results in found.items():
             entries += result_entries(arm, seed, name, results, (eval_dir / name).relative_to(output_dir), n_cycles)
     return entries
@@ -276,10 +278,20 @@ def configured_n_cycles(train_config: Path, extra_args: list[str]) -> int:
 
     from configuration_smollm_trm import SmolLMTRMConfig
 
-    for index, flag in enumerate(extra_args):
-        if flag.startswith("--n_cycles"):
-            return int(flag.split("=", 1)[1] if "=" in flag else extra_args[index + 1])
+    given = flag_value(extra_args, "--n_cycles")
+    if given is not None:
+        return int(given)
     return int(yaml.safe_load(train_config.read_text()).get("n_cycles", SmolLMTRMConfig().n_cycles))
+
+
+def flag_value(extra_args: list[str], flag: str) -> str | None:
+    """The value of a train_sft flag among the extra arguments (`--flag value` or `--flag=value`), or None."""
+    for index, arg in enumerate(extra_args):
+        if arg == flag:
+            return extra_args[index + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def visible_gpus() -> list[str]:

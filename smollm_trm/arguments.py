@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from configuration_smollm_trm import THOUGHT_MODES, THOUGHT_WINDOWS, SmolLMTRMConfig
+from modeling_smollm_trm import COMPILE_MODES
 
 CHOICES = {"thought_mode": THOUGHT_MODES, "thought_window": THOUGHT_WINDOWS}
 # One entry of the config docstring's Args: "    name (`type`, *optional*, ...):" and its indented description.
@@ -49,8 +50,7 @@ class TrainingExtras:
         default=None, metadata={"help": "torch.compile the TRM's network, whose many small calls bound a small "
                                         "model's step: 'default', or a torch.compile mode ('reduce-overhead': CUDA "
                                         "graphs). Where compiling fails it runs eagerly, with a warning. Unset: eager.",
-                                "choices": ["default", "reduce-overhead", "max-autotune",
-                                            "max-autotune-no-cudagraphs"]})
+                                "choices": list(COMPILE_MODES)})
     teacher_loss_weight: float = field(
         default=1.0, metadata={"help": "With --distill_weight: weight of the teacher's own CE on the written "
                                        "reasoning and answer."})

@@ -50,12 +50,12 @@ def check_sharded_lora(trains_new_token_rows: bool, fsdp: bool) -> None:
 
 
 def compile_thoughts(model, mode: str) -> None:
-    """`--compile_thoughts`: torch.compile the model's TRM networks ("default": torch.compile's default mode)."""
+    """`--compile_thoughts`: torch.compile the model's TRM networks."""
     compile_networks = getattr(thought_model(model), "compile_thoughts", None)
     if compile_networks is None:
         raise ValueError("--compile_thoughts: this model runs its own saved code, which cannot compile its thoughts; "
                          "drop the flag.")
-    if not compile_networks(None if mode == "default" else mode):
+    if not compile_networks(mode):
         logger.warning("--compile_thoughts: this model has no TRM network to compile (thought_mode %r).",
                        thought_model(model).config.thought_mode)
 

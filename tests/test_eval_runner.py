@@ -99,6 +99,37 @@ def test_sample_two_depths_writes_every_output(tiny_folders, tmp_path):
     assert table.count(f"| {trm} | trm | T=") == 2
 
 
+def test_compiled_thoughts_answer_as_the_eager_model_and_compile_before_the_timed_calls(tiny_folders, tmp_path,
+                                                                                          monkeypatch):
+    """--compile_thoughts: the TRM model's answers are the eager model's, and the warm-up runs two batch sizes above 1
+    (after which torch.compile's graph serves any of them) and 1, so no compiling lands in a timed generate()."""
+    from torch._dynamo.utils import counters
+
+    import eval.runner as runner
+
+    sizes, graphs = [], []
+    generate = runner.generate_batch
+
+    def recorded(loaded, prompts, *args):
+        sizes.append((loaded.compiled, len(prompts)))
+        graphs.append(counters["stats"]["unique_graphs"])
+        return generate(loaded, prompts, *args)
+
+    monkeypatch.setattr(runner, "generate_batch", recorded)
+    args = ["--model", str(tiny_folders["trm"]), "--task", "arith", "--limit", "5", "--depth", "2", "--batch_size", "4",
+            "--max_new_tokens", "3"]
+    eager = main([*args, "--output_dir", str(tmp_path / "eager")])
+    assert sizes[0] == (False, 1)
+    sizes.clear()
+    graphs.clear()
+    compiled = main([*args, "--output_dir", str(tmp_path / "compiled"), "--compile_thoughts", "default"])
+    assert sizes == [(True, 4), (True, 3), (True, 1), (True, 4), (True, 1)]  # warm-up, then the 5 questions
+    assert graphs[3] > graphs[0] and counters["stats"]["unique_graphs"] == graphs[3], "compiled in a timed call"
+    answers = [[r["generated"] for r in read_jsonl(out / "tiny-trm__T2_N1.jsonl")] for out in (tmp_path / "eager",
+                                                                                              tmp_path / "compiled")]
+    assert answers[0] == answers[1] and compiled["runs"][0]["accuracy"] == eager["runs"][0]["accuracy"]
+
+
 def test_arith_single_depth_has_no_plot(tiny_folders, tmp_path):
     out = tmp_path / "out"
     results = main(["--model", str(tiny_folders["trm"]), "--task", "arith", "--limit", "3", "--depth", "2", "--seed", "1",

@@ -132,6 +132,21 @@ def test_a_deadline_gives_each_training_the_time_left_and_starts_none_without_it
     assert "--time_limit_s" not in calls[-1]
 
 
+def test_compile_thoughts_given_for_training_compiles_the_evaluation_too(tmp_path, monkeypatch):
+    """A `--compile_thoughts` meant for train_sft reaches every arm's training and its evaluation's model."""
+    from experiments import run
+
+    trained, evaluated = [], []
+    monkeypatch.setattr(run, "train_arm", lambda *args, **kwargs: trained.append(args[6]) or tmp_path)
+    monkeypatch.setattr(run, "evaluate_arm", lambda *args: evaluated.append(args[5]) or {})
+    (tmp_path / "config.json").write_text('{"n_cycles": 1}')
+    main(["depth", "--smoke", "--arms", "trm", "--output_dir", str(tmp_path / "out"), "--compile_thoughts=default"])
+    assert trained == [["--compile_thoughts=default"]] and evaluated == ["default"]
+    assert run.flag_value(["--n_cycles", "3", "--compile_thoughts", "reduce-overhead"], "--compile_thoughts") == (
+        "reduce-overhead")
+    assert run.flag_value(["--n_cycles", "3"], "--compile_thoughts") is None
+
+
 def test_training_curves_join_the_logs_of_resumed_calls(tmp_path):
     from experiments.training_curves import joined_runs, markdown
 
