@@ -198,7 +198,7 @@ def use_stub(monkeypatch, reply, kind: str = "baseline") -> StubModel:
     tokenizer = char_tokenizer()
     stub = StubModel(tokenizer, reply)
 
-    def load_stub(name, gguf_file=None, trust_remote_code=False):
+    def load_stub(name, gguf_file=None, trust_remote_code=False, compile_thoughts=None):
         return LoadedModel(name=name, model=stub, tokenizer=tokenizer, kind=kind, source=name, gguf_file=None,
                            config=stub.config, num_parameters=0)
 
