@@ -494,7 +494,7 @@ class ThoughtCache(DynamicCache):
 
         self.real = self.real_with(kinds) if real is None else real
         self.real_count = count(self.real_count, self.real[:, -kinds.shape[1] :].sum(dim=1))
-        self.kinds = grow(self.kinds, kinds)
+        self.kinds = self.kinds_with(kinds)
         self.thought_count = count(self.thought_count, (kinds == THOUGHT).sum(dim=1))
         if hidden is not None:
             self.hidden_chunks.append(hidden)

@@ -47,6 +47,38 @@ def build_model(thought_mode: str = "trm", num_latents: int = 256, dtype=torch.b
     return model.to(dtype)
 
 
+def plain_backbone(model):
+    """transformers' own causal LM over the very same backbone modules as `model` (a SmolLMTRMForCausalLM)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(model.config.text_config)
+    plain.model, plain.lm_head = model.model.language_model, model.lm_head
+    return plain.eval()
+
+
+def autocast():
+    """bf16 autocast on the GPU, as the Trainer runs a bf16 run; none on the CPU."""
+    return torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda")
+
+
+def training_step(model, batch: dict, lr: float):
+    """One optimizer step of `model` on `batch`, as a callable: forward under `autocast`, backward, gradient clipping
+    at 1 and AdamW (fused on the GPU) over the trainable parameters."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, fused=DEVICE == "cuda")
+
+    def step():
+        with autocast():
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def backbone_params(model) -> int:
     return sum(p.numel() for n, p in model.get_base_model().named_parameters() if "lora_" not in n)  # a PeftModel
 

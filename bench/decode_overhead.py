@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import DEVICE, THINK_ID, log, markdown_table, median, write_results
-from transformers import AutoModelForCausalLM, SmolLM3Config
+from common import DEVICE, THINK_ID, log, markdown_table, median, plain_backbone, write_results
+from transformers import SmolLM3Config
 
 from configuration_smollm_trm import SmolLMTRMConfig
 from modeling_smollm_trm import SmolLMTRMForCausalLM
@@ -34,10 +34,7 @@ def build_models(num_latents: int):
     torch.manual_seed(0)
     with torch.device(DEVICE):
         model = SmolLMTRMForCausalLM(config).eval()
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config.text_config)
-    plain.model, plain.lm_head = model.model.language_model, model.lm_head
-    return model, plain.eval()
+    return model, plain_backbone(model)
 
 
 def step_ms(model, ids: torch.Tensor, new_tokens: int, repeats: int) -> float:

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
-from common import DEVICE, ROOT, cuda_time, log, markdown_table, median, peak_memory_gib, release_memory, \
-    reset_peak_memory, write_results
+from common import DEVICE, ROOT, autocast, cuda_time, log, markdown_table, median, peak_memory_gib, release_memory, \
+    reset_peak_memory, training_step, write_results
 from transformers import SmolLM3Config
 
 from configuration_smollm_trm import SmolLMTRMConfig
@@ -112,7 +112,7 @@ class OperationCounter(TorchDispatchMode):
 
 def count_operations(model, batch: dict) -> dict:
     """One training forward's operations by region, and the TRM network's share of them."""
-    with OperationCounter(model) as counter, torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
+    with OperationCounter(model) as counter, autocast():
         model(**batch)
     counts = dict(counter.counts)
     return {"forward_ops": sum(counts.values()), "forward_ops_by_region": counts,
@@ -120,18 +120,7 @@ def count_operations(model, batch: dict) -> dict:
 
 
 def time_steps(model, batch: dict, steps: int, warmup: int) -> list[float]:
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-3, fused=DEVICE == "cuda")
-    autocast = torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda")
-
-    def step():
-        with autocast:
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = training_step(model, batch, lr=1e-3)
     return [cuda_time(step, warmup=warmup if i == 0 else 0) for i in range(steps)]
 
 

@@ -25,6 +25,7 @@ from common import (
     log,
     markdown_table,
     median,
+    plain_backbone,
     write_results,
 )
 
@@ -55,16 +56,6 @@ def measure(model, name: str, batch: int, new_tokens: int, think: bool) -> dict:
            "prefill_s": first, "decode_tokens_per_s": decode, "decode_tokens_per_s_per_row": decode / batch}
     log(f"{name} batch {batch}: {total:.3f} s to answer, {decode / batch:.1f} tokens/s per row")
     return row
-
-
-def plain_backbone(model):
-    """transformers' own causal LM over the very same backbone modules."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(model.config.text_config)
-    plain.model, plain.lm_head = model.model.language_model, model.lm_head
-    return plain.eval()
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ position, causal); MFU is that over the matrix-product rate measured at the star
 """
 
 import argparse
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from common import (
     peak_memory_gib,
     release_memory,
     reset_peak_memory,
+    training_step,
     write_results,
 )
 from transformers import TrainerCallback
@@ -115,10 +115,6 @@ def flops_per_position(model, context: int) -> float:
     return 4 * backbone_params(model) + 4 * text.num_hidden_layers * text.hidden_size * context
 
 
-def autocast():
-    return torch.autocast(DEVICE, dtype=torch.bfloat16) if DEVICE == "cuda" else contextlib.nullcontext()
-
-
 def kernel_profiler():
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     return torch.profiler.profile(activities=activities)
@@ -137,17 +133,7 @@ def synchronized_now() -> float:
 
 
 def time_manual_steps(model, batch: dict, steps: int) -> tuple[list[float], float]:
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=DEVICE == "cuda")
-
-    def step():
-        with autocast():
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = training_step(model, batch, lr=1e-4)
     times = [cuda_time(step, warmup=WARMUP_STEPS if i == 0 else 0) for i in range(steps)]
     if DEVICE != "cuda":
         return times, float("nan")

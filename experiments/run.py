@@ -241,6 +241,7 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
     train_config = write_train_config(train, output_dir / "train_config.yaml", steps)
     tasks = test_tasks(experiment, settings)
     extra_args = list(extra_args or [])
+    compile_mode = flag_value(extra_args, "--compile_thoughts")  # a training flag that the evaluation follows
     prepared = {seed: prepare_seed(experiment, settings, output_dir, seed) for seed in seeds}
     runs = [(arm, seed) for seed in seeds for arm in arms]
     if jobs > 1:
@@ -265,8 +266,7 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
                                arm.name, seed)
                 continue
             n_cycles = json.loads((model_dir / "config.json").read_text())["n_cycles"]
-            compiled = flag_value(extra_args, "--compile_thoughts")
-            found = evaluate_arm(model_dir, eval_dir, tests, settings, seed, compiled)
+            found = evaluate_arm(model_dir, eval_dir, tests, settings, seed, compile_mode)
         for name, results in found.items():
             entries += result_entries(arm, seed, name, results, (eval_dir / name).relative_to(output_dir), n_cycles)
     return entries
