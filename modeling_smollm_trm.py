@@ -704,6 +704,7 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         insert_thoughts: bool = True,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        forced_thoughts: torch.LongTensor | None = None,
         **kwargs,
     ) -> SmolLMTRMModelOutput:
         """`position_ids` are derived from `attention_mask` and the thoughts; ones passed in are checked for packing
@@ -711,7 +712,9 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         `supervise=True` (training) runs every supervision step and returns what the head needs to score each;
         otherwise a row stops its steps once it halts. `insert_thoughts=False` reads `<think>` as an ordinary token
         (the written-reasoning teacher of self-distillation, an ablation). `output_hidden_states=True` also returns
-        every layer's states, aligned with `input_ids` like `last_hidden_state`."""
+        every layer's states, aligned with `input_ids` like `last_hidden_state`. `forced_thoughts` [B, S, K] (-100:
+        not forced): thought i of the chunk's j-th `<think>` is the embedding of token `forced_thoughts[:, j, i]`
+        instead of the thought module's output, which still runs (teacher forcing of the thoughts in training)."""
         reject_unknown_arguments(kwargs, "SmolLMTRMModel.forward")
         if output_attentions:
             raise NotImplementedError("SmolLMTRM does not return attentions.")
@@ -723,8 +726,10 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         cache = self._stream_cache(cache)
         layout = self._plan_chunk(input_ids, valid_columns(input_ids, attention_mask), insert_thoughts)
         self._check_length(cache, layout)
+        if forced_thoughts is not None:
+            self._check_forced_thoughts(forced_thoughts, layout)
         layers = [] if output_hidden_states else None
-        hidden, stats, steps = self._run_chunk(cache, layout, depth, supervise, layers)
+        hidden, stats, steps = self._run_chunk(cache, layout, depth, supervise, layers, forced_thoughts)
         supervision = None
         if supervise:
             per_think = self.thoughts.supervision_steps(depth) if self.thoughts is not None else 1
@@ -794,6 +799,15 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
             kinds[:, layout.thoughts(j)] = torch.where(think_rows[j], THOUGHT, PAD)[:, None]
         return layout
 
+    def _check_forced_thoughts(self, forced: torch.Tensor, layout: ChunkLayout) -> None:
+        K = self.config.num_latents
+        if self.config.thought_mode == "none" or forced.dim() != 3 or forced.shape[::2] != (layout.ids.shape[0], K):
+            raise ValueError(f"forced_thoughts must be [batch, <think>s, num_latents={K}] token ids for a model with "
+                             f"thoughts, got {list(forced.shape)} (thought_mode={self.config.thought_mode!r}).")
+        if forced.shape[1] > layout.num_thinks and (forced[:, layout.num_thinks :] != IGNORE_INDEX).any():
+            raise ValueError(f"forced_thoughts force <think> {layout.num_thinks} or later; the chunk holds "
+                             f"{layout.num_thinks}.")
+
     def _check_length(self, cache: ThoughtCache, layout: ChunkLayout) -> None:
         """Refuse positions beyond what the backbone was built for: they would be silently wrong, not an error."""
         seen = 0 if cache.real_count is None else cache.real_count
@@ -810,7 +824,7 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
     # ------------------------------------------------------------------------------------------------------------
 
     def _run_chunk(self, cache: ThoughtCache, layout: ChunkLayout, depth: Depth, supervise: bool,
-                   layers: list | None = None):
+                   layers: list | None = None, forced: torch.Tensor | None = None):
         """Run the blocks of a chunk in order: tokens, then the thoughts they end with. Returns the hidden states
         behind each input column's logits, TRM statistics and (supervised) every supervision step; `layers`, when
         given, receives every block's per-layer states.
@@ -847,6 +861,8 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
             if j == layout.num_thinks:
                 break
             thoughts, think_stats, think_steps = self._think(cache, layout, j, depth, supervise, prior_thinks, stack)
+            if forced is not None and j < forced.shape[1]:
+                thoughts = self._forced(thoughts, forced[:, j])
             stats.append(think_stats)
             steps += think_steps
             if stack:
@@ -976,6 +992,13 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
                 steps.append(SupervisedStep(j, step.halt_logit, hidden, step.readout, step.thoughts))
             steps.append(SupervisedStep(j, thinking.steps[-1].halt_logit, None, thinking.readout))
         return thinking.thoughts, self._thought_stats(thinking), steps
+
+    def _forced(self, thoughts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The thoughts (B, K, D) with each forced one (`tokens` (B, K) not -100) replaced by its token's embedding:
+        what the backbone reads there is then the written step, and it learns to read the thought positions as
+        such while the thought module learns (through the step probe) to write them."""
+        embeds = self.get_input_embeddings()(tokens.clamp(min=0)).to(thoughts.dtype)
+        return torch.where((tokens != IGNORE_INDEX)[..., None], embeds, thoughts)
 
     def _token_mixture(self, outputs: torch.Tensor) -> torch.Tensor:
         """`thought_output="token_mixture"`: each output (B, K, D) read as tokens through the final norm and the
@@ -1152,12 +1175,14 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         thought_labels: torch.LongTensor | None = None,
         return_logits: bool | None = None,
+        forced_thoughts: torch.LongTensor | None = None,
         **kwargs,
     ) -> SmolLMTRMOutput:
         """See `SmolLMTRMModel.forward`. `labels` (unshifted, -100 ignored) give the loss: every supervision step of
         every `<think>` is scored on its answer. `thought_labels` [B, S, K] (with `labels`; -100 ignored) add the step
         probe: `thought_labels[:, j, i]` is the token that thought i of the row's j-th `<think>` in `input_ids` must
-        decode, and the probe's cross-entropy enters the loss with `config.probe_loss_weight`.
+        decode, and the probe's cross-entropy enters the loss with `config.probe_loss_weight`. `forced_thoughts`: see
+        `SmolLMTRMModel.forward`.
 
         The loss runs the LM head on the scored columns only. `return_logits` (default: not when training with
         `labels`) also returns the logits of every column: [B, L, V] of them is most of a training step's memory and
@@ -1168,6 +1193,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds, use_cache=use_cache, n_cycles=n_cycles,
             n_supervision_steps=n_supervision_steps, supervise=labels is not None, insert_thoughts=insert_thoughts,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            forced_thoughts=forced_thoughts,
         )
         hidden = outputs.last_hidden_state
         if labels is None and logits_to_keep:

@@ -28,7 +28,9 @@ The depth experiment's recipes from written to latent reasoning are arms too (`e
 its train_sft flags): `pause_curriculum` / `trm_curriculum` (stage by stage, written steps replaced by latent ones),
 `*_distill` (self-distillation from the written-reasoning teacher), `pause_probe` / `trm_probe` (the curriculum with
 the step probe), `trm_probe_supervised` (and N_sup 2) and `trm_probe_feedback` (and each supervision step reading the
-backbone's states over the last one's thoughts).
+backbone's states over the last one's thoughts), `pause_tokens` / `trm_tokens*` (thoughts as token mixtures, the
+TRM with feedback over 2 or 3 supervision steps), and `pause_forced` / `trm_forced` / `trm_forced5` (the same with
+half the latent steps teacher-forced to their written tokens in training; the TRM over 3 or 5 supervision steps).
 
 `cot` is "written CoT, no TRM": with `thought_mode none`, `<think>` is an ordinary token (no positions inserted)
 and the reasoning is the GSM8K solution text (calculator notes removed) between the tags, which the model writes
@@ -64,7 +66,8 @@ Generated arith has few distinct depth-1 problems: ~640 in the train split (the 
 depths 2-4) and 162 in the test split (all of them are used). `--ema_decay` cannot be passed to every arm: the
 `none` / `answer` / `cot` arms have no thought weights to average (train_sft refuses it).
 
-Written to `--output_dir`: `results.json` (every arm x seed x test depth x n_cycles: accuracy with its 95% Wilson
+Written to `--output_dir`: `results.json` (every arm x seed x test depth x inference n_cycles and N_sup (the config's
+`trm_n_cycles` at the trained N_sup, `trm_n_supervision_steps` at the trained n_cycles): accuracy with its 95% Wilson
 interval, tokens, seconds per answer; plus mean and std over seeds), `results.md` (mean +- std over seeds),
 `accuracy_vs_depth.png` (depth), `trm_n_cycles.png` (accuracy against inference n_cycles), `accuracy_vs_time.png`
 (gsm8k), `train_config.yaml` (the train_sft settings every arm ran with), and `models/`, `evals/`, `data/`.

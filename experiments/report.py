@@ -12,11 +12,13 @@ DEPTH_PLOT = "accuracy_vs_depth.png"
 N_CYCLES_PLOT = "trm_n_cycles.png"
 TIME_PLOT = "accuracy_vs_time.png"
 METRICS = ("accuracy", "mean_tokens_generated", "mean_latency_s")
-GROUP_KEYS = ("arm", "test_depth", "n_cycles", "ablation")
+GROUP_KEYS = ("arm", "test_depth", "n_cycles", "n_supervision_steps", "ablation")
+# The trm arm's inference sweeps: each setting varies with the other at its training value.
+SWEEPS = {"n_cycles": "n_supervision_steps", "n_supervision_steps": "n_cycles"}
 
 
 def summarize(entries: list[dict]) -> list[dict]:
-    """Mean and std over seeds of each metric, per (arm, test depth, inference n_cycles, thought ablation); std is
+    """Mean and std over seeds of each metric, per (arm, test depth, inference n_cycles and N_sup, thought ablation); std is
     the sample standard deviation (0 with one seed). `follows_donor` where an ablation has it."""
     groups: dict[tuple, list[dict]] = {}
     for entry in entries:
@@ -37,8 +39,28 @@ def percent(row: dict) -> str:
     return f"{100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f}"
 
 
+def sweep(summary: list[dict], arm: str, setting: str) -> dict[tuple, dict]:
+    """{(value, test depth): row} of `arm` over the inference `setting` (n_cycles or n_supervision_steps), without
+    ablations, the other setting at its training value (the primary rows'); empty for arms without recursion."""
+    other = SWEEPS[setting]
+    rows = [r for r in summary if r["arm"] == arm and r["ablation"] is None and r[setting] is not None]
+    trained = {r.get(other) for r in rows if r["primary"]}
+    return {(r[setting], r["test_depth"]): r for r in rows if r.get(other) in trained}
+
+
+def depth_label(row: dict, trained_n_sup: set) -> str:
+    """A trm row's inference depth, "T" (marked * at training depth) with ", N_sup N" off the arm's trained N_sup
+    (`trained_n_sup`: the values of its primary rows); "-" without recursion."""
+    if row["n_cycles"] is None:
+        return "-"
+    n_sup = row.get("n_supervision_steps")
+    return f"{row['n_cycles']}{'*' if row['primary'] else ''}" + (
+        "" if n_sup in trained_n_sup else f", N_sup {n_sup}")
+
+
 def depth_tables(summary: list[dict], arms: list[str], train_depth: str) -> list[str]:
-    """Arms x test depths at the training depth, then each recurrent arm's n_cycles x test depths."""
+    """Arms x test depths at the training depth, then each recurrent arm's n_cycles x test depths and, where swept,
+    its n_supervision_steps x test depths."""
     depths = sorted({row["test_depth"] for row in summary})
     primary = {(row["arm"], row["test_depth"]): row for row in summary if row["primary"]}
     header = [f"depth {d}" for d in depths]
@@ -47,16 +69,18 @@ def depth_tables(summary: list[dict], arms: list[str], train_depth: str) -> list
     lines += [f"| {arm} | " + " | ".join(percent(primary[arm, d]) if (arm, d) in primary else "-" for d in depths)
               + " |" for arm in arms]
     for arm in arms:
-        sweep = {(row["n_cycles"], row["test_depth"]): row for row in summary
-                 if row["arm"] == arm and row["n_cycles"] is not None and row["ablation"] is None}
-        if not sweep:
-            continue
-        lines += ["", f"{arm} at inference depth n_cycles (training value marked *):", "",
-                  "| n_cycles | " + " | ".join(header) + " |", "|---" * (len(depths) + 1) + "|"]
-        trained = {t for (t, d), row in sweep.items() if row["primary"]}
-        for t in sorted({t for t, _ in sweep}):
-            cells = " | ".join(percent(sweep[t, d]) if (t, d) in sweep else "-" for d in depths)
-            lines.append(f"| {t}{'*' if t in trained else ''} | {cells} |")
+        for setting, title in (("n_cycles", "inference depth n_cycles"),
+                               ("n_supervision_steps", "inference supervision steps n_supervision_steps")):
+            table = sweep(summary, arm, setting)
+            values = sorted({value for value, _ in table})
+            if not values or (setting == "n_supervision_steps" and len(values) < 2):
+                continue
+            lines += ["", f"{arm} at {title} (training value marked *):", "",
+                      f"| {setting} | " + " | ".join(header) + " |", "|---" * (len(depths) + 1) + "|"]
+            trained = {value for (value, _), row in table.items() if row["primary"]}
+            for value in values:
+                cells = " | ".join(percent(table[value, d]) if (value, d) in table else "-" for d in depths)
+                lines.append(f"| {value}{'*' if value in trained else ''} | {cells} |")
     return lines + diagnostics_table(summary, arms, depths)
 
 
@@ -130,9 +154,11 @@ def gsm8k_table(summary: list[dict], arms: list[str]) -> list[str]:
              "(trm at its training n_cycles; its sweep below).", "",
              "| arm | n_cycles | accuracy (%) | tokens / answer | s / answer |", "|---|---|---|---|---|"]
     order = {arm: i for i, arm in enumerate(arms)}
-    rows = sorted(summary, key=lambda r: (not r["primary"], order[r["arm"]], r["n_cycles"] or 0))
+    rows = sorted(summary, key=lambda r: (not r["primary"], order[r["arm"]], r["n_cycles"] or 0,
+                                          r.get("n_supervision_steps") or 0))
     for row in rows:
-        cycles = "-" if row["n_cycles"] is None else f"{row['n_cycles']}{'*' if row['primary'] else ''}"
+        cycles = depth_label(row, {r.get("n_supervision_steps") for r in summary if r["arm"] == row["arm"]
+                                   and r["primary"]})
         arm = row["arm"] if row["ablation"] is None else f"{row['arm']}, {row['ablation']} thoughts"
         lines.append(f"| {arm} | {cycles} | {percent(row)} | {row['mean_tokens_generated_mean']:.1f} | "
                      f"{row['mean_latency_s_mean']:.3f} ± {row['mean_latency_s_std']:.3f} |")
@@ -180,10 +206,11 @@ def plot_n_cycles(summary: list[dict], path: Path) -> None:
     without recursion as dashed levels when there is a single test set."""
     plt, figure, axes = _axes()
     summary = [r for r in summary if r["ablation"] is None]
-    swept = sorted({(r["arm"], r["test_depth"]) for r in summary if r["n_cycles"] is not None},
-                   key=lambda key: (key[0], key[1] or 0))
+    at_trained_n_sup = [row for arm in dict.fromkeys(r["arm"] for r in summary)
+                        for row in sweep(summary, arm, "n_cycles").values()]
+    swept = sorted({(r["arm"], r["test_depth"]) for r in at_trained_n_sup}, key=lambda key: (key[0], key[1] or 0))
     for arm, depth in swept:
-        rows = sorted((r for r in summary if r["n_cycles"] is not None and (r["arm"], r["test_depth"]) == (arm, depth)),
+        rows = sorted((r for r in at_trained_n_sup if (r["arm"], r["test_depth"]) == (arm, depth)),
                       key=lambda r: r["n_cycles"])
         axes.errorbar([r["n_cycles"] for r in rows], [r["accuracy_mean"] for r in rows],
                       yerr=[r["accuracy_std"] for r in rows], marker="o", capsize=3,
@@ -206,7 +233,8 @@ def plot_time(summary: list[dict], path: Path) -> None:
     """Accuracy against seconds per answer, a point per arm (and per trm n_cycles)."""
     plt, figure, axes = _axes()
     for row in (r for r in summary if r["ablation"] is None):
-        label = row["arm"] if row["n_cycles"] is None else f"{row['arm']} T={row['n_cycles']}"
+        label = row["arm"] if row["n_cycles"] is None else (f"{row['arm']} T={row['n_cycles']}" + (
+            f" N_sup={row['n_supervision_steps']}" if row.get("n_supervision_steps") is not None else ""))
         axes.errorbar(row["mean_latency_s_mean"], row["accuracy_mean"], xerr=row["mean_latency_s_std"],
                       yerr=row["accuracy_std"], marker="o", capsize=3, label=label)
     axes.set(xlabel="seconds per answer (batched generate time / rows)", ylabel="accuracy", xscale="log")

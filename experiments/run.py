@@ -168,7 +168,8 @@ def arm_tests(arm: Arm, tasks: list[tuple[str, dict]], settings: ExperimentSetti
 def evaluate_arm(model_dir: Path, eval_dir: Path, tests: list[tuple[str, dict, int]], settings: ExperimentSettings,
                  seed: int, compile_thoughts: str | None = None) -> dict[str, dict]:
     """eval's results.json of every test, {folder name: content}; the model loads once, tests already evaluated are
-    read back. The trm arms run at every inference n_cycles, and the diagnostics run, on the tests with one `<think>`
+    read back. The trm arms run at every inference n_cycles (at the trained N_sup) and every inference N_sup of
+    `trm_n_supervision_steps` (at the trained n_cycles), and the diagnostics run, on the tests with one `<think>`
     in the prompt; the tests that give more latent steps run at the trained depth alone. `compile_thoughts`: the
     mode the arms trained with (`--compile_thoughts`), which their evaluation compiles with too."""
     from eval.diagnostics import ABLATIONS
@@ -183,6 +184,8 @@ def evaluate_arm(model_dir: Path, eval_dir: Path, tests: list[tuple[str, dict, i
         return results
     loaded = load_model(str(model_dir), compile_thoughts=compile_thoughts)
     n_cycles = settings.trm_n_cycles or list(range(1, 2 * loaded.config.n_cycles + 1))
+    sweep = depths_for(loaded, n_cycles, [])
+    sweep += [depth for depth in depths_for(loaded, [], settings.trm_n_supervision_steps) if depth not in sweep]
     for name, spec, latent_steps in todo:
         generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, batch_size=settings.eval_batch_size,
                                         seed=seed, prompt_style=PROMPT_STYLE, latent_steps=latent_steps)
@@ -192,7 +195,7 @@ def evaluate_arm(model_dir: Path, eval_dir: Path, tests: list[tuple[str, dict, i
         if latent_steps > 1:  # a test of the number of latent steps: at the trained depth, without ablations
             runs = [run_model(loaded, task, generation, trained)]
         else:
-            runs = [run_model(loaded, task, generation, depth) for depth in depths_for(loaded, n_cycles, [])]
+            runs = [run_model(loaded, task, generation, depth) for depth in sweep]
             if settings.diagnostics and loaded.has_thoughts:
                 runs += [run_model(loaded, task, generation, trained, ablation) for ablation in ABLATIONS]
         task_info = {**spec, "kind": task.kind, "path": None, "n": len(task.examples), "latent_steps": latent_steps}
@@ -258,40 +261,47 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
         if all((eval_dir / name / "results.json").is_file() for name, _, _ in tests):
             # Evaluated: the report needs no model (a rerun elsewhere may have only the evals, see docs/RESULTS.md).
             found = {name: json.loads((eval_dir / name / "results.json").read_text()) for name, _, _ in tests}
-            n_cycles = configured_n_cycles(train_config, extra_args)
+            trained = configured_depth(train_config, [*arm.train_flags, *extra_args])
         else:
             model_dir = train_arm(arm, seed, run_dir, train_config, backbone, data, extra_args, deadline)
             if model_dir is None:
                 logger.warning("%s seed %d stopped unfinished (--time_limit_s): not evaluated; rerun to resume it",
                                arm.name, seed)
                 continue
-            n_cycles = json.loads((model_dir / "config.json").read_text())["n_cycles"]
+            config = json.loads((model_dir / "config.json").read_text())
+            trained = (config["n_cycles"], config["n_supervision_steps"])
             found = evaluate_arm(model_dir, eval_dir, tests, settings, seed, compile_mode)
         for name, results in found.items():
-            entries += result_entries(arm, seed, name, results, (eval_dir / name).relative_to(output_dir), n_cycles)
+            entries += result_entries(arm, seed, name, results, (eval_dir / name).relative_to(output_dir), trained)
     return entries
 
 
-def configured_n_cycles(train_config: Path, extra_args: list[str]) -> int:
-    """The training n_cycles of every arm: a `--n_cycles` flag, else the train config's, else the model default."""
+def configured_depth(train_config: Path, flags: list[str]) -> tuple[int, int]:
+    """The training (n_cycles, n_supervision_steps) of an arm whose train_sft.py flags are `flags` (the arm's, then
+    the command's): each the flag's value, else the train config's, else the model default."""
     import yaml
 
     from configuration_smollm_trm import SmolLMTRMConfig
 
-    given = flag_value(extra_args, "--n_cycles")
-    if given is not None:
-        return int(given)
-    return int(yaml.safe_load(train_config.read_text()).get("n_cycles", SmolLMTRMConfig().n_cycles))
+    config = yaml.safe_load(train_config.read_text())
+
+    def setting(name: str) -> int:
+        given = flag_value(flags, f"--{name}")
+        return int(given if given is not None else config.get(name, getattr(SmolLMTRMConfig(), name)))
+
+    return setting("n_cycles"), setting("n_supervision_steps")
 
 
 def flag_value(extra_args: list[str], flag: str) -> str | None:
-    """The value of a train_sft flag among the extra arguments (`--flag value` or `--flag=value`), or None."""
+    """The value of a train_sft flag among the extra arguments (`--flag value` or `--flag=value`), or None; the last
+    one given, as argparse reads them."""
+    value = None
     for index, arg in enumerate(extra_args):
-        if arg == flag:
-            return extra_args[index + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
+        if arg == flag and index + 1 < len(extra_args):
+            value = extra_args[index + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def visible_gpus() -> list[str]:
@@ -354,11 +364,11 @@ def run_workers(runs: list[tuple[Arm, int]], command: list[str], log_dir: Path, 
         raise RuntimeError(f"{len(failed)} worker run(s) failed: {'; '.join(failed)}")
 
 
-def result_entries(arm: Arm, seed: int, test_name: str, results: dict, folder: Path, trained_n_cycles: int
+def result_entries(arm: Arm, seed: int, test_name: str, results: dict, folder: Path, trained: tuple[int, int]
                    ) -> list[dict]:
-    """One flat entry per eval run: the arm, seed, test depth (arith) and inference n_cycles (trm) with the metrics.
-    `primary` marks the run at the training depth (every run of an arm without recursion), the one compared across
-    arms; the others are the trm arm's inference-depth sweep."""
+    """One flat entry per eval run: the arm, seed, test depth (arith) and inference n_cycles and N_sup (trm) with
+    the metrics. `primary` marks the run at the training depth `trained` (n_cycles, N_sup) (every run of an arm
+    without recursion), the one compared across arms; the others are the trm arm's inference-depth sweeps."""
     task = results["task"]
     given = task.get("latent_steps", 1)
     entries = []
@@ -372,7 +382,8 @@ def result_entries(arm: Arm, seed: int, test_name: str, results: dict, folder: P
             "n_cycles": depth["n_cycles"] if depth else None,
             "n_supervision_steps": depth["n_supervision_steps"] if depth else None,
             "ablation": run.get("ablation"), "follows_donor": run.get("follows_donor"),
-            "primary": run.get("ablation") is None and (depth is None or depth["n_cycles"] == trained_n_cycles),
+            "primary": run.get("ablation") is None and (
+                depth is None or (depth["n_cycles"], depth["n_supervision_steps"]) == tuple(trained)),
             **{key: run[key] for key in ("n", "accuracy", "ci_low", "ci_high", "mean_tokens_generated",
                                          "mean_latency_s")},
             "eval_dir": str(folder),  # relative to the output_dir

@@ -40,6 +40,11 @@ FEEDBACK3 = ("--n_supervision_steps", "3", "--thought_feedback", "true")
 # Thoughts as mixtures of token embeddings weighted by what they decode to: a step's thoughts read as its written
 # tokens do, so the backbone computes on them what it learned to compute on written steps.
 TOKENS = ("--thought_output", "token_mixture")
+# Half the latent steps in training read their written step's tokens in place of the thoughts (session 10: the answer
+# had learned to ignore thoughts that were mostly wrong); the probe still teaches the thoughts to write the step.
+FORCED = ("--thought_teacher_forcing", "0.5")
+# Five steps: each feedback round adds about one correct token of a step's result (session 10's reading).
+FEEDBACK5 = ("--n_supervision_steps", "5", "--thought_feedback", "true")
 ARMS = {
     "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text"),
@@ -53,7 +58,10 @@ ARMS = {
               Arm("pause_tokens", "pause", "curriculum", PROBE + TOKENS),
               Arm("trm_tokens", "trm", "curriculum", PROBE + TOKENS),
               Arm("trm_tokens_feedback", "trm", "curriculum", PROBE + TOKENS + FEEDBACK),
-              Arm("trm_tokens_feedback3", "trm", "curriculum", PROBE + TOKENS + FEEDBACK3)),
+              Arm("trm_tokens_feedback3", "trm", "curriculum", PROBE + TOKENS + FEEDBACK3),
+              Arm("pause_forced", "pause", "curriculum", PROBE + TOKENS + FORCED),
+              Arm("trm_forced", "trm", "curriculum", PROBE + TOKENS + FEEDBACK3 + FORCED),
+              Arm("trm_forced5", "trm", "curriculum", PROBE + TOKENS + FEEDBACK5 + FORCED)),
     "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text")),
 }
@@ -78,6 +86,10 @@ class ExperimentSettings:
     test_seed: int = field(default=0, metadata={"help": "arith: generator seed of the test problems, fixed over seeds."})
     trm_n_cycles: list[int] | None = field(
         default=None, metadata={"help": "Inference n_cycles of the trm arm; None: 1 .. 2x its training n_cycles."})
+    trm_n_supervision_steps: list[int] = field(
+        default_factory=list, metadata={"help": "Inference n_supervision_steps of the trm arm, swept at its training "
+                                                "n_cycles (the n_cycles sweep runs at its training N_sup); empty: "
+                                                "the training value only."})
     given_latent_steps: list[int] = field(
         default_factory=list, metadata={"help": "Curriculum arms are also evaluated with each of these numbers of "
                                                 "<think> in the prompt (the padded last stage's, and more), beside "
@@ -100,6 +112,8 @@ class ExperimentSettings:
             raise ValueError(f"these settings must be >= 1 (or null where allowed): {bad}.")
         if not self.test_depths or min(self.test_depths) < 1:
             raise ValueError(f"test_depths must list depths >= 1, got {self.test_depths}.")
+        if any(steps < 1 for steps in self.trm_n_supervision_steps):
+            raise ValueError(f"trm_n_supervision_steps must list values >= 1, got {self.trm_n_supervision_steps}.")
         if any(steps < 1 for steps in self.given_latent_steps):
             raise ValueError(f"given_latent_steps must list values >= 1, got {self.given_latent_steps}.")
         if any(len(pair) != 2 or pair[0] == pair[1] for pair in self.paired_arms):

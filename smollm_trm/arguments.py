@@ -54,6 +54,11 @@ class TrainingExtras:
     teacher_loss_weight: float = field(
         default=1.0, metadata={"help": "With --distill_weight: weight of the teacher's own CE on the written "
                                        "reasoning and answer."})
+    thought_teacher_forcing: float = field(
+        default=0.0, metadata={"help": "--reasoning curriculum: the share of latent steps whose thoughts are, in "
+                                       "training, the written step's token embeddings instead of the thought "
+                                       "module's output (the step probe's labels; each step drawn at random), so "
+                                       "that the answer learns to read the thoughts as the step. 0: off."})
 
     def __post_init__(self) -> None:
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
@@ -61,6 +66,8 @@ class TrainingExtras:
         for name in ("distill_weight", "teacher_loss_weight"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0.0 <= self.thought_teacher_forcing <= 1.0:
+            raise ValueError(f"thought_teacher_forcing must lie in [0, 1], got {self.thought_teacher_forcing}.")
 
     def trm_settings(self) -> dict[str, Any]:
         """The thought settings given (None: the config's default, or the saved model's value)."""

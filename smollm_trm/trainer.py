@@ -61,14 +61,18 @@ class TRMSFTTrainer(SFTTrainer):
     _tag_names = ["trl", "sft", "smollm-trm"]
 
     def __init__(self, *args, ema_decay: float | None = None, curriculum: CurriculumArguments | None = None,
-                 distill_weight: float = 0.0, teacher_loss_weight: float = 1.0, **kwargs):
+                 distill_weight: float = 0.0, teacher_loss_weight: float = 1.0, thought_teacher_forcing: float = 0.0,
+                 **kwargs):
         """`curriculum`: train the stages of `--reasoning curriculum` rows in order (their `curriculum_stage`
         column). `distill_weight` / `teacher_loss_weight`: with teacher rows (`teacher_input_ids`), the weights of
-        the hidden-state distillation towards the written-reasoning teacher and of the teacher's own CE."""
+        the hidden-state distillation towards the written-reasoning teacher and of the teacher's own CE.
+        `thought_teacher_forcing`: the share of labelled latent steps (`thought_labels`) whose thoughts are, in
+        training, the written step's tokens (see `_forced_thoughts`)."""
         if kwargs.get("args") is not None:
             check_padded_rows(kwargs["args"])
         super().__init__(*args, **kwargs)
         self.distill_weight, self.teacher_loss_weight = distill_weight, teacher_loss_weight
+        self.thought_teacher_forcing = thought_teacher_forcing
         self._last_batch_time: float | None = None
         if set(ROW_EXTRAS) & set(getattr(self.train_dataset, "column_names", None) or []):
             self.data_collator = TRMDataCollator(self.data_collator, thought_model(self.model).config.num_latents)
@@ -103,7 +107,11 @@ class TRMSFTTrainer(SFTTrainer):
         model_inputs = ("input_ids", "attention_mask", "labels", "position_ids", THOUGHT_LABELS_COLUMN)
         inputs = {key: inputs[key] for key in model_inputs if key in inputs}
         distill = bool(teacher) and self.distill_weight > 0
-        outputs = model(**inputs, use_cache=False, num_items_in_batch=num_items_in_batch, output_hidden_states=distill)
+        forced = {}
+        if mode == "train" and self.thought_teacher_forcing > 0 and THOUGHT_LABELS_COLUMN in inputs:
+            forced["forced_thoughts"] = self._forced_thoughts(inputs[THOUGHT_LABELS_COLUMN])
+        outputs = model(**inputs, **forced, use_cache=False, num_items_in_batch=num_items_in_batch,
+                        output_hidden_states=distill)
         loss = outputs.loss
         # Per-micro-batch means (the halting BCE, the teacher's terms) are averaged over the accumulation steps, as
         # TRL does for MoE aux losses.
@@ -126,6 +134,14 @@ class TRMSFTTrainer(SFTTrainer):
         if self.curriculum is not None:
             self._metrics[mode]["curriculum_stage"].append(float(self.curriculum.stage_of(self.state.global_step)))
         return (loss, outputs) if return_outputs else loss
+
+    def _forced_thoughts(self, thought_labels: torch.Tensor) -> torch.Tensor:
+        """[B, S, K] the step probe's labels of the latent steps drawn for teacher forcing (each with probability
+        `thought_teacher_forcing`), -100 elsewhere: those steps' thoughts are their written tokens. The answer then
+        learns to read the thought positions as the step, which it cannot learn from thoughts that are still wrong,
+        while the probe teaches the thought module to write them; at evaluation every step is the module's own."""
+        drawn = torch.rand(thought_labels.shape[:2], device=thought_labels.device) < self.thought_teacher_forcing
+        return thought_labels.masked_fill(~drawn[..., None], IGNORE_INDEX)
 
     def _teacher_terms(self, model, mode: str, inputs: dict, outputs, teacher: dict) -> torch.Tensor:
         """Self-distillation (CODI, arXiv 2502.21074): the same model reads each row with its written reasoning and no

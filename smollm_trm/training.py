@@ -80,6 +80,11 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     probe = model.config.probe_loss_weight > 0
     if probe and model.config.thought_mode == "none":
         raise ValueError("--probe_loss_weight decodes the thoughts: thought_mode 'none' has none.")
+    forcing = trm_args.thought_teacher_forcing > 0
+    if forcing and (model.config.thought_mode == "none" or data_args.reasoning != "curriculum"):
+        raise ValueError("--thought_teacher_forcing gives latent steps' thoughts their written tokens: it needs "
+                         f"thoughts and --reasoning curriculum (got thought_mode={model.config.thought_mode!r}, "
+                         f"reasoning={data_args.reasoning!r}).")
     if model.config.thought_output == "token_mixture" and is_deepspeed_zero3_enabled():  # the model's own check
         raise ValueError("--thought_output token_mixture reads the whole embedding matrix, which DeepSpeed ZeRO-3 "
                          "partitions: train it with DDP or FSDP2.")  # would come only at the first step
@@ -87,7 +92,7 @@ def build_trainer(data_args, training_args, model_args, trm_args):
         CurriculumStages(data_args, training_args.max_steps)  # its schedule's errors, before preparing the data
     with training_args.main_process_first(desc="writing and tokenizing the data"):  # one writer of arith's files
         data = prepare_sft_data(resolve_dataset(data_args, training_args.output_dir), tokenizer,
-                                model.config.num_latents, training_args.max_length, teacher=distill, probe=probe,
+                                model.config.num_latents, training_args.max_length, teacher=distill, probe=probe or forcing,
                                 report_dir=training_args.output_dir, num_proc=training_args.dataset_num_proc)
     if model_args.use_peft:
         model = apply_lora(model, model_args, tokenizer, added)
@@ -99,6 +104,7 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     trainer = TRMSFTTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval,
                             processing_class=tokenizer, callbacks=callbacks, ema_decay=trm_args.ema_decay,
                             curriculum=curriculum, distill_weight=trm_args.distill_weight,
-                            teacher_loss_weight=trm_args.teacher_loss_weight)
+                            teacher_loss_weight=trm_args.teacher_loss_weight,
+                            thought_teacher_forcing=trm_args.thought_teacher_forcing)
     check_sharded_lora(model_args.use_peft and bool(added), trainer.is_fsdp_enabled)
     return trainer, data

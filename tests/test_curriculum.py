@@ -254,3 +254,68 @@ def test_the_step_probe_needs_latent_steps(backbone, tmp_path):
     with pytest.raises(ValueError, match="only --reasoning curriculum"):
         trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(8)), tmp_path / "out",
                         "--probe_loss_weight", "1.0"))
+
+
+@pytest.mark.parametrize("thought_mode", ["trm", "pause"])
+def test_forced_thoughts_are_read_exactly_as_the_written_tokens_they_force(thought_mode):
+    from conftest import tiny_model
+
+    model = tiny_model(thought_mode=thought_mode).eval()
+    K = model.config.num_latents
+    question, step, answer = [7, 8, 9], [11, 12, 13, 14][:K], [15, 16, 17]
+    ids = torch.tensor([question + [THINK] + answer] * 2)
+    forced = torch.full((2, 1, K), -100)
+    forced[0, 0] = torch.tensor(step)  # row 0 forced, row 1 its own thoughts
+    out = model(input_ids=ids, forced_thoughts=forced).logits
+    # Reference: the backbone reading the step as tokens where the thoughts were (the <think> column's logits come
+    # from the last thought, here the step's last token).
+    written = model(input_ids=torch.tensor([question + [THINK] + step + answer]), insert_thoughts=False).logits
+    think = len(question)
+    torch.testing.assert_close(out[0, think + 1 :], written[0, think + 1 + K :])
+    torch.testing.assert_close(out[0, think], written[0, think + K])
+    own = model(input_ids=ids).logits
+    torch.testing.assert_close(out[1], own[1])
+    assert not torch.allclose(out[0], own[0]), "forcing must change what the answer reads for the test to bite"
+    torch.testing.assert_close(model(input_ids=ids, forced_thoughts=torch.full_like(forced, -100)).logits, own)
+
+
+def test_forced_thoughts_are_checked(model):
+    ids = torch.tensor([[7, THINK, 8, 9]])
+    K = model.config.num_latents
+    with pytest.raises(ValueError, match="num_latents"):
+        model(input_ids=ids, forced_thoughts=torch.zeros(1, 1, K + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="force <think> 1 or later"):
+        model(input_ids=ids, forced_thoughts=torch.zeros(1, 2, K, dtype=torch.long))
+
+
+def test_teacher_forcing_gives_the_drawn_latent_steps_their_written_tokens(backbone, tmp_path):
+    trainer, _ = trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(12)), tmp_path / "out",
+                                 "--reasoning", "curriculum", "--curriculum_stages", "2",
+                                 "--thought_teacher_forcing", "1.0", "--max_steps", "3"))
+    model = trainer.model.train()
+    rows = trainer.train_dataset
+    batch = trainer._prepare_inputs(trainer.data_collator([rows[i] for i in range(len(rows))]))
+    labels = batch["thought_labels"]  # present without the probe: forcing needs them
+    assert (labels != -100).any()
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "labels")}
+    forced = model(**inputs, thought_labels=labels, forced_thoughts=labels).loss
+    own = model(**inputs, thought_labels=labels).loss
+    assert not torch.allclose(forced, own)
+    torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), forced)
+    trainer.thought_teacher_forcing = 0.5  # whole steps are drawn, each with that probability
+    torch.manual_seed(0)
+    drawn = trainer._forced_thoughts(labels.new_full((64, 4, 3), 9))
+    per_step = (drawn != -100).all(dim=-1) | (drawn == -100).all(dim=-1)
+    assert per_step.all() and 0.3 < (drawn[..., 0] != -100).float().mean() < 0.7
+    model.eval()  # evaluation: the thoughts are the model's own
+    torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), model(**inputs, thought_labels=labels).loss)
+    trainer.train()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--reasoning", "curriculum", "--thought_teacher_forcing", "1.5"), "must lie in"),
+    (("--thought_teacher_forcing", "0.5"), "needs thoughts and --reasoning curriculum"),
+])
+def test_teacher_forcing_settings_are_checked(backbone, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(8)), tmp_path / "out", *extra))

@@ -33,14 +33,25 @@ def check_outputs(folder, experiment: str, plots: set[str]) -> dict:
 def test_depth_smoke(tmp_path):
     main(["depth", "--smoke", "--output_dir", str(tmp_path)])
     results = check_outputs(tmp_path, "depth", {"accuracy_vs_depth.png", "trm_n_cycles.png"})
-    # every arm at every test depth 1..6, the trm arms at inference n_cycles 1 and 2 (twice the trained 1); the
-    # curriculum arms also given the padded last stage's 2 latent steps (as arm "<name>@2"), at the trained n_cycles
-    cells = {(e["arm"], e["test_depth"], e["n_cycles"]) for e in results["results"]}
-    expected = {(arm.name, d, t) for arm in ARMS["depth"] for d in range(1, 7)
-                for t in ((1, 2) if arm.thought_mode == "trm" else (None,))}
-    expected |= {(f"{arm.name}@2", d, 1 if arm.thought_mode == "trm" else None) for arm in ARMS["depth"]
-                 for d in range(1, 7) if arm.reasoning == "curriculum"}
+    # every arm at every test depth 1..6, the trm arms at inference n_cycles 1 and 2 (twice the trained 1) at their
+    # trained N_sup, and at N_sup 2 (trm_n_supervision_steps) at the trained n_cycles; the curriculum arms also given
+    # the padded last stage's 2 latent steps (as arm "<name>@2"), at the trained depth
+    cells = {(e["arm"], e["test_depth"], e["n_cycles"], e["n_supervision_steps"]) for e in results["results"]}
+
+    def trained_n_sup(arm):
+        flags = list(arm.train_flags)
+        return int(flags[flags.index("--n_supervision_steps") + 1]) if "--n_supervision_steps" in flags else 1
+
+    trm = [arm for arm in ARMS["depth"] if arm.thought_mode == "trm"]
+    expected = {(arm.name, d, None, None) for arm in ARMS["depth"] if arm.thought_mode != "trm" for d in range(1, 7)}
+    expected |= {(arm.name, d, t, n) for arm in trm for d in range(1, 7)
+                 for t, n in ((1, trained_n_sup(arm)), (2, trained_n_sup(arm)), (1, 2))}
+    expected |= {(f"{arm.name}@2", d, *((1, trained_n_sup(arm)) if arm.thought_mode == "trm" else (None, None)))
+                 for arm in ARMS["depth"] for d in range(1, 7) if arm.reasoning == "curriculum"}
     assert cells == expected
+    primary = {e["arm"]: (e["n_cycles"], e["n_supervision_steps"]) for e in results["results"] if e["primary"]}
+    assert all(primary[arm.name] == (1, trained_n_sup(arm)) for arm in trm)
+    assert "at inference supervision steps n_supervision_steps" in (tmp_path / "results.md").read_text()
     given = json.loads((tmp_path / "evals/trm_curriculum/seed0/depth3-given2/final__T1_N1.jsonl").read_text()
                        .splitlines()[0])["prompt"]
     assert given.endswith("<think><think>") and not given.endswith("<think><think><think>")
@@ -139,7 +150,7 @@ def test_compile_thoughts_given_for_training_compiles_the_evaluation_too(tmp_pat
     trained, evaluated = [], []
     monkeypatch.setattr(run, "train_arm", lambda *args, **kwargs: trained.append(args[6]) or tmp_path)
     monkeypatch.setattr(run, "evaluate_arm", lambda *args: evaluated.append(args[5]) or {})
-    (tmp_path / "config.json").write_text('{"n_cycles": 1}')
+    (tmp_path / "config.json").write_text('{"n_cycles": 1, "n_supervision_steps": 1}')
     main(["depth", "--smoke", "--arms", "trm", "--output_dir", str(tmp_path / "out"), "--compile_thoughts=default"])
     assert trained == [["--compile_thoughts=default"]] and evaluated == ["default"]
     assert run.flag_value(["--n_cycles", "3", "--compile_thoughts", "reduce-overhead"], "--compile_thoughts") == (
