@@ -18,8 +18,8 @@ SWEEPS = {"n_cycles": "n_supervision_steps", "n_supervision_steps": "n_cycles"}
 
 
 def summarize(entries: list[dict]) -> list[dict]:
-    """Mean and std over seeds of each metric, per (arm, test depth, inference n_cycles and N_sup, thought ablation); std is
-    the sample standard deviation (0 with one seed). `follows_donor` where an ablation has it."""
+    """Mean and std over seeds of each metric, per (arm, test depth, inference n_cycles and N_sup, thought
+    ablation); std is the sample standard deviation (0 with one seed). `follows_donor` where an ablation has it."""
     groups: dict[tuple, list[dict]] = {}
     for entry in entries:
         groups.setdefault(tuple(entry.get(key) for key in GROUP_KEYS), []).append(entry)

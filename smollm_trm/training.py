@@ -92,7 +92,8 @@ def build_trainer(data_args, training_args, model_args, trm_args):
         CurriculumStages(data_args, training_args.max_steps)  # its schedule's errors, before preparing the data
     with training_args.main_process_first(desc="writing and tokenizing the data"):  # one writer of arith's files
         data = prepare_sft_data(resolve_dataset(data_args, training_args.output_dir), tokenizer,
-                                model.config.num_latents, training_args.max_length, teacher=distill, probe=probe or forcing,
+                                model.config.num_latents, training_args.max_length, teacher=distill,
+                                probe=probe or forcing,
                                 report_dir=training_args.output_dir, num_proc=training_args.dataset_num_proc)
     if model_args.use_peft:
         model = apply_lora(model, model_args, tokenizer, added)
