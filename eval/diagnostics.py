@@ -6,6 +6,9 @@ Each replaces the thoughts of every `<think>` while a model answers, through a f
     zeroed      the thoughts are zeros
     shuffled    row i gets the thoughts that row i + 1 of its batch computes in the same call (a roll per call)
     transplant  row i gets the thoughts recorded when problem i + 1 (its donor) was answered normally, call for call
+    snapped     each thought is the embedding of the token it decodes to (its readout through the final norm and LM
+                head): how the model answers when its thoughts are the written tokens they stand for, which is what
+                teacher-forced latent steps (`--thought_teacher_forcing`) trained it to read
 
 `follows_donor` is the share of problems, among those whose donor has another answer, answered with the donor's answer:
 thoughts that carry the computation move the answer with them (near 1), thoughts that carry nothing leave it (near 0).
@@ -20,7 +23,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-ABLATIONS = ("zeroed", "shuffled", "transplant")
+ABLATIONS = ("zeroed", "shuffled", "transplant", "snapped")
 DONOR_ABLATIONS = ("shuffled", "transplant")  # another problem's thoughts: the answer may follow them
 # A call's thoughts (B, K, D) and what they decode from (B, K, D), `ThoughtStep.readout`: an ablation moves both, so
 # that what eval records a row's thoughts decode to is what that row was given (with thought_output="token_mixture"
@@ -81,12 +84,19 @@ def replacement(model, ablation: str, answer_normally: Callable[[], object]) -> 
         return each(torch.zeros_like)
     if ablation == "shuffled":
         return each(next_row)
+    if ablation == "snapped":  # the readout stays: it decodes to the token the thought now is
+        return lambda pair: (decoded_tokens(model, pair[1]).to(pair[0].dtype), pair[1])
     if ablation != "transplant":
         raise ValueError(f"unknown ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
     with recorded_thoughts(model) as calls:
         answer_normally()
     donors = iter(calls)
     return lambda pair: each(next_row)(next(donors, pair))
+
+
+def decoded_tokens(model, readout: torch.Tensor) -> torch.Tensor:
+    """(B, K, D) the input embedding of the token each thought's readout (B, K, D) decodes to."""
+    return model.get_input_embeddings()(model.thought_logits(readout).argmax(dim=-1))
 
 
 def follows_donor(records: list[dict]) -> float | None:

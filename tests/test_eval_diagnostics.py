@@ -1,5 +1,6 @@
 """The thought ablations of `eval --diagnostics`, proved against streams built by hand: zeroed thoughts are zeros,
-shuffled and transplanted ones are another problem's; and `follows_donor` counts what it says."""
+shuffled and transplanted ones are another problem's, snapped ones the tokens they decode; and `follows_donor` counts
+what it says."""
 
 import torch
 from conftest import THINK, tiny_model, tiny_text_config
@@ -36,6 +37,19 @@ def test_zeroed_thoughts_are_zeros():
         ablated = model(input_ids=torch.tensor([A])).logits[0]
         reference = logits_given(model, A, torch.zeros(model.config.num_latents, model.config.text_config.hidden_size))
     torch.testing.assert_close(ablated, reference, atol=1e-5, rtol=0)
+
+
+def test_snapped_thoughts_are_the_embeddings_of_the_tokens_they_decode():
+    model = tiny_model(**VIVID, thought_output="token_mixture")
+    with torch.no_grad():
+        with model.watch_thoughts() as normal:
+            plain = model(input_ids=torch.tensor([A])).logits[0]
+        tokens = model.thought_logits(normal[0].readout[0]).argmax(-1)  # (K,)
+        reference = logits_given(model, A, model.get_input_embeddings()(tokens))
+        with thoughts_through(model, replacement(model, "snapped", lambda: None)):
+            snapped = model(input_ids=torch.tensor([A])).logits[0]
+    torch.testing.assert_close(snapped, reference, atol=1e-5, rtol=0)
+    assert not torch.allclose(plain, reference, atol=1e-3), "the mixtures must differ from their tokens to bite"
 
 
 def test_shuffled_and_transplanted_thoughts_are_the_next_problems():
@@ -93,9 +107,9 @@ def test_the_cli_writes_each_ablation_beside_the_normal_run(tmp_path):
     out = tmp_path / "out"
     results = main(["--model", str(folder), "--task", "arith", "--depth", "2", "--limit", "6", "--batch_size", "3",
                     "--max_new_tokens", "3", "--diagnostics", "--output_dir", str(out)])
-    assert [run["ablation"] for run in results["runs"]] == [None, "zeroed", "shuffled", "transplant"]
+    assert [run["ablation"] for run in results["runs"]] == [None, "zeroed", "shuffled", "transplant", "snapped"]
     names = {path.name for path in out.iterdir()}
     assert {"tiny-trm__T2_N1__zeroed.jsonl", "tiny-trm__T2_N1__transplant.jsonl"} <= names
-    transplant = results["runs"][-1]
+    transplant = results["runs"][3]
     assert transplant["follows_donor"] is None or 0.0 <= transplant["follows_donor"] <= 1.0
     assert "transplant thoughts" in (out / "results.md").read_text()
