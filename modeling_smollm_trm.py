@@ -573,6 +573,8 @@ class ThoughtSupervision:
     think_rows: torch.Tensor  # (S, B) bool: row has a j-th `<think>` in this chunk
     steps: list[SupervisedStep]
     steps_per_think: int  # supervision steps each `<think>` is scored over
+    # (S', B) bool: the answer of the row's j-th `<think>` read forced thoughts (`forced_thoughts`); None: none forced
+    forced_rows: torch.Tensor | None = None
 
 
 @dataclass
@@ -733,7 +735,8 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         supervision = None
         if supervise:
             per_think = self.thoughts.supervision_steps(depth) if self.thoughts is not None else 1
-            supervision = ThoughtSupervision(layout.answer_index, layout.think_rows, steps, per_think)
+            forced_rows = None if forced_thoughts is None else (forced_thoughts != IGNORE_INDEX).any(dim=-1).T
+            supervision = ThoughtSupervision(layout.answer_index, layout.think_rows, steps, per_think, forced_rows)
         hidden_states = None
         if layers is not None:  # per block, a tuple over layers: join each layer's blocks, then align
             hidden_states = tuple(self._input_aligned(torch.cat(layer, dim=1), layout.out_columns)
@@ -996,9 +999,11 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
     def _forced(self, thoughts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The thoughts (B, K, D) with each forced one (`tokens` (B, K) not -100) replaced by its token's embedding:
         what the backbone reads there is then the written step, and it learns to read the thought positions as
-        such while the thought module learns (through the step probe) to write them."""
-        embeds = self.get_input_embeddings()(tokens.clamp(min=0)).to(thoughts.dtype)
-        return torch.where((tokens != IGNORE_INDEX)[..., None], embeds, thoughts)
+        such while the thought module learns (through the step probe) to write them. Only the thoughts of the last
+        supervision step, the ones the answer reads, are forced: the earlier steps' answers (deep supervision) and
+        feedback still read the module's own, and the halting head gets no target from a forced answer."""
+        embeds = self.get_input_embeddings()(tokens.clamp(min=0))  # in the embeddings' dtype: the exact tokens
+        return torch.where((tokens != IGNORE_INDEX)[..., None], embeds, thoughts.to(embeds.dtype))
 
     def _token_mixture(self, outputs: torch.Tensor) -> torch.Tensor:
         """`thought_output="token_mixture"`: each output (B, K, D) read as tokens through the final norm and the
@@ -1370,9 +1375,13 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         losses = []
         for step, correct in halting:
             answer = scored & (supervision.answer_index == step.think)
-            if correct is None:
-                correct = ~(wrong & answer).any(dim=1)
             rows = supervision.think_rows[step.think] & answer.any(dim=1)
+            if correct is None:  # the last step: its answer is the main pass's
+                correct = ~(wrong & answer).any(dim=1)
+                forced = supervision.forced_rows
+                if forced is not None and step.think < forced.shape[0]:
+                    # That pass read forced thoughts, not the ones the halting head judged: no target there.
+                    rows = rows & ~forced[step.think]
             losses.append(F.binary_cross_entropy_with_logits(step.halt_logit[rows], correct[rows].float(),
                                                              reduction="none"))
         losses = torch.cat(losses)

@@ -48,7 +48,7 @@ from pathlib import Path
 from smollm_trm.arguments import make_parser
 from smollm_trm.callbacks import StopAtTimeLimit
 from smollm_trm.chat import demo_answers
-from smollm_trm.checkpoints import check_same_run, resume_point, run_settings
+from smollm_trm.checkpoints import check_same_run, resume_point, run_settings, setting_defaults
 from smollm_trm.export import finished_model, save_final
 from smollm_trm.hub import push_folder
 from smollm_trm.training import build_trainer
@@ -58,7 +58,8 @@ def main(data_args, training_args, model_args, trm_args) -> Path | None:
     """Train, save `<output_dir>/final`, optionally push it, reload it and print a few answers. A run stopped by
     `--time_limit_s` returns None after its checkpoint: rerunning the command resumes it."""
     check_same_run(training_args.output_dir, run_settings(data_args, training_args, model_args, trm_args),
-                   trm_args.start_over, main_process=training_args.process_index == 0)
+                   trm_args.start_over, main_process=training_args.process_index == 0,
+                   defaults=setting_defaults(data_args, model_args, trm_args))
     finished = finished_model(training_args.output_dir)
     if finished is not None:  # rerunning would train past max_steps and overwrite the model
         print(f"{finished} already holds the model this run trained; nothing to do (train into another --output_dir "

@@ -95,8 +95,10 @@ def replacement(model, ablation: str, answer_normally: Callable[[], object]) -> 
 
 
 def decoded_tokens(model, readout: torch.Tensor) -> torch.Tensor:
-    """(B, K, D) the input embedding of the token each thought's readout (B, K, D) decodes to."""
-    return model.get_input_embeddings()(model.thought_logits(readout).argmax(dim=-1))
+    """(B, K, D) the input embedding of the token each thought's readout (B, K, D) decodes to, read as
+    `thought_logits` reads it (the final norm, then the LM head), spelled out for folders whose code predates it."""
+    logits = model.lm_head(model.model.language_model.norm(readout))
+    return model.get_input_embeddings()(logits.argmax(dim=-1))
 
 
 def follows_donor(records: list[dict]) -> float | None:

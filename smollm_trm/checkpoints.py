@@ -171,14 +171,33 @@ def run_settings(data_args, training_args, model_args, trm_args) -> dict:
     return json.loads(json.dumps(settings, default=str))
 
 
-def check_same_run(output_dir: str, settings: dict, start_over: bool, main_process: bool = True) -> None:
+def setting_defaults(*settings_dataclasses) -> dict:
+    """The default of every field of these argument dataclasses, as JSON values: what a run recorded before a setting
+    existed trained with."""
+    import dataclasses
+
+    defaults = {}
+    for args in settings_dataclasses:
+        for f in dataclasses.fields(args):
+            if f.default is not dataclasses.MISSING:
+                defaults[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                defaults[f.name] = f.default_factory()
+    return json.loads(json.dumps(defaults, default=str))
+
+
+def check_same_run(output_dir: str, settings: dict, start_over: bool, main_process: bool = True,
+                   defaults: dict | None = None) -> None:
     """Refuse to resume (or to call finished) a run in `output_dir` that trained other settings, naming what differs;
     with `start_over`, remove its checkpoints and final folder instead. Then record these settings (the main process
-    of a distributed run deletes and writes; every process checks)."""
+    of a distributed run deletes and writes; every process checks). A setting the recorded run lacks (one added to
+    the code since) counts as its value in `defaults`, which is what that run trained with."""
     from smollm_trm.export import FINAL_FOLDER
 
     path = Path(output_dir) / RUN_SETTINGS_FILE
     saved = json.loads(path.read_text()) if path.is_file() else None
+    if saved is not None and defaults:
+        saved = {**{name: defaults[name] for name in settings if name in defaults and name not in saved}, **saved}
     if saved is not None and saved != settings:
         if not start_over:
             changed = [f"{name}: {saved.get(name)!r} -> {settings.get(name)!r}"

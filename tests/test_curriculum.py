@@ -319,3 +319,46 @@ def test_teacher_forcing_gives_the_drawn_latent_steps_their_written_tokens(backb
 def test_teacher_forcing_settings_are_checked(backbone, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
         trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(8)), tmp_path / "out", *extra))
+
+
+def test_forcing_a_later_think_leaves_what_comes_before_it_and_reads_both_steps_as_written():
+    from conftest import tiny_model
+
+    model = tiny_model().eval()
+    K = model.config.num_latents
+    question, first, middle, second, answer = [7, 8], [11, 12, 13, 14][:K], [9], [21, 22, 23, 24][:K], [15, 16]
+    ids = torch.tensor([question + [THINK] + middle + [THINK] + answer])
+    both = torch.tensor([[first, second]])
+    out = model(input_ids=ids, forced_thoughts=both).logits[0]
+    written = model(input_ids=torch.tensor([question + [THINK] + first + middle + [THINK] + second + answer]),
+                    insert_thoughts=False).logits[0]
+    aligned = list(range(len(question))) + [len(question) + K] + [len(question) + 1 + K] + [len(question) + 1 + 2 * K + 1]
+    aligned += [len(question) + 3 + 2 * K + i for i in range(len(answer))]
+    torch.testing.assert_close(out, written[aligned])
+    second_only = both.clone()
+    second_only[:, 0] = -100
+    own = model(input_ids=ids).logits[0]
+    partly = model(input_ids=ids, forced_thoughts=second_only).logits[0]
+    second_think = len(question) + 1 + len(middle)
+    torch.testing.assert_close(partly[:second_think], own[:second_think])
+    assert not torch.allclose(partly[second_think:], own[second_think:])
+
+
+def test_a_forced_answer_gives_the_halting_head_no_target():
+    """Row 0's answer reads forced thoughts, which the halting head did not judge: the halting loss is row 1's
+    alone, as when row 1 is scored by itself; with every row forced there is none."""
+    from conftest import tiny_model
+
+    model = tiny_model().train()
+    torch.nn.init.normal_(model.model.thoughts.halt_head.weight, std=1.0)  # rows' halting logits differ
+    torch.nn.init.zeros_(model.model.thoughts.halt_head.bias)  # and the losses are not all near 0
+    rows = torch.tensor([[7, 8, THINK, 9, 10], [17, 18, THINK, 19, 20]])
+    forced = torch.full((2, 1, model.config.num_latents), -100)
+    forced[0, 0, 0] = 11
+    row_one_forced = model(input_ids=rows, labels=rows, forced_thoughts=forced).halt_loss
+    alone = model(input_ids=rows[1:], labels=rows[1:]).halt_loss
+    unforced = model(input_ids=rows, labels=rows).halt_loss
+    torch.testing.assert_close(row_one_forced, alone, atol=1e-6, rtol=1e-5)
+    assert abs(unforced.item() - alone.item()) > 1e-3, "row 0 must count without forcing for the test to bite"
+    forced[1, 0, 0] = 11
+    assert model(input_ids=rows, labels=rows, forced_thoughts=forced).halt_loss.item() == 0.0

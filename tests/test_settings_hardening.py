@@ -196,3 +196,20 @@ def test_the_saved_config_holds_no_local_path_nor_the_gguf_loading_metadata(tmp_
     ids = torch.tensor([[7, THINK, 8]])
     torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
     assert json.loads(text)["text_config"]["hidden_size"] == model.config.text_config.hidden_size
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_at_that_settings_default(tmp_path):
+    """A run_settings.json written by older code lacks the settings added since: they count as their defaults (what
+    that run trained with), so the run resumes; given another value, it is refused as any change is."""
+    from smollm_trm.checkpoints import RUN_SETTINGS_FILE, check_same_run
+
+    (tmp_path / RUN_SETTINGS_FILE).write_text(json.dumps({"learning_rate": 0.01}))
+    defaults = {"learning_rate": 5e-5, "thought_teacher_forcing": 0.0}
+    check_same_run(str(tmp_path), {"learning_rate": 0.01, "thought_teacher_forcing": 0.0}, False, defaults=defaults)
+    assert json.loads((tmp_path / RUN_SETTINGS_FILE).read_text())["thought_teacher_forcing"] == 0.0
+    (tmp_path / RUN_SETTINGS_FILE).write_text(json.dumps({"learning_rate": 0.01}))
+    with pytest.raises(ValueError, match=r"thought_teacher_forcing: 0.0 -> 0.5"):
+        check_same_run(str(tmp_path), {"learning_rate": 0.01, "thought_teacher_forcing": 0.5}, False,
+                       defaults=defaults)
+    with pytest.raises(ValueError, match=r"thought_teacher_forcing: None -> 0.0"):  # without defaults: any new key
+        check_same_run(str(tmp_path), {"learning_rate": 0.01, "thought_teacher_forcing": 0.0}, False)
