@@ -39,18 +39,24 @@ def percent(row: dict) -> str:
     return f"{100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f}"
 
 
+def trained_values(summary: list[dict], arm: str, setting: str) -> set:
+    """The training value of an inference `setting` (n_cycles or n_supervision_steps) of `arm`: its primary rows'
+    (None for an arm without recursion, or results from before the setting was recorded)."""
+    return {r.get(setting) for r in summary if r["arm"] == arm and r["primary"]}
+
+
 def sweep(summary: list[dict], arm: str, setting: str) -> dict[tuple, dict]:
     """{(value, test depth): row} of `arm` over the inference `setting` (n_cycles or n_supervision_steps), without
-    ablations, the other setting at its training value (the primary rows'); empty for arms without recursion."""
+    ablations, the other setting at its training value; empty for arms without recursion."""
     other = SWEEPS[setting]
-    rows = [r for r in summary if r["arm"] == arm and r["ablation"] is None and r[setting] is not None]
-    trained = {r.get(other) for r in rows if r["primary"]}
-    return {(r[setting], r["test_depth"]): r for r in rows if r.get(other) in trained}
+    trained = trained_values(summary, arm, other)
+    return {(r[setting], r["test_depth"]): r for r in summary if r["arm"] == arm and r["ablation"] is None
+            and r[setting] is not None and r.get(other) in trained}
 
 
 def depth_label(row: dict, trained_n_sup: set) -> str:
     """A trm row's inference depth, "T" (marked * at training depth) with ", N_sup N" off the arm's trained N_sup
-    (`trained_n_sup`: the values of its primary rows); "-" without recursion."""
+    (`trained_values`); "-" without recursion."""
     if row["n_cycles"] is None:
         return "-"
     n_sup = row.get("n_supervision_steps")
@@ -77,7 +83,7 @@ def depth_tables(summary: list[dict], arms: list[str], train_depth: str) -> list
                 continue
             lines += ["", f"{arm} at {title} (training value marked *):", "",
                       f"| {setting} | " + " | ".join(header) + " |", "|---" * (len(depths) + 1) + "|"]
-            trained = {value for (value, _), row in table.items() if row["primary"]}
+            trained = trained_values(summary, arm, setting)
             for value in values:
                 cells = " | ".join(percent(table[value, d]) if (value, d) in table else "-" for d in depths)
                 lines.append(f"| {value}{'*' if value in trained else ''} | {cells} |")
@@ -156,9 +162,9 @@ def gsm8k_table(summary: list[dict], arms: list[str]) -> list[str]:
     order = {arm: i for i, arm in enumerate(arms)}
     rows = sorted(summary, key=lambda r: (not r["primary"], order[r["arm"]], r["n_cycles"] or 0,
                                           r.get("n_supervision_steps") or 0))
+    trained_n_sup = {arm: trained_values(summary, arm, "n_supervision_steps") for arm in arms}
     for row in rows:
-        cycles = depth_label(row, {r.get("n_supervision_steps") for r in summary if r["arm"] == row["arm"]
-                                   and r["primary"]})
+        cycles = depth_label(row, trained_n_sup[row["arm"]])
         arm = row["arm"] if row["ablation"] is None else f"{row['arm']}, {row['ablation']} thoughts"
         lines.append(f"| {arm} | {cycles} | {percent(row)} | {row['mean_tokens_generated_mean']:.1f} | "
                      f"{row['mean_latency_s_mean']:.3f} ± {row['mean_latency_s_std']:.3f} |")
