@@ -66,6 +66,14 @@ class SmolLMTRMConfig(PreTrainedConfig):
             embedding space, as they are. `"token_mixture"`: each output is read as tokens (the backbone's final norm
             and its tied LM head) and the thought is the softmax mixture of the token embeddings, so a thought that
             decodes to a token is that token's embedding and the backbone reads it as it reads written text.
+        thought_next_token_prior (`bool`, *optional*, defaults to `False`):
+            With `thought_feedback` and `thought_output="token_mixture"`: before a thought is read as tokens, the
+            backbone's next-token reading at the position before it is added to the TRM's output (weighed by a
+            learned scale): the `<think>` token's for the first thought, and from the second supervision step on,
+            thought i-1's in the feedback pass for thought i. So each supervision step can write what the language
+            model would write next after the last step's thoughts, one more token of a written step per step (a
+            Jacobi iteration of decoding it), and the TRM learns what to change: it need not find that reading in
+            the feedback by attention.
         halt_threshold (`float`, *optional*, defaults to 0.5):
             At inference, a row stops its supervision steps once its halting probability exceeds this.
         thought_window (`str`, *optional*, defaults to `"append"`):
@@ -96,6 +104,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
     probe_loss_weight: float = 0.0
     thought_feedback: bool = False
     thought_output: str = "vector"
+    thought_next_token_prior: bool = False
     halt_threshold: float = 0.5
     thought_window: str = "append"
     thought_mode: str = "trm"
@@ -158,6 +167,12 @@ class SmolLMTRMConfig(PreTrainedConfig):
         if self.thought_output == "token_mixture" and not text.tie_word_embeddings:
             raise ValueError("thought_output='token_mixture' scores thoughts against the token embeddings as the LM "
                              "head does: it needs a backbone with tie_word_embeddings=True.")
+        if self.thought_next_token_prior and not (self.thought_feedback and self.thought_output == "token_mixture"):
+            raise ValueError(
+                f"thought_next_token_prior adds the backbone's next-token reading of the feedback pass to thoughts read "
+                f"as tokens: it needs thought_feedback=True and thought_output='token_mixture', got "
+                f"thought_feedback={self.thought_feedback}, thought_output={self.thought_output!r}."
+            )
         if not 0.0 < self.halt_threshold < 1.0:
             raise ValueError(f"halt_threshold must lie in (0, 1), got {self.halt_threshold}.")
         for name in ("halt_loss_weight", "probe_loss_weight"):  # `not >=` also refuses NaN

@@ -250,6 +250,10 @@ class Depth:
 ReadThoughts = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # (a thought module's outputs (B, K, D)) -> the thoughts the backbone reads (B, K, D): `thought_output`
 AsThoughts = Callable[[torch.Tensor], torch.Tensor]
+# (the feedback pass's hidden states over the last step's thoughts (B, K, D), or None before the first) -> the
+# backbone's next-token reading before each thought (B, K, D), in the space of the module's outputs
+# (`thought_next_token_prior`)
+NextTokenPrior = Callable[[torch.Tensor | None], torch.Tensor]
 # (hidden states (N, D), the LM head's weight (V, D), targets (N,)) -> (each target's log-probability (N,), whether
 # it is the top-1 prediction (N,) bool), without (N, V) logits: a fused kernel such as TRL's chunked log-prob, which
 # `TRMSFTTrainer` hands to the model (remote code cannot import TRL)
@@ -334,17 +338,22 @@ class HiddenStateTRM(nn.Module):
         # Its weight puts the thoughts on the scale of the token embeddings (set by the model's init and `from_base`).
         self.out_norm = nn.RMSNorm(config.text_config.hidden_size, eps=config.trm_rms_norm_eps)
         self.halt_head = nn.Linear(width, 1)
+        if config.thought_next_token_prior:  # its weight against the outputs (set on their scale, as out_norm's)
+            self.prior_scale = nn.Parameter(torch.empty(()))
 
     def forward(self, context: torch.Tensor, context_mask: torch.Tensor, depth: Depth,
                 halt_threshold: float | None = None, rows: torch.Tensor | None = None,
-                read_thoughts: ReadThoughts | None = None, as_thoughts: AsThoughts | None = None) -> Thinking:
+                read_thoughts: ReadThoughts | None = None, as_thoughts: AsThoughts | None = None,
+                next_token_prior: NextTokenPrior | None = None) -> Thinking:
         """Deep supervision from the context's hidden states [B, L, D]: N_sup steps of T cycles from the initial
         carry, (y, z) detached between steps. Without `halt_threshold` (training) every step runs, and each one's
         thoughts are scored by the caller. With it (inference), a row whose halting probability exceeds it keeps its
         thoughts, and the steps end once every row of `rows` has halted. `read_thoughts` (`thought_feedback`) gives
         the backbone's hidden states over a step's thoughts (without gradient), which the compressor reads beside
-        the context for the next step; `as_thoughts` (`thought_output`) maps each step's outputs to its thoughts."""
+        the context for the next step; `as_thoughts` (`thought_output`) maps each step's outputs to its thoughts;
+        `next_token_prior` (`thought_next_token_prior`) gives what is added to each step's outputs."""
         x = self.compressor(context, context_mask)  # (B, K, d)
+        prior = None if next_token_prior is None else next_token_prior(None)
         carry = self.initial_carry(x)
         halted = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         steps_used = torch.zeros(x.shape[0], device=x.device)
@@ -356,10 +365,12 @@ class HiddenStateTRM(nn.Module):
                     read, read_mask = read_thoughts(steps[-1].thoughts)
                     x = self.compressor(torch.cat([context, read.to(context.dtype)], dim=1),
                                         torch.cat([context_mask, read_mask], dim=1))
+                    if next_token_prior is not None:
+                        prior = next_token_prior(read)
             carry = carry.where(halted, self.deep_recursion(x, carry, depth.n_cycles))
             steps_used += (~halted).float()
             halt_logit = self.halt_logit(carry.y)
-            steps.append(ThoughtStep.of_outputs(self.thoughts(carry.y), halt_logit, as_thoughts))
+            steps.append(ThoughtStep.of_outputs(self.thoughts(carry.y, prior), halt_logit, as_thoughts))
             if halt_threshold is not None:
                 halted = halted | (torch.sigmoid(halt_logit) > halt_threshold)
                 if bool(halted[rows].all()):
@@ -389,8 +400,9 @@ class HiddenStateTRM(nn.Module):
                 carry = self.latent_recursion(x, carry)
         return self.latent_recursion(x, carry)
 
-    def thoughts(self, y: torch.Tensor) -> torch.Tensor:
-        return self.out_norm(self.out_proj(y))  # (B, K, D)
+    def thoughts(self, y: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+        outputs = self.out_norm(self.out_proj(y))  # (B, K, D)
+        return outputs if prior is None else outputs + self.prior_scale * prior.to(outputs.dtype)
 
     def halt_logit(self, y: torch.Tensor) -> torch.Tensor:
         # The head reads y without shaping it: the BCE's gradient is the same for every thought, and once answers are
@@ -411,7 +423,8 @@ class PauseThoughts(nn.Module):
 
     def forward(self, context: torch.Tensor | None, context_mask: torch.Tensor, depth: Depth,
                 halt_threshold: float | None = None, rows: torch.Tensor | None = None,
-                read_thoughts: ReadThoughts | None = None, as_thoughts: AsThoughts | None = None) -> Thinking:
+                read_thoughts: ReadThoughts | None = None, as_thoughts: AsThoughts | None = None,
+                next_token_prior: NextTokenPrior | None = None) -> Thinking:
         batch = context_mask.shape[0]
         steps_used = torch.ones(batch, device=context_mask.device)
         step = ThoughtStep.of_outputs(self.vectors[None], None, as_thoughts)  # mixed once, the same for every row
@@ -663,6 +676,8 @@ class SmolLMTRMPreTrainedModel(PreTrainedModel):
             init.constant_(module.halt_head.bias, HALT_BIAS_INIT)
             # Random token embeddings are drawn with std `initializer_range`, so that is their RMS too.
             init.constant_(module.out_norm.weight, std)
+            if hasattr(module, "prior_scale"):
+                init.constant_(module.prior_scale, std)
         elif isinstance(module, PauseThoughts):
             init.normal_(module.vectors, std=std)
 
@@ -981,8 +996,9 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
 
         read = read_thoughts if self.config.thought_feedback else None
         as_thoughts = self._token_mixture if self.config.thought_output == "token_mixture" else None
+        prior = self._next_token_prior(cache) if self.config.thought_next_token_prior else None
         thinking = self.thoughts(context, cache.kinds != PAD, depth, threshold, layout.think_rows[j], read,
-                                 as_thoughts)
+                                 as_thoughts, prior)
         steps = []
         if supervise:
             for index, step in enumerate(thinking.steps[:-1]):
@@ -995,6 +1011,31 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
                 steps.append(SupervisedStep(j, step.halt_logit, hidden, step.readout, step.thoughts))
             steps.append(SupervisedStep(j, thinking.steps[-1].halt_logit, None, thinking.readout))
         return thinking.thoughts, self._thought_stats(thinking), steps
+
+    def _next_token_prior(self, cache: ThoughtCache) -> NextTokenPrior:
+        """`thought_next_token_prior`: for the thoughts of the `<think>` that ends the cache, the backbone's
+        last-layer state before each thought, as the direction of the pre-norm state it came from. Read through the
+        final norm (as thoughts are), that direction gives exactly the backbone's next-token logits there, so with a
+        large weight a thought becomes the token the backbone would write next. Before the first feedback pass only
+        the first thought has one (the `<think>` token's state); the others get zeros. No gradient flows into it, as
+        none flows into the feedback."""
+        real = cache.kinds != PAD
+        last = (real * torch.arange(real.shape[1], device=real.device)).argmax(dim=1)  # the `<think>` column
+        think_state = cache.hidden[torch.arange(real.shape[0], device=real.device), last].detach()  # (B, D)
+        norm_weight = self.language_model.norm.weight.detach()
+        dead = norm_weight == 0  # a zero weight erases its coordinate whatever it holds: keep it at 0
+
+        def before_each_thought(read: torch.Tensor | None) -> torch.Tensor:
+            if read is None:
+                after_first = think_state.new_zeros(think_state.shape[0], self.config.num_latents - 1,
+                                                    think_state.shape[-1])
+            else:
+                after_first = read[:, :-1].to(think_state.dtype)
+            states = torch.cat([think_state[:, None], after_first], dim=1)  # (B, K, D), final-normed
+            # RMSNorm(v) = w * v / rms(v): dividing by w gives v / rms(v), whose norm is the state again.
+            return torch.where(dead, 0.0, states / torch.where(dead, 1.0, norm_weight).to(states.dtype))
+
+        return before_each_thought
 
     def _forced(self, thoughts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The thoughts (B, K, D) with each forced one (`tokens` (B, K) not -100) replaced by its token's embedding:
@@ -1157,7 +1198,10 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         if isinstance(module, HiddenStateTRM):
             embeddings = self.get_input_embeddings().weight
             with torch.no_grad(), gathered(embeddings):
-                module.out_norm.weight.fill_(embeddings.float().pow(2).mean().sqrt().item())
+                scale = embeddings.float().pow(2).mean().sqrt().item()
+                module.out_norm.weight.fill_(scale)
+                if hasattr(module, "prior_scale"):
+                    module.prior_scale.fill_(scale)
 
     # ------------------------------------------------------------------------------------------------------------
     # Forward and loss

@@ -45,6 +45,9 @@ TOKENS = ("--thought_output", "token_mixture")
 FORCED = ("--thought_teacher_forcing", "0.5")
 # Five steps: each feedback round adds about one correct token of a step's result (session 10's reading).
 FEEDBACK5 = ("--n_supervision_steps", "5", "--thought_feedback", "true")
+# Each step's thoughts also take the backbone's next-token reading before each of them (session 11): feedback round r
+# can then write a step's r-th token the way written reasoning does, where before the compressor had to find it.
+PRIOR = ("--thought_next_token_prior", "true")
 ARMS = {
     "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text"),
@@ -61,7 +64,8 @@ ARMS = {
               Arm("trm_tokens_feedback3", "trm", "curriculum", PROBE + TOKENS + FEEDBACK3),
               Arm("pause_forced", "pause", "curriculum", PROBE + TOKENS + FORCED),
               Arm("trm_forced", "trm", "curriculum", PROBE + TOKENS + FEEDBACK3 + FORCED),
-              Arm("trm_forced5", "trm", "curriculum", PROBE + TOKENS + FEEDBACK5 + FORCED)),
+              Arm("trm_forced5", "trm", "curriculum", PROBE + TOKENS + FEEDBACK5 + FORCED),
+              Arm("trm_prior5", "trm", "curriculum", PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR)),
     "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text")),
 }

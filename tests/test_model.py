@@ -19,6 +19,9 @@ SIDES = ["right", "left", "right", "left", "right"]
 # Larger random weights than the default make tokens and logits depend visibly on the thoughts, while the
 # recursion stays stable enough that float32 reorderings stay far below the tolerances.
 VIVID = dict(text_config=tiny_text_config(initializer_range=0.15))
+# Token-mixture thoughts with feedback, each supervision step's outputs adding the backbone's next-token reading
+PRIOR = {"thought_output": "token_mixture", "n_supervision_steps": 2, "thought_feedback": True,
+         "thought_next_token_prior": True}
 
 
 def real_span(mask_row: torch.Tensor) -> torch.Tensor:
@@ -32,7 +35,7 @@ def real_span(mask_row: torch.Tensor) -> torch.Tensor:
                                       {"trm_qk_norm": True}, {"thought_output": "token_mixture"},
                                       {"thought_output": "token_mixture", "thought_mode": "pause"},
                                       {"thought_output": "token_mixture", "n_supervision_steps": 2,
-                                       "thought_feedback": True}])
+                                       "thought_feedback": True}, PRIOR])
 def test_padded_batch_equals_rows_alone(settings):
     model = tiny_model(**VIVID, **settings)
     ids, mask = pad_batch(ROWS, SIDES)
@@ -199,6 +202,47 @@ def test_hidden_states_through_the_thoughts_equal_an_uncached_pass_over_the_stre
         torch.testing.assert_close(ours[0, think:], theirs[0, think + K :], atol=1e-5, rtol=0, msg=str(layer))
 
 
+def test_next_token_prior_writes_the_token_the_backbone_reads_next_before_each_thought():
+    """With the prior's weight far above the TRM's outputs, the first thought decodes as the backbone's next token
+    after `<think>`, and after a feedback pass thought i decodes as its next token after the last step's thought i-1:
+    a Jacobi step of decoding, against a plain pass of the backbone over the context and those thoughts."""
+    model = tiny_model(**VIVID, **PRIOR)
+    with torch.no_grad():
+        model.model.thoughts.prior_scale.fill_(1e4)
+    context = torch.tensor([[7, 8, 9, THINK]])
+    with torch.no_grad():
+        with model.watch_thoughts() as first:
+            model(input_ids=context, n_supervision_steps=1)
+        with model.watch_thoughts() as second:
+            model(input_ids=context, n_supervision_steps=2)
+        stream = torch.cat([model.get_input_embeddings()(context), first[0].thoughts], dim=1)
+        hidden = model.model.language_model(inputs_embeds=stream).last_hidden_state
+        K, think = model.config.num_latents, context.shape[1] - 1
+        reads = model.lm_head(hidden[:, think : think + K])  # next-token logits at <think>, thoughts 0 .. K-2
+        torch.testing.assert_close(model.thought_logits(first[0].readout)[:, 0], reads[:, 0], atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(model.thought_logits(second[0].readout), reads, atol=1e-3, rtol=1e-3)
+        assert not torch.allclose(model.thought_logits(first[0].readout)[:, 1:], reads[:, 1:], atol=1e-1)
+
+
+def test_next_token_prior_weight_trains_and_starts_on_the_scale_of_the_outputs():
+    from conftest import tiny_tokenizer
+    from transformers import SmolLM3ForCausalLM
+
+    from modeling_smollm_trm import SmolLMTRMForCausalLM
+
+    model = tiny_model(**VIVID, **PRIOR).train()
+    ids = torch.tensor([[7, 8, 9, THINK, 10, 11]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert model.model.thoughts.prior_scale.grad.abs() > 0
+    torch.manual_seed(0)
+    built = SmolLMTRMForCausalLM.from_base(SmolLM3ForCausalLM(tiny_text_config()), tokenizer=tiny_tokenizer(),
+                                           num_latents=4, trm_hidden_size=16, trm_num_heads=2, **PRIOR)
+    trm = built.model.thoughts
+    assert trm.prior_scale.item() == pytest.approx(trm.out_norm.weight[0].item())
+    with pytest.raises(ValueError, match="thought_next_token_prior .* needs thought_feedback=True"):
+        tiny_config(thought_next_token_prior=True)
+
+
 @pytest.mark.parametrize("settings", [{}, {"thought_mode": "pause"}])
 def test_insert_thoughts_false_reads_think_as_an_ordinary_token(settings):
     model = tiny_model(**VIVID, **settings)
@@ -298,7 +342,8 @@ PROMPTS = [[7, 8, 9, THINK], [11, THINK, 12, 13, 14], [15, 16], [17, THINK, 18, 
 
 @pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"thought_mode": "pause"},
                                       {"n_supervision_steps": 2}, {"n_supervision_steps": 2, "thought_feedback": True},
-                                      {"thought_output": "token_mixture", "n_supervision_steps": 2, "thought_feedback": True}, {"thought_output": "token_mixture", "thought_mode": "pause"}])
+                                      {"thought_output": "token_mixture", "n_supervision_steps": 2, "thought_feedback": True},
+                                      {"thought_output": "token_mixture", "thought_mode": "pause"}, PRIOR])
 @pytest.mark.parametrize("depth", [{}, {"n_cycles": 4}])
 def test_cached_greedy_generation_equals_recompute(settings, depth):
     model = tiny_model(**VIVID, **settings)
