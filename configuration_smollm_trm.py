@@ -56,6 +56,11 @@ class SmolLMTRMConfig(PreTrainedConfig):
             Weight of the step probe's cross-entropy in the total loss, given `thought_labels`: the thoughts of each
             `<think>` that replaces a written reasoning step must decode that step's tokens, thought i its i-th
             token, through the backbone's final norm and LM head (step-level supervision of latents, as SIM-CoT).
+        forced_lm_loss_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the backbone's next-token cross-entropy over forced thoughts (`forced_thoughts` in training,
+            `--thought_teacher_forcing`): each forced token is predicted from the column before it (the `<think>`
+            token for the first, thought i-1 for thought i), so the backbone learns to write a step inside the
+            thought positions as it writes written reasoning. That reading is what `thought_next_token_prior` adds.
         thought_feedback (`bool`, *optional*, defaults to `False`):
             Between supervision steps (`n_supervision_steps` >= 2, `thought_mode="trm"`), the backbone reads the
             step's thoughts on the context's cache, and the compressor reads those hidden states beside the context
@@ -75,7 +80,9 @@ class SmolLMTRMConfig(PreTrainedConfig):
             Jacobi iteration of decoding it), and the TRM learns what to change: it need not find that reading in
             the feedback by attention.
         halt_threshold (`float`, *optional*, defaults to 0.5):
-            At inference, a row stops its supervision steps once its halting probability exceeds this.
+            At inference, a row stops its supervision steps once its halting probability exceeds this; 1.0: never,
+            every supervision step runs as in training (a halting head that reads a constant would otherwise stop
+            every row after the first step).
         thought_window (`str`, *optional*, defaults to `"append"`):
             `"append"`: thoughts are added after `<think>`. `"slide"`: positions after the thoughts no longer attend
             to the oldest K real tokens of the row (2K after two `<think>`, ...), so the attended window keeps its
@@ -102,6 +109,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
     n_supervision_steps: int = 1
     halt_loss_weight: float = 0.5
     probe_loss_weight: float = 0.0
+    forced_lm_loss_weight: float = 0.0
     thought_feedback: bool = False
     thought_output: str = "vector"
     thought_next_token_prior: bool = False
@@ -173,9 +181,9 @@ class SmolLMTRMConfig(PreTrainedConfig):
                 f"as tokens: it needs thought_feedback=True and thought_output='token_mixture', got "
                 f"thought_feedback={self.thought_feedback}, thought_output={self.thought_output!r}."
             )
-        if not 0.0 < self.halt_threshold < 1.0:
-            raise ValueError(f"halt_threshold must lie in (0, 1), got {self.halt_threshold}.")
-        for name in ("halt_loss_weight", "probe_loss_weight"):  # `not >=` also refuses NaN
+        if not 0.0 < self.halt_threshold <= 1.0:
+            raise ValueError(f"halt_threshold must lie in (0, 1] (1: never halt), got {self.halt_threshold}.")
+        for name in ("halt_loss_weight", "probe_loss_weight", "forced_lm_loss_weight"):  # `not >=` also refuses NaN
             if not getattr(self, name) >= 0 or getattr(self, name) == float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}.")
         for name in ("trm_expansion", "trm_rms_norm_eps"):

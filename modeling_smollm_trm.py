@@ -588,6 +588,9 @@ class ThoughtSupervision:
     steps_per_think: int  # supervision steps each `<think>` is scored over
     # (S', B) bool: the answer of the row's j-th `<think>` read forced thoughts (`forced_thoughts`); None: none forced
     forced_rows: torch.Tensor | None = None
+    # (B, S', K, D) the backbone's last-layer states before each thought of the j-th `<think>` (the `<think>` token's,
+    # then thoughts 0 .. K-2), which predict the forced tokens (`forced_lm_loss_weight`); None: none forced
+    forced_states: torch.Tensor | None = None
 
 
 @dataclass
@@ -614,6 +617,7 @@ class SmolLMTRMOutput(ModelOutput):
     halt_loss: torch.Tensor | None = None
     probe_loss: torch.Tensor | None = None  # only with `thought_labels`
     probe_accuracy: torch.Tensor | None = None  # share of labelled thoughts that decode their token
+    forced_lm_loss: torch.Tensor | None = None  # only with `forced_thoughts` and `forced_lm_loss_weight` > 0
     logits: torch.Tensor | None = None  # None when training with labels, unless `return_logits=True`
     # (B, L) bool, with labels: the column's top-1 prediction is its next label (False where nothing is scored)
     token_correct: torch.Tensor | None = None
@@ -746,12 +750,13 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         if forced_thoughts is not None:
             self._check_forced_thoughts(forced_thoughts, layout)
         layers = [] if output_hidden_states else None
-        hidden, stats, steps = self._run_chunk(cache, layout, depth, supervise, layers, forced_thoughts)
+        hidden, stats, steps, forced_states = self._run_chunk(cache, layout, depth, supervise, layers, forced_thoughts)
         supervision = None
         if supervise:
             per_think = self.thoughts.supervision_steps(depth) if self.thoughts is not None else 1
             forced_rows = None if forced_thoughts is None else (forced_thoughts != IGNORE_INDEX).any(dim=-1).T
-            supervision = ThoughtSupervision(layout.answer_index, layout.think_rows, steps, per_think, forced_rows)
+            supervision = ThoughtSupervision(layout.answer_index, layout.think_rows, steps, per_think, forced_rows,
+                                             forced_states)
         hidden_states = None
         if layers is not None:  # per block, a tuple over layers: join each layer's blocks, then align
             hidden_states = tuple(self._input_aligned(torch.cat(layer, dim=1), layout.out_columns)
@@ -851,7 +856,9 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         thoughts first (causal attention keeps them from those tokens: exact), so S `<think>` cost 1 + S passes;
         `"slide"` hides different tokens from the thoughts and from what follows them, so those run apart. In
         training, the answers to the earlier supervision steps' thoughts are the same columns after other thoughts:
-        they join that pass, stacked on the batch axis (`stack_supervision_steps`), so N_sup adds no pass."""
+        they join that pass, stacked on the batch axis (`stack_supervision_steps`), so N_sup adds no pass. With
+        `forced` in training, also returns the states before each forced thought (`ThoughtSupervision.forced_states`).
+        """
         K = self.config.num_latents
         prior_thinks = self._thinks_so_far(cache, layout.kinds.shape[0])
         stack = self._stacks_supervision_steps(cache, supervise, layers)
@@ -890,7 +897,24 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
                 hidden_blocks.append(self._extend(cache, *pending[0], torch.zeros_like(prior_thinks), layers))
                 pending = []
         hidden = torch.cat(hidden_blocks, dim=1)  # (B, C, D) the chunk in layout order
-        return self._input_aligned(hidden, layout.out_columns), self._mean_stats(stats), steps
+        forced_states = self._states_before_thoughts(hidden, layout, forced.shape[1]) if (
+            supervise and forced is not None) else None
+        return self._input_aligned(hidden, layout.out_columns), self._mean_stats(stats), steps, forced_states
+
+    @staticmethod
+    def _states_before_thoughts(hidden: torch.Tensor, layout: ChunkLayout, num_forced: int) -> torch.Tensor:
+        """(B, S', K, D) for each of the first S' `<think>` (up to `num_forced`), the states of the columns before
+        its K thoughts, in layout order `hidden` (B, C, D): the `<think>` token's (the last real column of its block),
+        then thoughts 0 .. K-2. Each predicts the token written at the next one."""
+        K, batch = layout.num_latents, hidden.shape[0]
+        states = []
+        for j in range(min(layout.num_thinks, num_forced)):
+            tokens = layout.tokens(j)
+            think_column = tokens.start + (layout.kinds[:, tokens] != PAD).sum(dim=1) - 1  # (B,)
+            thought_columns = torch.arange(layout.thoughts(j).start, layout.thoughts(j).stop - 1, device=hidden.device)
+            columns = torch.cat([think_column[:, None], thought_columns.expand(batch, -1)], dim=1)  # (B, K)
+            states.append(hidden.gather(1, columns[..., None].expand(-1, -1, hidden.shape[-1])))
+        return torch.stack(states, dim=1) if states else hidden.new_zeros(batch, 0, K, hidden.shape[-1])
 
     def _stacks_supervision_steps(self, cache: ThoughtCache, supervise: bool, layers: list | None) -> bool:
         """Whether the earlier supervision steps' answers join the next pass (see `_run_chunk`): not with feedback
@@ -1250,7 +1274,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         if return_logits is None:
             return_logits = labels is None or not self.training
         logits = self.lm_head(hidden) if return_logits else None
-        loss = lm_loss = halt_loss = probe_loss = probe_accuracy = token_correct = None
+        loss = lm_loss = halt_loss = probe_loss = probe_accuracy = token_correct = forced_lm_loss = None
         if thought_labels is not None and labels is None:
             raise ValueError("thought_labels score the thoughts in training: pass labels too.")
         if labels is not None:
@@ -1259,19 +1283,37 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
                                                            kwargs.get("num_items_in_batch"), logits)
             if thought_labels is not None:
                 probe_loss, probe_accuracy = self._probe_loss(thought_labels, outputs.supervision)
-            loss = self.combine_losses(lm_loss, halt_loss, probe_loss)
+            if forced_thoughts is not None and self.config.forced_lm_loss_weight > 0:
+                forced_lm_loss = self._forced_lm_loss(forced_thoughts, outputs.supervision)
+            loss = self.combine_losses(lm_loss, halt_loss, probe_loss, forced_lm_loss)
         return SmolLMTRMOutput(
             loss=loss, lm_loss=lm_loss, halt_loss=halt_loss, probe_loss=probe_loss, probe_accuracy=probe_accuracy,
+            forced_lm_loss=forced_lm_loss,
             logits=logits, token_correct=token_correct, cache=outputs.cache,
             hidden_states=outputs.hidden_states, halt_probability=outputs.halt_probability,
             supervision_steps=outputs.supervision_steps, thought_norm=outputs.thought_norm,
         )
 
-    def combine_losses(self, lm_loss: torch.Tensor, halt_loss: torch.Tensor,
-                       probe_loss: torch.Tensor | None = None) -> torch.Tensor:
-        """The loss that trains the model: answer cross-entropy plus the weighted halting BCE (and step probe)."""
+    def combine_losses(self, lm_loss: torch.Tensor, halt_loss: torch.Tensor, probe_loss: torch.Tensor | None = None,
+                       forced_lm_loss: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss that trains the model: answer cross-entropy plus the weighted halting BCE (and step probe, and the
+        forced thoughts' next-token loss)."""
         loss = lm_loss + self.config.halt_loss_weight * halt_loss
-        return loss if probe_loss is None else loss + self.config.probe_loss_weight * probe_loss
+        if probe_loss is not None:
+            loss = loss + self.config.probe_loss_weight * probe_loss
+        if forced_lm_loss is not None:
+            loss = loss + self.config.forced_lm_loss_weight * forced_lm_loss
+        return loss
+
+    def _forced_lm_loss(self, forced_thoughts: torch.Tensor, supervision: ThoughtSupervision) -> torch.Tensor:
+        """Mean next-token cross-entropy of the backbone over the forced tokens (`forced_lm_loss_weight`), each
+        predicted from the column before it: it learns to write a step inside the thought positions, as it writes
+        written reasoning, so that its reading there (`thought_next_token_prior`) is the step's next token."""
+        states = supervision.forced_states  # (B, S', K, D)
+        targets = forced_thoughts[:, : states.shape[1]]
+        scored = targets != IGNORE_INDEX
+        ce, _ = self.score_tokens(states[scored], targets[scored])
+        return ce.sum() / scored.sum().clamp(min=1)
 
     def _probe_loss(self, thought_labels: torch.Tensor, supervision: ThoughtSupervision):
         """Mean cross-entropy of the labelled thoughts decoded as tokens, every supervision step scored (weighted

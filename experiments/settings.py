@@ -48,6 +48,11 @@ FEEDBACK5 = ("--n_supervision_steps", "5", "--thought_feedback", "true")
 # Each step's thoughts also take the backbone's next-token reading before each of them (session 11): feedback round r
 # can then write a step's r-th token the way written reasoning does, where before the compressor had to find it.
 PRIOR = ("--thought_next_token_prior", "true")
+# The backbone is trained to write each forced step inside the thought positions (session 11: its reading there, which
+# the prior adds, had never been trained), and every supervision step runs at inference (session 11: a halting head
+# reading a constant stopped every <think> after its first step, so the rounds trained were never used).
+WRITES = ("--forced_lm_loss_weight", "1.0")
+ALL_STEPS = ("--halt_threshold", "1.0")
 ARMS = {
     "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text"),
@@ -65,7 +70,9 @@ ARMS = {
               Arm("pause_forced", "pause", "curriculum", PROBE + TOKENS + FORCED),
               Arm("trm_forced", "trm", "curriculum", PROBE + TOKENS + FEEDBACK3 + FORCED),
               Arm("trm_forced5", "trm", "curriculum", PROBE + TOKENS + FEEDBACK5 + FORCED),
-              Arm("trm_prior5", "trm", "curriculum", PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR)),
+              Arm("trm_prior5", "trm", "curriculum", PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR),
+              Arm("pause_forced_lm", "pause", "curriculum", PROBE + TOKENS + FORCED + WRITES),
+              Arm("trm_jacobi", "trm", "curriculum", PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR + WRITES + ALL_STEPS)),
     "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text")),
 }

@@ -124,8 +124,9 @@ class TRMSFTTrainer(SFTTrainer):
                 # lm_loss is divided by the tokens of every rank while DDP / FSDP average gradients over ranks: scale
                 # it back. The halting BCE is a per-rank mean, which that average already gets right.
                 loss = loss * self.accelerator.num_processes
-            probe_loss = outputs.probe_loss / steps if outputs.probe_loss is not None else None
-            loss = self.thought_lm.combine_losses(loss, outputs.halt_loss / steps, probe_loss)
+            probe_loss, forced_lm_loss = (None if value is None else value / steps
+                                          for value in (outputs.probe_loss, outputs.forced_lm_loss))
+            loss = self.thought_lm.combine_losses(loss, outputs.halt_loss / steps, probe_loss, forced_lm_loss)
         if teacher:
             loss = loss + self._teacher_terms(model, mode, inputs, outputs, teacher) / steps
         self._record_metrics(mode, inputs, outputs, num_items_in_batch)
@@ -181,8 +182,8 @@ class TRMSFTTrainer(SFTTrainer):
         if num_items_in_batch is not None:  # back to a per-token mean of this micro-batch, for logging
             lm_loss = lm_loss * num_items_in_batch / scored.sum().clamp(min=1)
         values = {"lm_loss": lm_loss, "halt_loss": outputs.halt_loss.detach()}
-        for name in ("halt_probability", "supervision_steps", "thought_norm"):
-            if getattr(outputs, name) is not None:
+        for name in ("halt_probability", "supervision_steps", "thought_norm", "forced_lm_loss"):
+            if getattr(outputs, name, None) is not None:  # a folder saved by older code may lack the newer ones
                 values[name] = getattr(outputs, name).detach()
         if outputs.probe_loss is not None:
             self._record_probe(metrics, inputs[THOUGHT_LABELS_COLUMN], outputs)

@@ -291,14 +291,17 @@ def test_forced_thoughts_are_checked(model):
 def test_teacher_forcing_gives_the_drawn_latent_steps_their_written_tokens(backbone, tmp_path):
     trainer, _ = trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(12)), tmp_path / "out",
                                  "--reasoning", "curriculum", "--curriculum_stages", "2",
-                                 "--thought_teacher_forcing", "1.0", "--max_steps", "3"))
+                                 "--thought_teacher_forcing", "1.0", "--forced_lm_loss_weight", "1.0",
+                                 "--max_steps", "3"))
     model = trainer.model.train()
     rows = trainer.train_dataset
     batch = trainer._prepare_inputs(trainer.data_collator([rows[i] for i in range(len(rows))]))
     labels = batch["thought_labels"]  # present without the probe: forcing needs them
     assert (labels != -100).any()
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "labels")}
-    forced = model(**inputs, thought_labels=labels, forced_thoughts=labels).loss
+    forced_out = model(**inputs, thought_labels=labels, forced_thoughts=labels)
+    forced = forced_out.loss
+    assert forced_out.forced_lm_loss > 0  # and it is part of what compute_loss returns, below
     own = model(**inputs, thought_labels=labels).loss
     assert not torch.allclose(forced, own)
     torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), forced)
@@ -315,6 +318,7 @@ def test_teacher_forcing_gives_the_drawn_latent_steps_their_written_tokens(backb
 @pytest.mark.parametrize("extra, message", [
     (("--reasoning", "curriculum", "--thought_teacher_forcing", "1.5"), "must lie in"),
     (("--thought_teacher_forcing", "0.5"), "needs thoughts and --reasoning curriculum"),
+    (("--reasoning", "curriculum", "--forced_lm_loss_weight", "1.0"), "needs --thought_teacher_forcing > 0"),
 ])
 def test_teacher_forcing_settings_are_checked(backbone, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
@@ -342,6 +346,44 @@ def test_forcing_a_later_think_leaves_what_comes_before_it_and_reads_both_steps_
     second_think = len(question) + 1 + len(middle)
     torch.testing.assert_close(partly[:second_think], own[:second_think])
     assert not torch.allclose(partly[second_think:], own[second_think:])
+
+
+@pytest.mark.parametrize("settings", [{}, {"thought_mode": "pause"},
+                                      {"n_supervision_steps": 2, "thought_feedback": True}])
+def test_forced_lm_loss_is_the_backbone_writing_the_forced_tokens_in_the_thought_positions(settings):
+    """Each forced token is predicted from the column before it (the `<think>` token, then the forced thoughts): the
+    loss equals the cross-entropy of the plain backbone reading the forced tokens written in the thought positions,
+    on a padded batch where row 0 (right-padded) forces the first 3 of its K thoughts and row 1 (left-padded) both
+    of its `<think>`."""
+    from conftest import PAD_ID, tiny_model
+
+    model = tiny_model(forced_lm_loss_weight=1.0, **settings).train()
+    K = model.config.num_latents
+    rows = [[7, 8, THINK, 9, 10], [17, THINK, 19, THINK, 20, 21]]
+    forced = torch.full((2, 2, K), -100)
+    forced[0, 0, :3] = torch.tensor([11, 12, 13])
+    forced[1] = torch.arange(30, 30 + 2 * K).view(2, K)
+    width = max(map(len, rows))
+    ids = torch.tensor([rows[0] + [PAD_ID] * (width - len(rows[0])), [PAD_ID] * (width - len(rows[1])) + rows[1]])
+    mask = torch.stack([torch.arange(width) < len(rows[0]), torch.arange(width) >= width - len(rows[1])]).long()
+    out = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100), forced_thoughts=forced)
+    ce_sum, count = torch.zeros(()), 0
+    for row, thinks in zip(rows, forced):
+        written, predicts = [], []  # the row with each forced step written after its `<think>`
+        for token in row:
+            written.append(token)
+            if token == THINK:
+                tokens = thinks[written.count(THINK) - 1]
+                scored = tokens[tokens != -100].tolist()
+                predicts += [(len(written) - 1 + i, target) for i, target in enumerate(scored)]
+                written += scored
+        logits = model.lm_head(model.model.language_model(input_ids=torch.tensor([written])).last_hidden_state)[0]
+        for column, target in predicts:
+            ce_sum = ce_sum + torch.nn.functional.cross_entropy(logits[column], torch.tensor(target))
+            count += 1
+    torch.testing.assert_close(out.forced_lm_loss, ce_sum / count, atol=1e-5, rtol=1e-5)
+    expected = out.lm_loss + model.config.halt_loss_weight * out.halt_loss + out.forced_lm_loss
+    torch.testing.assert_close(out.loss, expected)
 
 
 def test_a_forced_answer_gives_the_halting_head_no_target():

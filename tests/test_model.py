@@ -243,6 +243,16 @@ def test_next_token_prior_weight_trains_and_starts_on_the_scale_of_the_outputs()
         tiny_config(thought_next_token_prior=True)
 
 
+@pytest.mark.parametrize("threshold, steps", [(0.5, 1), (1.0, 3)])
+def test_halt_threshold_one_runs_every_supervision_step_at_inference(threshold, steps):
+    model = tiny_model(n_supervision_steps=3, halt_threshold=threshold)
+    with torch.no_grad():
+        model.model.thoughts.halt_head.bias.fill_(10.0)  # the head says halt, surely
+        with model.watch_thoughts() as records:
+            model(input_ids=torch.tensor([[7, 8, THINK, 9]]))
+    assert records[0].steps_used.tolist() == [steps]
+
+
 @pytest.mark.parametrize("settings", [{}, {"thought_mode": "pause"}])
 def test_insert_thoughts_false_reads_think_as_an_ordinary_token(settings):
     model = tiny_model(**VIVID, **settings)

@@ -38,6 +38,8 @@ def test_lora_train_merge_save_reload_gives_the_merged_logits(tmp_path):
     ({"thought_window": "ring"}, "thought_window"),
     ({"n_cycles": 0}, "n_cycles"),
     ({"halt_threshold": 1.5}, "halt_threshold"),
+    ({"halt_threshold": 0.0}, "halt_threshold"),
+    ({"forced_lm_loss_weight": -1.0}, "forced_lm_loss_weight"),
 ])
 def test_invalid_settings_raise_a_value_error_naming_the_field(settings, field):
     with pytest.raises(ValueError, match=field):
