@@ -30,7 +30,10 @@ its train_sft flags): `pause_curriculum` / `trm_curriculum` (stage by stage, wri
 the step probe), `trm_probe_supervised` (and N_sup 2) and `trm_probe_feedback` (and each supervision step reading the
 backbone's states over the last one's thoughts), `pause_tokens` / `trm_tokens*` (thoughts as token mixtures, the
 TRM with feedback over 2 or 3 supervision steps), and `pause_forced` / `trm_forced` / `trm_forced5` (the same with
-half the latent steps teacher-forced to their written tokens in training; the TRM over 3 or 5 supervision steps).
+half the latent steps teacher-forced to their written tokens in training; the TRM over 3 or 5 supervision steps),
+`trm_prior5` (and the backbone's next-token reading before each thought added to it), and `trm_jacobi` /
+`pause_forced_lm` (and the backbone trained to write the forced steps in the thought positions; the TRM running
+every supervision step at inference).
 
 `cot` is "written CoT, no TRM": with `thought_mode none`, `<think>` is an ordinary token (no positions inserted)
 and the reasoning is the GSM8K solution text (calculator notes removed) between the tags, which the model writes
