@@ -61,6 +61,12 @@ class SmolLMTRMConfig(PreTrainedConfig):
             `--thought_teacher_forcing`): each forced token is predicted from the column before it (the `<think>`
             token for the first, thought i-1 for thought i), so the backbone learns to write a step inside the
             thought positions as it writes written reasoning. That reading is what `thought_next_token_prior` adds.
+        score_step_answers (`bool`, *optional*, defaults to `True`):
+            With `n_supervision_steps` >= 2 in training: score the answer after every supervision step's thoughts
+            (deep supervision as in the TRM paper). `False`: only after the last step's, the thoughts the answer
+            reads; the earlier steps are scored by the step probe alone, and with `thought_feedback` their reading
+            runs without gradient. A cheaper step (no backward through the earlier answers), and the answer is not
+            asked to do without thoughts that are still unfinished.
         thought_feedback (`bool`, *optional*, defaults to `False`):
             Between supervision steps (`n_supervision_steps` >= 2, `thought_mode="trm"`), the backbone reads the
             step's thoughts on the context's cache, and the compressor reads those hidden states beside the context
@@ -110,6 +116,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
     halt_loss_weight: float = 0.5
     probe_loss_weight: float = 0.0
     forced_lm_loss_weight: float = 0.0
+    score_step_answers: bool = True
     thought_feedback: bool = False
     thought_output: str = "vector"
     thought_next_token_prior: bool = False

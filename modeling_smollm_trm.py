@@ -572,10 +572,12 @@ class SupervisedStep:
     think: int  # which `<think>` of the chunk
     halt_logit: torch.Tensor | None  # (B,); None: thoughts that cannot halt
     # (B, L, D) hidden states behind each input column's logits given this step's thoughts, meaningful in the columns
-    # of this `<think>`'s answer; None for the last step, whose answer is the main pass's
+    # of this `<think>`'s answer; None for the last step, whose answer is the main pass's, and for earlier steps whose
+    # answers are not scored (`score_step_answers=False`)
     hidden: torch.Tensor | None
     readout: torch.Tensor  # (B, K, D) what this step's thoughts decode from, for the step probe
     thoughts: torch.Tensor | None = None  # (B, K, D) an earlier step's thoughts, which its answer pass reads
+    last: bool = False  # the last supervision step: its thoughts are the ones the answer reads
 
 
 @dataclass
@@ -585,7 +587,8 @@ class ThoughtSupervision:
     answer_index: torch.Tensor  # (B, L) which `<think>`'s answer each input column predicts (-1: none)
     think_rows: torch.Tensor  # (S, B) bool: row has a j-th `<think>` in this chunk
     steps: list[SupervisedStep]
-    steps_per_think: int  # supervision steps each `<think>` is scored over
+    steps_per_think: int  # supervision steps each `<think>` is scored over (the step probe)
+    answers_per_think: int  # of them, the steps whose answers are scored (`score_step_answers`: all, or the last)
     # (S', B) bool: the answer of the row's j-th `<think>` read forced thoughts (`forced_thoughts`); None: none forced
     forced_rows: torch.Tensor | None = None
     # (B, S', K, D) the backbone's last-layer states before each thought of the j-th `<think>` (the `<think>` token's,
@@ -754,9 +757,10 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         supervision = None
         if supervise:
             per_think = self.thoughts.supervision_steps(depth) if self.thoughts is not None else 1
+            answers = per_think if self.config.score_step_answers else 1
             forced_rows = None if forced_thoughts is None else (forced_thoughts != IGNORE_INDEX).any(dim=-1).T
-            supervision = ThoughtSupervision(layout.answer_index, layout.think_rows, steps, per_think, forced_rows,
-                                             forced_states)
+            supervision = ThoughtSupervision(layout.answer_index, layout.think_rows, steps, per_think, answers,
+                                             forced_rows, forced_states)
         hidden_states = None
         if layers is not None:  # per block, a tuple over layers: join each layer's blocks, then align
             hidden_states = tuple(self._input_aligned(torch.cat(layer, dim=1), layout.out_columns)
@@ -921,7 +925,8 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         (each step reads the last one's pass), `"slide"` (thoughts and answers run apart), replay or per-layer
         states, which keep one pass per step."""
         return (self.stack_supervision_steps and supervise and not cache.replay and layers is None
-                and not self.config.thought_feedback and self.config.thought_window != "slide")
+                and not self.config.thought_feedback and self.config.thought_window != "slide"
+                and self.config.score_step_answers)
 
     def _extend_stacked(self, cache: ThoughtCache, variants: list[torch.Tensor], kinds: torch.Tensor,
                         drop: torch.Tensor) -> list[torch.Tensor]:
@@ -1009,11 +1014,14 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         kinds = layout.kinds[:, layout.thoughts(j)]
         answers = []  # supervised, with feedback: each earlier step's answer pass, which also gave its read
 
+        scores_answers = supervise and self.config.score_step_answers
+
         def read_thoughts(thoughts):
             # What the feedback passes on carries no gradient: the next step learns to read it, while the
             # backbone's processing of the thoughts trains through the answers they are scored on.
-            if not supervise:
-                return self._read_thoughts(cache, kinds, thoughts).detach(), kinds != PAD
+            if not scores_answers:
+                with torch.no_grad():
+                    return self._read_thoughts(cache, kinds, thoughts), kinds != PAD
             answer, thought_states = self._answer_pass(cache, layout, j, thoughts, prior_thinks)
             answers.append(answer)
             return thought_states.detach(), kinds != PAD
@@ -1026,14 +1034,14 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         steps = []
         if supervise:
             for index, step in enumerate(thinking.steps[:-1]):
-                if stacked:
-                    hidden = None  # until the next pass
+                if stacked or not scores_answers:
+                    hidden = None  # until the next pass, or never
                 elif answers:
                     hidden = answers[index]
                 else:
                     hidden = self._answer_pass(cache, layout, j, step.thoughts, prior_thinks)[0]
                 steps.append(SupervisedStep(j, step.halt_logit, hidden, step.readout, step.thoughts))
-            steps.append(SupervisedStep(j, thinking.steps[-1].halt_logit, None, thinking.readout))
+            steps.append(SupervisedStep(j, thinking.steps[-1].halt_logit, None, thinking.readout, last=True))
         return thinking.thoughts, self._thought_stats(thinking), steps
 
     def _next_token_prior(self, cache: ThoughtCache) -> NextTokenPrior:
@@ -1342,7 +1350,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
             # Read as `thought_logits` reads them: the final norm, then the LM head (inside `score_tokens`).
             ce, top1 = self.score_tokens(self.model.language_model.norm(step.readout[scored]), targets[scored])
             ce_sum = ce_sum + ce.sum()
-            if step.hidden is None:  # the last supervision step: the thoughts the answer reads
+            if step.last:  # the thoughts the answer reads
                 correct = correct + top1.sum()
         labelled = (thought_labels != IGNORE_INDEX).sum().clamp(min=1)
         return ce_sum / (labelled * supervision.steps_per_think), (correct / labelled).detach()
@@ -1422,7 +1430,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         token_ce[scored] = ce
         token_correct = torch.zeros_like(scored)
         token_correct[scored] = top1
-        per_think = supervision.steps_per_think
+        per_think = supervision.answers_per_think
         step_weight = torch.where(supervision.answer_index >= 0, 1.0 / per_think, 1.0)
         earlier_ce_sum, earlier_correct = self._score_earlier_steps(targets, scored, supervision)
         ce_sum = (token_ce * step_weight).sum() + earlier_ce_sum / per_think
@@ -1435,7 +1443,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
 
     def _score_earlier_steps(self, targets, scored, supervision: ThoughtSupervision):
         """CE summed over the answers given the thoughts of earlier supervision steps, and for each step, which rows
-        predict every answer token right (None for last steps: they are scored from the main pass)."""
+        predict every answer token right (None for last steps, scored from the main pass, and unscored ones)."""
         ce_sum = torch.zeros((), device=targets.device)
         correct = []
         for step in supervision.steps:
@@ -1462,6 +1470,8 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
         for step, correct in halting:
             answer = scored & (supervision.answer_index == step.think)
             rows = supervision.think_rows[step.think] & answer.any(dim=1)
+            if correct is None and not step.last:  # an earlier step whose answer is not scored: nothing to judge
+                continue
             if correct is None:  # the last step: its answer is the main pass's
                 correct = ~(wrong & answer).any(dim=1)
                 forced = supervision.forced_rows
@@ -1470,7 +1480,7 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
                     rows = rows & ~forced[step.think]
             losses.append(F.binary_cross_entropy_with_logits(step.halt_logit[rows], correct[rows].float(),
                                                              reduction="none"))
-        losses = torch.cat(losses)
+        losses = torch.cat(losses) if losses else wrong.new_zeros(0, dtype=torch.float)
         return losses.mean() if losses.numel() else torch.zeros((), device=wrong.device)
 
     # ------------------------------------------------------------------------------------------------------------

@@ -96,6 +96,28 @@ def training_scores(model, ids, mask, labels, thought_labels):
     return out, grads
 
 
+@pytest.mark.parametrize("feedback", [False, True])
+def test_score_step_answers_false_scores_the_answer_of_the_last_step_alone(feedback):
+    """The answer loss is the cross-entropy of the answers that the last supervision step's thoughts give, as
+    inference running every step computes them; the step probe still scores every step, exactly as when every
+    step's answer is scored (thoughts never see the answers)."""
+    settings = dict(n_supervision_steps=3, thought_feedback=feedback, probe_loss_weight=1.0, halt_threshold=1.0)
+    ids, mask = pad_batch(ROWS, SIDES)
+    labels = ids.masked_fill(mask == 0, -100)
+    thought_labels = probe_labels(ids, torch.Generator().manual_seed(0))
+    model = tiny_model(**VIVID, **settings, score_step_answers=False).train()
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, thought_labels=thought_labels)
+    with torch.no_grad():
+        logits = model.eval()(input_ids=ids, attention_mask=mask).logits
+    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100).masked_fill(mask == 0, -100)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    torch.testing.assert_close(out.lm_loss, expected, atol=1e-5, rtol=1e-5)
+    every = tiny_model(**VIVID, **settings).train()
+    reference = every(input_ids=ids, attention_mask=mask, labels=labels, thought_labels=thought_labels)
+    torch.testing.assert_close(out.probe_loss, reference.probe_loss, atol=1e-6, rtol=1e-6)
+    assert abs(out.lm_loss.item() - reference.lm_loss.item()) > 1e-4, "every step's answers must count there"
+
+
 @pytest.mark.parametrize("settings", [{"n_supervision_steps": 3, "probe_loss_weight": 0.5},
                                       {"n_supervision_steps": 2, "thought_feedback": True, "probe_loss_weight": 1.0,
                                        "thought_output": "token_mixture"},
