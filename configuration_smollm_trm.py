@@ -85,10 +85,10 @@ class SmolLMTRMConfig(PreTrainedConfig):
             model would write next after the last step's thoughts, one more token of a written step per step (a
             Jacobi iteration of decoding it), and the TRM learns what to change: it need not find that reading in
             the feedback by attention.
-        halt_threshold (`float`, *optional*, defaults to 0.5):
-            At inference, a row stops its supervision steps once its halting probability exceeds this; 1.0: never,
-            every supervision step runs as in training (a halting head that reads a constant would otherwise stop
-            every row after the first step).
+        halt_threshold (`float`, *optional*, defaults to 1.0):
+            At inference, a row stops its supervision steps once its halting probability exceeds this. 1.0 never
+            stops: every supervision step runs, as in training and as the TRM reference evaluates. Below 1, adaptive
+            halting, as good as the halting head: one that cannot tell problems apart stops every row at once.
         thought_window (`str`, *optional*, defaults to `"append"`):
             `"append"`: thoughts are added after `<think>`. `"slide"`: positions after the thoughts no longer attend
             to the oldest K real tokens of the row (2K after two `<think>`, ...), so the attended window keeps its
@@ -120,7 +120,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
     thought_feedback: bool = False
     thought_output: str = "vector"
     thought_next_token_prior: bool = False
-    halt_threshold: float = 0.5
+    halt_threshold: float = 1.0
     thought_window: str = "append"
     thought_mode: str = "trm"
     tie_word_embeddings: bool = True

@@ -50,7 +50,8 @@ FEEDBACK5 = ("--n_supervision_steps", "5", "--thought_feedback", "true")
 PRIOR = ("--thought_next_token_prior", "true")
 # The backbone is trained to write each forced step inside the thought positions (session 11: its reading there, which
 # the prior adds, had never been trained), and every supervision step runs at inference (session 11: a halting head
-# reading a constant stopped every <think> after its first step, so the rounds trained were never used).
+# reading a constant stopped every <think> after its first step, so the rounds trained were never used; 1.0 has been
+# the default since, and stays explicit here so that the arm does not move with it).
 WRITES = ("--forced_lm_loss_weight", "1.0")
 ALL_STEPS = ("--halt_threshold", "1.0")
 # Only the last supervision step's answer is scored, the earlier ones by the probe alone: cheaper, and the answer is not
