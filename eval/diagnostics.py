@@ -9,6 +9,9 @@ Each replaces the thoughts of every `<think>` while a model answers, through a f
     snapped     each thought is the embedding of the token it decodes to (its readout through the final norm and LM
                 head): how the model answers when its thoughts are the written tokens they stand for, which is what
                 teacher-forced latent steps (`--thought_teacher_forcing`) trained it to read
+    prior_only  (models with `thought_next_token_prior`) every supervision step's thoughts are the backbone's
+                next-token reading before each thought alone, the TRM's own output weighed to nothing: the backbone
+                decoding the step by Jacobi iteration, what the thoughts are without the recursion
 
 `follows_donor` is the share of problems, among those whose donor has another answer, answered with the donor's answer:
 thoughts that carry the computation move the answer with them (near 1), thoughts that carry nothing leave it (near 0).
@@ -23,7 +26,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-ABLATIONS = ("zeroed", "shuffled", "transplant", "snapped")
+ABLATIONS = ("zeroed", "shuffled", "transplant", "snapped", "prior_only")
+# prior_only's weight of the prior: the TRM's outputs (on the token embeddings' scale) vanish beside it
+PRIOR_ONLY_SCALE = 1e4
 DONOR_ABLATIONS = ("shuffled", "transplant")  # another problem's thoughts: the answer may follow them
 # A call's thoughts (B, K, D) and what they decode from (B, K, D), `ThoughtStep.readout`: an ablation moves both, so
 # that what eval records a row's thoughts decode to is what that row was given (with thought_output="token_mixture"
@@ -78,6 +83,31 @@ def recorded_thoughts(model) -> Iterator[list[ThoughtPair]]:
         yield calls
 
 
+def applies(model, ablation: str) -> bool:
+    """Whether `ablation` means something for `model`: prior_only needs thoughts with a next-token prior."""
+    return ablation != "prior_only" or bool(getattr(model.config, "thought_next_token_prior", False))
+
+
+@contextlib.contextmanager
+def ablated(model, ablation: str, answer_normally: Callable[[], object]) -> Iterator[None]:
+    """While inside, the model answers with its thoughts ablated (`ABLATIONS`)."""
+    if ablation != "prior_only":
+        with thoughts_through(model, replacement(model, ablation, answer_normally)):
+            yield
+        return
+    if not applies(model, ablation):
+        raise ValueError("prior_only ablates the next-token prior: the model has none (thought_next_token_prior).")
+    scale = model.model.thoughts.prior_scale
+    saved = scale.detach().clone()
+    with torch.no_grad():
+        scale.fill_(PRIOR_ONLY_SCALE)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            scale.copy_(saved)
+
+
 def replacement(model, ablation: str, answer_normally: Callable[[], object]) -> Callable[[ThoughtPair], ThoughtPair]:
     """The thoughts function of an ablation; the transplant first answers normally to record its donors."""
     if ablation == "zeroed":
@@ -87,7 +117,7 @@ def replacement(model, ablation: str, answer_normally: Callable[[], object]) -> 
     if ablation == "snapped":  # the readout stays: it decodes to the token the thought now is
         return lambda pair: (decoded_tokens(model, pair[1]).to(pair[0].dtype), pair[1])
     if ablation != "transplant":
-        raise ValueError(f"unknown ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
+        raise ValueError(f"unknown thought replacement {ablation!r}; known: {', '.join(ABLATIONS[:4])}")
     with recorded_thoughts(model) as calls:
         answer_normally()
     donors = iter(calls)

@@ -19,6 +19,7 @@ What is measured per example:
 """
 
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -29,7 +30,7 @@ import torch
 
 from eval import load_metric
 from eval.answers import answers_match, extract_answer
-from eval.diagnostics import DONOR_ABLATIONS, donor, follows_donor, replacement, thoughts_through
+from eval.diagnostics import DONOR_ABLATIONS, ablated, applies, donor, follows_donor
 from eval.tasks import Task
 from modeling_smollm_trm import THINK_TOKENS, Depth
 from smollm_trm.chat import chat_prompt, describe_thoughts
@@ -286,8 +287,8 @@ def _batch_records(loaded: LoadedModel, examples: list[dict], prompts: list[str]
         with watched(loaded) as calls:
             outputs, seconds = generate_batch(loaded, prompts, settings, depth)
     else:
-        replace = replacement(loaded.model, ablation, lambda: generate_batch(loaded, prompts, settings, depth))
-        with thoughts_through(loaded.model, replace), watched(loaded) as calls:
+        answer_normally = functools.partial(generate_batch, loaded, prompts, settings, depth)
+        with ablated(loaded.model, ablation, answer_normally), watched(loaded) as calls:
             outputs, seconds = generate_batch(loaded, prompts, settings, depth)
     thoughts = None if calls is None else describe_thoughts(loaded.model, loaded.tokenizer, calls, len(prompts))
     records = []
@@ -368,7 +369,7 @@ def evaluate_models(
         warm_up(loaded, task, settings)
         for depth in depths_for(loaded, n_cycles or [], n_supervision_steps or []):
             runs.append(run_model(loaded, task, settings, depth))
-        for ablation in ablations if loaded.has_thoughts else ():
+        for ablation in (name for name in ablations if loaded.has_thoughts and applies(loaded.model, name)):
             runs.append(run_model(loaded, task, settings, depths_for(loaded, [], [])[0], ablation))
         loaded.model = None  # free the weights before the next model loads; reports need only the metadata
     if (n_cycles or n_supervision_steps) and not any(run.model.kind == "trm" for run in runs):

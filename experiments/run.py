@@ -172,7 +172,7 @@ def evaluate_arm(model_dir: Path, eval_dir: Path, tests: list[tuple[str, dict, i
     `trm_n_supervision_steps` (at the trained n_cycles), and the diagnostics run, on the tests with one `<think>`
     in the prompt; the tests that give more latent steps run at the trained depth alone. `compile_thoughts`: the
     mode the arms trained with (`--compile_thoughts`), which their evaluation compiles with too."""
-    from eval.diagnostics import ABLATIONS
+    from eval.diagnostics import ABLATIONS, applies
     from eval.report import write_outputs
     from eval.runner import GenerationSettings, depths_for, load_model, run_model, warm_up
     from eval.tasks import load_task
@@ -197,7 +197,8 @@ def evaluate_arm(model_dir: Path, eval_dir: Path, tests: list[tuple[str, dict, i
         else:
             runs = [run_model(loaded, task, generation, depth) for depth in sweep]
             if settings.diagnostics and loaded.has_thoughts:
-                runs += [run_model(loaded, task, generation, trained, ablation) for ablation in ABLATIONS]
+                runs += [run_model(loaded, task, generation, trained, ablation) for ablation in ABLATIONS
+                         if applies(loaded.model, ablation)]
         task_info = {**spec, "kind": task.kind, "path": None, "n": len(task.examples), "latent_steps": latent_steps}
         results[name] = write_outputs(eval_dir / name, task_info, {**asdict(generation), "model": str(model_dir)}, runs)
     loaded.model = None

@@ -112,8 +112,9 @@ class ExperimentSettings:
                                                 "<think> in the prompt (the padded last stage's, and more), beside "
                                                 "emitting them themselves."})
     diagnostics: bool = field(
-        default=True, metadata={"help": "Also answer with the thoughts zeroed, shuffled, transplanted and snapped "
-                                        "(eval/diagnostics.py), arms with thoughts at their training depth."})
+        default=True, metadata={"help": "Also answer with the thoughts zeroed, shuffled, transplanted, snapped and "
+                                        "(with a next-token prior) prior-only (eval/diagnostics.py), arms with "
+                                        "thoughts at their training depth."})
     paired_arms: list[list[str]] = field(
         default_factory=list, metadata={"help": "Pairs of arms compared question by question (McNemar's exact "
                                                 "test, eval/paired.py) at each test depth, seeds pooled; pairs "

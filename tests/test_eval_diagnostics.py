@@ -7,7 +7,7 @@ from conftest import THINK, tiny_model, tiny_text_config
 from test_eval_runner import save_tiny
 
 from eval.__main__ import main
-from eval.diagnostics import follows_donor, recorded_thoughts, replacement, thoughts_through
+from eval.diagnostics import ablated, applies, follows_donor, recorded_thoughts, replacement, thoughts_through
 from modeling_smollm_trm import Depth
 
 VIVID = dict(text_config=tiny_text_config(initializer_range=0.15))
@@ -50,6 +50,29 @@ def test_snapped_thoughts_are_the_embeddings_of_the_tokens_they_decode():
             snapped = model(input_ids=torch.tensor([A])).logits[0]
     torch.testing.assert_close(snapped, reference, atol=1e-5, rtol=0)
     assert not torch.allclose(plain, reference, atol=1e-3), "the mixtures must differ from their tokens to bite"
+
+
+def test_prior_only_thoughts_are_the_backbone_decoding_the_step_alone():
+    """With the TRM's own output weighed to nothing, the second supervision step's thoughts decode as the backbone's
+    next tokens after `<think>` and after each of the first step's thoughts (a plain pass over them); the learned
+    weight is back afterwards, and a model without the prior has no such ablation."""
+    prior = {"thought_output": "token_mixture", "n_supervision_steps": 2, "thought_feedback": True,
+             "thought_next_token_prior": True}
+    model = tiny_model(**VIVID, **prior)
+    weight = model.model.thoughts.prior_scale.item()
+    context = torch.tensor([A[: A.index(THINK) + 1]])
+    with torch.no_grad(), ablated(model, "prior_only", lambda: None):
+        with model.watch_thoughts() as first:
+            model(input_ids=context, n_supervision_steps=1)
+        with model.watch_thoughts() as second:
+            model(input_ids=context)
+        stream = torch.cat([model.get_input_embeddings()(context), first[0].thoughts], dim=1)
+        hidden = model.model.language_model(inputs_embeds=stream).last_hidden_state
+        K = model.config.num_latents
+        reads = model.lm_head(hidden[:, context.shape[1] - 1 : context.shape[1] - 1 + K])
+        torch.testing.assert_close(model.thought_logits(second[0].readout), reads, atol=1e-3, rtol=1e-3)
+    assert model.model.thoughts.prior_scale.item() == weight
+    assert applies(model, "prior_only") and not applies(tiny_model(), "prior_only")
 
 
 def test_shuffled_and_transplanted_thoughts_are_the_next_problems():
