@@ -339,7 +339,7 @@ class HiddenStateTRM(nn.Module):
         self.out_norm = nn.RMSNorm(config.text_config.hidden_size, eps=config.trm_rms_norm_eps)
         self.halt_head = nn.Linear(width, 1)
         if config.thought_next_token_prior:  # its weight against the outputs (set on their scale, as out_norm's)
-            self.prior_scale = nn.Parameter(torch.empty(()))
+            self.prior_scale = nn.Parameter(torch.empty(1))  # not 0-dim: FSDP2 shards no scalar parameter
 
     def forward(self, context: torch.Tensor, context_mask: torch.Tensor, depth: Depth,
                 halt_threshold: float | None = None, rows: torch.Tensor | None = None,
@@ -365,8 +365,8 @@ class HiddenStateTRM(nn.Module):
                     read, read_mask = read_thoughts(steps[-1].thoughts)
                     x = self.compressor(torch.cat([context, read.to(context.dtype)], dim=1),
                                         torch.cat([context_mask, read_mask], dim=1))
-                    if next_token_prior is not None:
-                        prior = next_token_prior(read)
+                    if next_token_prior is not None:  # a halted row keeps its thoughts: its prior too
+                        prior = torch.where(halted[:, None, None], prior, next_token_prior(read))
             carry = carry.where(halted, self.deep_recursion(x, carry, depth.n_cycles))
             steps_used += (~halted).float()
             halt_logit = self.halt_logit(carry.y)
@@ -549,6 +549,27 @@ class ThoughtCache(DynamicCache):
             self.real_count = self.real_count - (removed != PAD).sum(dim=1)
             self.thought_count = self.thought_count - (removed == THOUGHT).sum(dim=1)
             self._map(lambda t: t[:, :tokens_to_remove], self.COLUMN_RECORDS)
+
+    @contextlib.contextmanager
+    def scratch(self):
+        """While inside, columns may be added to try something (an answer pass, a feedback read); on leaving, the
+        cache holds exactly the tensors it held before. Unlike `crop`, nothing of what ran inside stays: no slice of
+        a longer tensor keeps it in memory, and the earlier columns keep their autograd history even when the
+        columns were added under `torch.no_grad()`."""
+        layers = list(self.layers)
+        layer_states = [dict(vars(layer)) for layer in layers]
+        records = {name: getattr(self, name) for name in (*self.COLUMN_RECORDS, "real_count", "thought_count")}
+        chunks = list(self.hidden_chunks)
+        try:
+            yield self
+        finally:
+            self.layers[:] = layers
+            for layer, state in zip(layers, layer_states):
+                vars(layer).clear()
+                vars(layer).update(state)
+            for name, value in records.items():
+                setattr(self, name, value)
+            self.hidden_chunks = chunks
 
     def reset(self):
         super().reset()
@@ -914,7 +935,8 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         states = []
         for j in range(min(layout.num_thinks, num_forced)):
             tokens = layout.tokens(j)
-            think_column = tokens.start + (layout.kinds[:, tokens] != PAD).sum(dim=1) - 1  # (B,)
+            # (B,) a row without a j-th `<think>` (all padding here) points at the block's first column
+            think_column = tokens.start + ((layout.kinds[:, tokens] != PAD).sum(dim=1) - 1).clamp(min=0)
             thought_columns = torch.arange(layout.thoughts(j).start, layout.thoughts(j).stop - 1, device=hidden.device)
             columns = torch.cat([think_column[:, None], thought_columns.expand(batch, -1)], dim=1)  # (B, K)
             states.append(hidden.gather(1, columns[..., None].expand(-1, -1, hidden.shape[-1])))
@@ -1097,29 +1119,28 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
 
     def _read_thoughts(self, cache: ThoughtCache, kinds: torch.Tensor, thoughts: torch.Tensor) -> torch.Tensor:
         """`thought_feedback` without answers to score: the backbone's last-layer hidden states over `thoughts`
-        (B, K, D) placed after the context, as the answer would see them; the cache is then cut back."""
-        hidden = self._extend(cache, *self._joined([(thoughts, kinds)]), torch.zeros_like(kinds[:, 0]))
-        cache.crop(-thoughts.shape[1])
-        return hidden
+        (B, K, D) placed after the context, as the answer would see them; the cache is then as it was."""
+        with cache.scratch():
+            return self._extend(cache, *self._joined([(thoughts, kinds)]), torch.zeros_like(kinds[:, 0]))
 
     def _answer_pass(self, cache, layout: ChunkLayout, j: int, thoughts, prior_thinks):
         """Deep supervision: the j-th `<think>`'s [thoughts; answer] given an intermediate step's thoughts, run on the
-        context's cache, which is then cut back. Returns the input-aligned hidden states (see `SupervisedStep`) and
+        context's cache, which is then as it was. Returns the input-aligned hidden states (see `SupervisedStep`) and
         the thoughts' own (B, K, D): what `thought_feedback` reads, as the thoughts never see the answer."""
         thought_columns, answer_columns = layout.thoughts(j), layout.tokens(j + 1)
         columns = [(thoughts, layout.kinds[:, thought_columns])]
         answer_drop = (prior_thinks + j + 1) * self.config.num_latents
         hidden = []
-        if self.config.thought_window == "slide":  # as in the main pass: the thoughts run apart
-            hidden.append(self._extend(cache, *columns[0], torch.zeros_like(prior_thinks)))
-            columns = []
-        if answer_columns.stop > answer_columns.start:
-            columns.append((self.get_input_embeddings()(layout.ids[:, answer_columns]),
-                            layout.kinds[:, answer_columns]))
-        if columns:
-            hidden.append(self._extend(cache, *self._joined(columns), answer_drop))
+        with cache.scratch():
+            if self.config.thought_window == "slide":  # as in the main pass: the thoughts run apart
+                hidden.append(self._extend(cache, *columns[0], torch.zeros_like(prior_thinks)))
+                columns = []
+            if answer_columns.stop > answer_columns.start:
+                columns.append((self.get_input_embeddings()(layout.ids[:, answer_columns]),
+                                layout.kinds[:, answer_columns]))
+            if columns:
+                hidden.append(self._extend(cache, *self._joined(columns), answer_drop))
         hidden = torch.cat(hidden, dim=1)  # (B, K + W, D) from the first thought column on
-        cache.crop(-hidden.shape[1])
         columns = (layout.out_columns - thought_columns.start).clamp(0, hidden.shape[1] - 1)
         return self._input_aligned(hidden, columns), hidden[:, : thoughts.shape[1]]
 

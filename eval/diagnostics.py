@@ -9,9 +9,10 @@ Each replaces the thoughts of every `<think>` while a model answers, through a f
     snapped     each thought is the embedding of the token it decodes to (its readout through the final norm and LM
                 head): how the model answers when its thoughts are the written tokens they stand for, which is what
                 teacher-forced latent steps (`--thought_teacher_forcing`) trained it to read
-    prior_only  (models with `thought_next_token_prior`) every supervision step's thoughts are the backbone's
-                next-token reading before each thought alone, the TRM's own output weighed to nothing: the backbone
-                decoding the step by Jacobi iteration, what the thoughts are without the recursion
+    prior_only  (models with `thought_next_token_prior`) the TRM's own outputs are zeros, so every supervision
+                step's thoughts are the backbone's next-token reading before each thought alone (before the first
+                feedback pass, thoughts 1..K-1 have none and read as the mean token): the backbone decoding the step
+                by Jacobi iteration from nothing, what the thoughts are without the recursion
 
 `follows_donor` is the share of problems, among those whose donor has another answer, answered with the donor's answer:
 thoughts that carry the computation move the answer with them (near 1), thoughts that carry nothing leave it (near 0).
@@ -27,8 +28,6 @@ from collections.abc import Callable, Iterator
 import torch
 
 ABLATIONS = ("zeroed", "shuffled", "transplant", "snapped", "prior_only")
-# prior_only's weight of the prior: the TRM's outputs (on the token embeddings' scale) vanish beside it
-PRIOR_ONLY_SCALE = 1e4
 DONOR_ABLATIONS = ("shuffled", "transplant")  # another problem's thoughts: the answer may follow them
 # A call's thoughts (B, K, D) and what they decode from (B, K, D), `ThoughtStep.readout`: an ablation moves both, so
 # that what eval records a row's thoughts decode to is what that row was given (with thought_output="token_mixture"
@@ -97,15 +96,19 @@ def ablated(model, ablation: str, answer_normally: Callable[[], object]) -> Iter
         return
     if not applies(model, ablation):
         raise ValueError("prior_only ablates the next-token prior: the model has none (thought_next_token_prior).")
-    scale = model.model.thoughts.prior_scale
-    saved = scale.detach().clone()
+    trm = model.model.thoughts
+    # The outputs are RMSNorm(W y) * out_norm.weight: a zero weight makes them zeros; the prior's weight, any positive.
+    weights = {trm.out_norm.weight: 0.0, trm.prior_scale: 1.0}
+    saved = [weight.detach().clone() for weight in weights]
     with torch.no_grad():
-        scale.fill_(PRIOR_ONLY_SCALE)
+        for weight, value in weights.items():
+            weight.fill_(value)
     try:
         yield
     finally:
         with torch.no_grad():
-            scale.copy_(saved)
+            for weight, value in zip(weights, saved):
+                weight.copy_(value)
 
 
 def replacement(model, ablation: str, answer_normally: Callable[[], object]) -> Callable[[ThoughtPair], ThoughtPair]:

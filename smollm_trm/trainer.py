@@ -129,7 +129,7 @@ class TRMSFTTrainer(SFTTrainer):
             loss = self.thought_lm.combine_losses(loss, outputs.halt_loss / steps, probe_loss, forced_lm_loss)
         if teacher:
             loss = loss + self._teacher_terms(model, mode, inputs, outputs, teacher) / steps
-        self._record_metrics(mode, inputs, outputs, num_items_in_batch)
+        self._record_metrics(mode, inputs, outputs, num_items_in_batch, forced.get("forced_thoughts"))
         if mode == "train":
             self._record_batch_time()
         if self.curriculum is not None:
@@ -163,7 +163,8 @@ class TRMSFTTrainer(SFTTrainer):
                 distill.detach().float()[None]).mean().item())
         return terms
 
-    def _record_metrics(self, mode: str, inputs: dict, outputs, num_items_in_batch) -> None:
+    def _record_metrics(self, mode: str, inputs: dict, outputs, num_items_in_batch,
+                        forced_thoughts: torch.Tensor | None = None) -> None:
         metrics = self._metrics[mode]
         labels = inputs["labels"][:, 1:]  # column i predicts label i + 1
         scored = labels != IGNORE_INDEX
@@ -182,11 +183,16 @@ class TRMSFTTrainer(SFTTrainer):
         if num_items_in_batch is not None:  # back to a per-token mean of this micro-batch, for logging
             lm_loss = lm_loss * num_items_in_batch / scored.sum().clamp(min=1)
         values = {"lm_loss": lm_loss, "halt_loss": outputs.halt_loss.detach()}
-        for name in ("halt_probability", "supervision_steps", "thought_norm", "forced_lm_loss"):
+        for name in ("halt_probability", "supervision_steps", "thought_norm"):
             if getattr(outputs, name, None) is not None:  # a folder saved by older code may lack the newer ones
                 values[name] = getattr(outputs, name).detach()
         if outputs.probe_loss is not None:
-            self._record_probe(metrics, inputs[THOUGHT_LABELS_COLUMN], outputs)
+            labelled = (inputs[THOUGHT_LABELS_COLUMN] != IGNORE_INDEX).sum()
+            self._record_counted(metrics, {"probe_loss": outputs.probe_loss, "probe_accuracy": outputs.probe_accuracy},
+                                 labelled)
+        if getattr(outputs, "forced_lm_loss", None) is not None:  # a folder saved by older code has none
+            self._record_counted(metrics, {"forced_lm_loss": outputs.forced_lm_loss},
+                                 (forced_thoughts != IGNORE_INDEX).sum())
         if outputs.thought_norm is not None:  # the thoughts should stay on the scale of the tokens they sit among
             with torch.no_grad():
                 tokens = self.thought_lm.get_input_embeddings()(inputs["input_ids"][inputs["attention_mask"].bool()])
@@ -205,16 +211,16 @@ class TRMSFTTrainer(SFTTrainer):
             self._metrics["train"]["seconds_per_batch"].append(now - self._last_batch_time)
         self._last_batch_time = now
 
-    def _record_probe(self, metrics, thought_labels: torch.Tensor, outputs) -> None:
-        """The step probe's loss and accuracy over the labelled thoughts of every rank; a batch without any (stage 0
-        of the curriculum) adds nothing, rather than a 0 that would drag the logged mean down."""
-        count = (thought_labels != IGNORE_INDEX).sum().float()
-        totals = torch.stack([outputs.probe_loss.detach().float() * count,
-                              outputs.probe_accuracy.float() * count, count])
-        totals = self.accelerator.gather_for_metrics(totals[None]).view(-1, 3).sum(dim=0)
-        if totals[2] > 0:
-            metrics["probe_loss"].append((totals[0] / totals[2]).item())
-            metrics["probe_accuracy"].append((totals[1] / totals[2]).item())
+    def _record_counted(self, metrics, values: dict[str, torch.Tensor], count: torch.Tensor) -> None:
+        """Means over `count` items (labelled thoughts for the step probe, forced tokens for the forced loss), pooled
+        over every rank by their counts; a batch without any (stage 0 of the curriculum, a batch with no step drawn
+        for forcing) adds nothing, rather than a 0 that would drag the logged mean down."""
+        count = count.float()
+        totals = torch.stack([value.detach().float() * count for value in values.values()] + [count])
+        totals = self.accelerator.gather_for_metrics(totals[None]).view(-1, len(values) + 1).sum(dim=0)
+        if totals[-1] > 0:
+            for name, total in zip(values, totals):
+                metrics[name].append((total / totals[-1]).item())
 
     # --------------------------------------------------------------------------------------- curriculum and teacher
 

@@ -305,6 +305,8 @@ def test_teacher_forcing_gives_the_drawn_latent_steps_their_written_tokens(backb
     own = model(**inputs, thought_labels=labels).loss
     assert not torch.allclose(forced, own)
     torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), forced)
+    logged = trainer._metrics["train"]["forced_lm_loss"]
+    assert logged == [pytest.approx(forced_out.forced_lm_loss.item(), rel=1e-5)]
     trainer.thought_teacher_forcing = 0.5  # whole steps are drawn, each with that probability
     torch.manual_seed(0)
     drawn = trainer._forced_thoughts(labels.new_full((64, 4, 3), 9))

@@ -53,13 +53,14 @@ def test_snapped_thoughts_are_the_embeddings_of_the_tokens_they_decode():
 
 
 def test_prior_only_thoughts_are_the_backbone_decoding_the_step_alone():
-    """With the TRM's own output weighed to nothing, the second supervision step's thoughts decode as the backbone's
-    next tokens after `<think>` and after each of the first step's thoughts (a plain pass over them); the learned
-    weight is back afterwards, and a model without the prior has no such ablation."""
+    """With the TRM's own outputs zeros, the first step's thoughts carry only the backbone's next token after
+    `<think>`, and the second step's decode as its next tokens after `<think>` and after each of the first step's
+    thoughts (a plain pass over them); the learned weights are back afterwards, and a model without the prior has no
+    such ablation."""
     prior = {"thought_output": "token_mixture", "n_supervision_steps": 2, "thought_feedback": True,
              "thought_next_token_prior": True}
     model = tiny_model(**VIVID, **prior)
-    weight = model.model.thoughts.prior_scale.item()
+    weights = [model.model.thoughts.prior_scale.clone(), model.model.thoughts.out_norm.weight.clone()]
     context = torch.tensor([A[: A.index(THINK) + 1]])
     with torch.no_grad(), ablated(model, "prior_only", lambda: None):
         with model.watch_thoughts() as first:
@@ -71,7 +72,9 @@ def test_prior_only_thoughts_are_the_backbone_decoding_the_step_alone():
         K = model.config.num_latents
         reads = model.lm_head(hidden[:, context.shape[1] - 1 : context.shape[1] - 1 + K])
         torch.testing.assert_close(model.thought_logits(second[0].readout), reads, atol=1e-3, rtol=1e-3)
-    assert model.model.thoughts.prior_scale.item() == weight
+        assert (first[0].readout[:, 1:] == 0).all()
+    assert torch.equal(weights[0], model.model.thoughts.prior_scale)
+    assert torch.equal(weights[1], model.model.thoughts.out_norm.weight)
     assert applies(model, "prior_only") and not applies(tiny_model(), "prior_only")
 
 

@@ -265,6 +265,42 @@ def test_next_token_prior_weight_trains_and_starts_on_the_scale_of_the_outputs()
         tiny_config(thought_next_token_prior=True)
 
 
+def test_a_halted_row_keeps_its_thoughts_whatever_the_rows_beside_it():
+    """With adaptive halting and the next-token prior, a row that halts after its first supervision step gets the
+    thoughts it gets alone, while the row beside it runs on (its feedback reads must not reach the halted row)."""
+    model = tiny_model(**VIVID, **{**PRIOR, "n_supervision_steps": 3}, halt_threshold=0.5)
+    halt_head = model.model.thoughts.halt_head
+    rows = torch.tensor([[7, 8, 9, THINK], [20, 21, 22, THINK]])
+    with torch.no_grad():
+        torch.nn.init.normal_(halt_head.weight, std=1.0)
+        with model.watch_thoughts() as calls:
+            model(input_ids=rows)
+        first_step = torch.logit(calls[0].halt_probability[:, 0].double()).float() - halt_head.bias  # (2,)
+        halt_head.bias.fill_(-first_step.mean().item())  # one row above 0.5 after step 1, the other below
+        halting = int(first_step.argmax())
+        with model.watch_thoughts() as batched:
+            model(input_ids=rows)
+        with model.watch_thoughts() as alone:
+            model(input_ids=rows[halting : halting + 1])
+    assert batched[0].steps_used.tolist()[halting] == 1 and batched[0].steps_used.tolist()[1 - halting] == 3
+    torch.testing.assert_close(batched[0].thoughts[halting], alone[0].thoughts[0], atol=1e-5, rtol=0)
+
+
+def test_a_scratch_extension_leaves_the_cache_as_it_was():
+    """Columns added inside `ThoughtCache.scratch()` (here without gradient) leave no trace: the same tensors,
+    with the autograd history they had."""
+    model = tiny_model(**VIVID).train()
+    cache = model(input_ids=torch.tensor([[7, 8, THINK, 9]]), use_cache=True).cache
+    before = [(layer.keys, layer.values) for layer in cache.layers], cache.kinds, cache.real_count, cache.hidden
+    with torch.no_grad(), cache.scratch():
+        model(input_ids=torch.tensor([[10, THINK]]), cache=cache, use_cache=True)
+        assert cache.num_columns > before[1].shape[1]
+    after = [(layer.keys, layer.values) for layer in cache.layers], cache.kinds, cache.real_count, cache.hidden
+    assert all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(after[0], before[0]))
+    assert after[1] is before[1] and after[2] is before[2] and after[3] is before[3]
+    assert after[0][0][0].requires_grad and after[3].requires_grad
+
+
 @pytest.mark.parametrize("threshold, steps", [(0.5, 1), (1.0, 3)])
 def test_halt_threshold_one_runs_every_supervision_step_at_inference(threshold, steps):
     model = tiny_model(n_supervision_steps=3, halt_threshold=threshold)
@@ -321,7 +357,9 @@ def test_segmented_forward_equals_one_uncached_pass_over_context_thoughts_rest()
 
 
 @pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"n_supervision_steps": 2},
-                                      {"n_supervision_steps": 2, "thought_feedback": True}, {"thought_output": "token_mixture", "n_supervision_steps": 2, "thought_feedback": True}])
+                                      {"n_supervision_steps": 2, "thought_feedback": True},
+                                      {"thought_output": "token_mixture", "n_supervision_steps": 2, "thought_feedback": True},
+                                      PRIOR, {**PRIOR, "score_step_answers": False, "n_supervision_steps": 3}])
 def test_activation_checkpointing_fallback_gives_the_same_loss_and_gradients(settings):
     model = tiny_model(**VIVID, **settings).train()
     ids, mask = pad_batch(ROWS, SIDES)
