@@ -184,8 +184,8 @@ class SmolLMTRMConfig(PreTrainedConfig):
                              "head does: it needs a backbone with tie_word_embeddings=True.")
         if self.thought_next_token_prior and not (self.thought_feedback and self.thought_output == "token_mixture"):
             raise ValueError(
-                f"thought_next_token_prior adds the backbone's next-token reading of the feedback pass to thoughts read "
-                f"as tokens: it needs thought_feedback=True and thought_output='token_mixture', got "
+                f"thought_next_token_prior adds the backbone's next-token reading of the feedback pass to thoughts "
+                f"read as tokens: it needs thought_feedback=True and thought_output='token_mixture', got "
                 f"thought_feedback={self.thought_feedback}, thought_output={self.thought_output!r}."
             )
         if not 0.0 < self.halt_threshold <= 1.0:
