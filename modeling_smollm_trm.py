@@ -1502,7 +1502,11 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
             losses.append(F.binary_cross_entropy_with_logits(step.halt_logit[rows], correct[rows].float(),
                                                              reduction="none"))
         losses = torch.cat(losses) if losses else wrong.new_zeros(0, dtype=torch.float)
-        return losses.mean() if losses.numel() else torch.zeros((), device=wrong.device)
+        if losses.numel():
+            return losses.mean()
+        # No target in this batch (every answer read forced thoughts, or was not scored): a zero that still reaches
+        # the halting head, whose gradient DDP then finds (it fails on a parameter left out of the graph).
+        return sum(step.halt_logit.sum() for step, _ in halting) * 0.0
 
     # ------------------------------------------------------------------------------------------------------------
     # Generation

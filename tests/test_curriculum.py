@@ -405,4 +405,7 @@ def test_a_forced_answer_gives_the_halting_head_no_target():
     torch.testing.assert_close(row_one_forced, alone, atol=1e-6, rtol=1e-5)
     assert abs(unforced.item() - alone.item()) > 1e-3, "row 0 must count without forcing for the test to bite"
     forced[1, 0, 0] = 11
-    assert model(input_ids=rows, labels=rows, forced_thoughts=forced).halt_loss.item() == 0.0
+    none_left = model(input_ids=rows, labels=rows, forced_thoughts=forced).halt_loss
+    assert none_left.item() == 0.0
+    none_left.backward()  # and the head is still in the graph, as DDP needs every parameter to be
+    assert model.model.thoughts.halt_head.weight.grad is not None
