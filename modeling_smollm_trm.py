@@ -457,6 +457,7 @@ class ThoughtCache(DynamicCache):
     """
 
     COLUMN_RECORDS = ("kinds", "real", "replay_embeds", "replay_drops")  # (B, C, ...) beside the hidden states
+    ROW_RECORDS = COLUMN_RECORDS + ("real_count", "thought_count")  # everything kept per row
 
     def __init__(self, *args, replay: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -523,7 +524,7 @@ class ThoughtCache(DynamicCache):
                 setattr(self, name, fn(value))
 
     def _map_rows(self, fn) -> None:
-        self._map(fn, self.COLUMN_RECORDS + ("real_count", "thought_count"))
+        self._map(fn, self.ROW_RECORDS)
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         super().reorder_cache(beam_idx)
@@ -558,7 +559,7 @@ class ThoughtCache(DynamicCache):
         columns were added under `torch.no_grad()`."""
         layers = list(self.layers)
         layer_states = [dict(vars(layer)) for layer in layers]
-        records = {name: getattr(self, name) for name in (*self.COLUMN_RECORDS, "real_count", "thought_count")}
+        records = {name: getattr(self, name) for name in self.ROW_RECORDS}
         chunks = list(self.hidden_chunks)
         try:
             yield self
@@ -1032,7 +1033,9 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         its supervision steps, each earlier step's answer run on that step's thoughts; `stacked`: those answers are
         left to the next pass (`_run_chunk`), which fills in their `hidden`."""
         context = cache.hidden if self.thoughts.reads_context else None
-        threshold = None if supervise else self.config.halt_threshold
+        # Training runs every step; so does inference at threshold 1 (never halting), without a check per step.
+        halts = not supervise and self.config.halt_threshold < 1.0
+        threshold = self.config.halt_threshold if halts else None
         kinds = layout.kinds[:, layout.thoughts(j)]
         answers = []  # supervised, with feedback: each earlier step's answer pass, which also gave its read
 
@@ -1073,7 +1076,7 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         large weight a thought becomes the token the backbone would write next. Before the first feedback pass only
         the first thought has one (the `<think>` token's state); the others get zeros. No gradient flows into it, as
         none flows into the feedback."""
-        real = cache.kinds != PAD
+        real = cache.real
         last = (real * torch.arange(real.shape[1], device=real.device)).argmax(dim=1)  # the `<think>` column
         think_state = cache.hidden[torch.arange(real.shape[0], device=real.device), last].detach()  # (B, D)
         norm_weight = self.language_model.norm.weight.detach()
