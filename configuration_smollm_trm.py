@@ -85,6 +85,10 @@ class SmolLMTRMConfig(PreTrainedConfig):
             model would write next after the last step's thoughts, one more token of a written step per step (a
             Jacobi iteration of decoding it), and the TRM learns what to change: it need not find that reading in
             the feedback by attention.
+        thought_prior_gain (`float`, *optional*, defaults to 1.0):
+            With `thought_next_token_prior`: a factor on the prior's learned weight, in training and inference. Above
+            1 the thoughts follow the backbone's next-token reading more and the TRM's own outputs less; a trained
+            model's value can be raised for inference (measured on held-out problems, see docs/RESULTS.md).
         halt_threshold (`float`, *optional*, defaults to 1.0):
             At inference, a row stops its supervision steps once its halting probability exceeds this. 1.0 never
             stops: every supervision step runs, as in training and as the TRM reference evaluates. Below 1, adaptive
@@ -120,6 +124,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
     thought_feedback: bool = False
     thought_output: str = "vector"
     thought_next_token_prior: bool = False
+    thought_prior_gain: float = 1.0
     halt_threshold: float = 1.0
     thought_window: str = "append"
     thought_mode: str = "trm"
@@ -193,7 +198,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
         for name in ("halt_loss_weight", "probe_loss_weight", "forced_lm_loss_weight"):  # `not >=` also refuses NaN
             if not getattr(self, name) >= 0 or getattr(self, name) == float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}.")
-        for name in ("trm_expansion", "trm_rms_norm_eps"):
+        for name in ("trm_expansion", "trm_rms_norm_eps", "thought_prior_gain"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}.")
         if round(self.trm_expansion * self.trm_hidden_size) < 1:

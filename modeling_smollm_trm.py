@@ -402,7 +402,9 @@ class HiddenStateTRM(nn.Module):
 
     def thoughts(self, y: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         outputs = self.out_norm(self.out_proj(y))  # (B, K, D)
-        return outputs if prior is None else outputs + self.prior_scale * prior.to(outputs.dtype)
+        if prior is None:
+            return outputs
+        return outputs + self.prior_scale * self.config.thought_prior_gain * prior.to(outputs.dtype)
 
     def halt_logit(self, y: torch.Tensor) -> torch.Tensor:
         # The head reads y without shaping it: the BCE's gradient is the same for every thought, and once answers are

@@ -265,6 +265,25 @@ def test_next_token_prior_weight_trains_and_starts_on_the_scale_of_the_outputs()
         tiny_config(thought_next_token_prior=True)
 
 
+def test_prior_gain_multiplies_the_learned_prior_weight():
+    """`thought_prior_gain` g gives the thoughts and logits that the learned prior weight multiplied by g gives (and
+    differs from gain 1, so the test sees it act); a gain that is not a finite number > 0 is refused."""
+    model = tiny_model(**VIVID, **PRIOR)
+    ids = torch.tensor([[7, 8, 9, THINK, 10, 11]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        model.model.thoughts.prior_scale.mul_(3.0)
+        reference = model(input_ids=ids).logits
+        model.model.thoughts.prior_scale.div_(3.0)
+        model.config.thought_prior_gain = 3.0
+        gained = model(input_ids=ids).logits
+    torch.testing.assert_close(gained, reference, atol=1e-5, rtol=0)
+    assert not torch.allclose(gained, plain, atol=1e-3)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="thought_prior_gain must be a finite number > 0"):
+            tiny_config(thought_prior_gain=bad)
+
+
 def test_a_halted_row_keeps_its_thoughts_whatever_the_rows_beside_it():
     """With adaptive halting and the next-token prior, a row that halts after its first supervision step gets the
     thoughts it gets alone, while the row beside it runs on (its feedback reads must not reach the halted row)."""
