@@ -57,6 +57,9 @@ ALL_STEPS = ("--halt_threshold", "1.0")
 # Only the last supervision step's answer is scored, the earlier ones by the probe alone: cheaper, and the answer is not
 # trained to do without thoughts that are still unfinished (session 11: a quarter less memory and time on the CPU).
 LAST_ANSWER = ("--score_step_answers", "false")
+# The thoughts after a step's own tokens are labelled with a newline (session 12: decoded by the backbone alone, a
+# step ran on into the next line's text there, which nothing had trained and the answer misread).
+STEP_FILL = ("--curriculum_step_fill", "\n")
 ARMS = {
     "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text"),
@@ -78,7 +81,10 @@ ARMS = {
               Arm("pause_forced_lm", "pause", "curriculum", PROBE + TOKENS + FORCED + WRITES),
               Arm("trm_jacobi", "trm", "curriculum", PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR + WRITES + ALL_STEPS),
               Arm("trm_jacobi_last", "trm", "curriculum",
-                  PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR + WRITES + ALL_STEPS + LAST_ANSWER)),
+                  PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR + WRITES + ALL_STEPS + LAST_ANSWER),
+              Arm("pause_forced_lm_fill", "pause", "curriculum", PROBE + TOKENS + FORCED + WRITES + STEP_FILL),
+              Arm("trm_jacobi_fill", "trm", "curriculum",
+                  PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR + WRITES + ALL_STEPS + LAST_ANSWER + STEP_FILL)),
     "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text")),
 }

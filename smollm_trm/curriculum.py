@@ -53,6 +53,13 @@ class CurriculumArguments:
         default=False, metadata={"help": "A row whose steps are all latent gets one <think> per stage reached, so the "
                                          "last stage has the same number of latent steps for every row."})
 
+    curriculum_step_fill: str | None = field(
+        default=None, metadata={"help": "With the step probe: a token, as text (e.g. a newline), that labels the "
+                                        "thought positions after a latent step's own tokens, so that all K thoughts "
+                                        "have a target (the probe, teacher forcing and the forced-step loss): a step "
+                                        "decoded by Jacobi iteration then ends in this token instead of running on "
+                                        "into text nothing trained. None: those positions have no target."})
+
     def __post_init__(self) -> None:
         if self.curriculum_stages < 1:
             raise ValueError(f"curriculum_stages must be >= 1, got {self.curriculum_stages}.")

@@ -256,16 +256,29 @@ def teacher_tokens(tokenizer: PreTrainedTokenizerBase, parts: tuple[list[dict[st
 
 
 def step_token_ids(tokenizer: PreTrainedTokenizerBase, parts: tuple[list[dict[str, str]], str, str],
-                   num_latents: int) -> list[list[int]]:
-    """The token ids of each written step of a row (from `row_parts`), the step probe's targets; a step longer than
-    the K thoughts that must decode it is a bad row."""
+                   num_latents: int, fill_id: int | None = None) -> list[list[int]]:
+    """The token ids of each written step of a row (from `row_parts`), the step probe's targets, each filled up to
+    the K thoughts with `fill_id` when given (`curriculum_step_fill`); a step longer than the K thoughts that must
+    decode it is a bad row."""
     steps = reasoning_steps(parts[1])
     step_ids = [tokenizer(step, add_special_tokens=False)["input_ids"] for step in steps]
     for number, (step, ids) in enumerate(zip(steps, step_ids), start=1):
         if len(ids) > num_latents:
             raise BadRowError(f"step {number} ({step!r:.60}) takes {len(ids)} tokens, more than the "
                               f"num_latents={num_latents} thoughts that decode it for the step probe")
-    return step_ids
+    if fill_id is None:
+        return step_ids
+    return [ids + [fill_id] * (num_latents - len(ids)) for ids in step_ids]
+
+
+def step_fill_id(tokenizer: PreTrainedTokenizerBase, fill: str | None) -> int | None:
+    """The token id of `curriculum_step_fill`, which must be exactly one token."""
+    if fill is None:
+        return None
+    ids = tokenizer(fill, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"curriculum_step_fill={fill!r} must be exactly one token of the tokenizer; it is {ids}.")
+    return ids[0]
 
 
 def _text_field(row: dict[str, Any], name: str) -> str:
@@ -445,6 +458,7 @@ class RowConversion:
     teacher: bool  # add the distillation teacher's tokens
     probe: bool  # add the step probe's thought_labels
     final_stage_only: bool  # eval rows: the curriculum's last stage alone
+    step_fill_id: int | None = None  # curriculum_step_fill's token, labelling the thoughts after a step's own
 
     def __call__(self, row: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
         """(the row's conversations, None), or ([], why it is unusable)."""
@@ -459,7 +473,7 @@ class RowConversion:
                 extra = teacher_tokens(self.tokenizer, parts, self.max_length)
                 variants = [{**variant, **extra} for variant in variants]
             if self.probe:
-                step_ids = step_token_ids(self.tokenizer, parts, self.num_latents)
+                step_ids = step_token_ids(self.tokenizer, parts, self.num_latents, self.step_fill_id)
                 variants = [{**variant, THOUGHT_LABELS_COLUMN: staged_thought_labels(
                     step_ids, variant[STAGE_COLUMN], args.curriculum_pad_latent_steps)} for variant in variants]
         except BadRowError as err:
@@ -505,6 +519,10 @@ def prepare_sft_data(
     if probe and args.reasoning != "curriculum":
         raise ValueError(f"The step probe decodes latent steps, which only --reasoning curriculum has (got "
                          f"{args.reasoning!r}).")
+    if args.curriculum_step_fill is not None and not probe:
+        raise ValueError("curriculum_step_fill labels the thoughts after each latent step for the step probe: give "
+                         "--probe_loss_weight or --thought_teacher_forcing above 0 too.")
+    fill_id = step_fill_id(tokenizer, args.curriculum_step_fill)
     think_id, _ = think_token_ids(tokenizer)
     check_chat_template(tokenizer, think_id)
     splits = load_rows(args.dataset_name, None, args.dataset_config)
@@ -520,7 +538,8 @@ def prepare_sft_data(
     reported: list[dict[str, Any]] = []
     for part, (split_name, rows, indices) in _plan_parts(splits, args).items():
         conversion = RowConversion(args, tokenizer, data_format, control_tokens, num_latents, think_id, max_length,
-                                   teacher=teacher and part == "train", probe=probe, final_stage_only=part == "eval")
+                                   teacher=teacher and part == "train", probe=probe, final_stage_only=part == "eval",
+                                   step_fill_id=fill_id)
         conversations, bad = [], []
         for index, (variants, reason) in zip(indices, converted_rows(conversion, [rows[i] for i in indices],
                                                                      num_proc)):
