@@ -57,6 +57,11 @@ def main() -> None:
     from eval.tasks import TASK_KINDS, Task
 
     loaded = load_model(args.model)
+    if loaded.kind != "trm":
+        parser.error(f"{args.model} has no TRM thoughts (kind {loaded.kind!r}): nothing to sweep.")
+    gains = parse_list(args.prior_gains)
+    if gains != [1.0] and not loaded.config.thought_next_token_prior:
+        parser.error(f"--prior_gains {args.prior_gains}: {args.model} has no next-token prior for a gain to weigh.")
     generation = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=0,
                                     prompt_style=PROMPT_STYLE)
     grid = depths_for(loaded, [], parse_list(args.n_supervision_steps, int))
@@ -64,7 +69,7 @@ def main() -> None:
     for depth in parse_list(args.depths, int):
         examples = validation_problems(depth, args.size, args.seed, args.test_seed, args.test_size)
         task = Task(name="arith", kind=TASK_KINDS["arith"], examples=examples)
-        for gain in parse_list(args.prior_gains):
+        for gain in gains:
             loaded.model.config.thought_prior_gain = gain
             for inference in grid:
                 metrics = run_model(loaded, task, generation, inference).metrics

@@ -40,8 +40,9 @@ def main() -> None:
     args.output.write_text(json.dumps({"names": [first_name, second_name], "rows": rows}, indent=1))
     table = [f"| test | {first_name} % | {second_name} % | n | only {first_name} | only {second_name} | p |",
              "|---|---|---|---|---|---|---|"]
-    table += [f"| {Path(r['first']).parent.name} | {100 * r['first_accuracy']:.1f} | {100 * r['second_accuracy']:.1f} | "
-              f"{r['n']} | {r['first_only']} | {r['second_only']} | {r['p_value']:.2g} |" for r in rows]
+    table += [f"| {Path(r['first']).parent.name} | {100 * r['first_accuracy']:.1f} | "
+              f"{100 * r['second_accuracy']:.1f} | {r['n']} | {r['first_only']} | {r['second_only']} | "
+              f"{r['p_value']:.2g} |" for r in rows]
     args.output.with_suffix(".md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 

@@ -229,3 +229,18 @@ def test_mcnemar_matches_the_exact_binomial_test():
     assert result == {"n": 4, "first_only": 2, "second_only": 0, "difference": 0.5, "p_value": 0.5}
     with pytest.raises(ValueError, match="same questions"):
         compare([True], [True, False])
+
+
+def test_validation_problems_are_held_out_and_never_test_questions():
+    """The inference sweep chooses settings on problems of the test split that the test set (its seed's first N)
+    does not hold: none of them is a test question, and a depth without enough of them is refused."""
+    from experiments.inference_sweep import validation_problems
+    from experiments.run import arith_test_size
+    from smollm_trm import arith
+
+    problems = validation_problems(2, 50, seed=1, test_seed=0, test_size=300)
+    tested = {p["question"] for p in arith.make_arith(300, 2, 0, "test")}
+    assert len(problems) == 50 and not {p["question"] for p in problems} & tested
+    assert all(arith.split_of(p["question"]) == "test" for p in problems)
+    with pytest.raises(ValueError, match="validation problems outside the test set"):
+        validation_problems(1, 50, seed=1, test_seed=0, test_size=arith_test_size(1, 0, 300))
