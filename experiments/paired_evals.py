@@ -14,10 +14,11 @@ import json
 from pathlib import Path
 
 from eval.paired import compare
+from smollm_trm.rows import read_rows
 
 
 def correctness(path: Path) -> tuple[list[str], list[bool]]:
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_rows(path)
     return [r["question"] for r in records], [bool(r["correct"]) for r in records]
 
 

@@ -68,6 +68,7 @@ def summarize(readings: list[dict]) -> dict[str, float]:
 def read_eval_dir(folder: Path, pieces_of) -> dict[str, dict]:
     """{JSONL name: summary} of one test's folder."""
     from eval.tasks import load_task
+    from smollm_trm.rows import read_rows
 
     task = json.loads((folder / "results.json").read_text())["task"]
     if task["name"] != "arith":
@@ -77,7 +78,7 @@ def read_eval_dir(folder: Path, pieces_of) -> dict[str, dict]:
     lines = {ex["id"]: ex["reasoning"].splitlines() for ex in load_task(**spec).examples}
     summaries = {}
     for path in sorted(folder.glob("*.jsonl")):
-        records = [json.loads(line) for line in path.read_text().splitlines()]
+        records = read_rows(path)
         if not records or "ablation" in records[0] or "thoughts" not in records[0]:
             continue
         readings = [r for r in (record_reading(rec, lines[rec["id"]], pieces_of) for rec in records) if r]
