@@ -11,6 +11,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 THOUGHT_WINDOWS = ("append", "slide")
 THOUGHT_MODES = ("trm", "pause", "none")
 THOUGHT_OUTPUTS = ("vector", "token_mixture")
+FORCED_LM_SCOPES = ("forced", "all")
 # Both model classes, whichever of them saves a folder (transformers writes only the saving class's entry).
 MODEL_AUTO_MAP = {
     "AutoModel": "modeling_smollm_trm.SmolLMTRMModel",
@@ -61,6 +62,11 @@ class SmolLMTRMConfig(PreTrainedConfig):
             `--thought_teacher_forcing`): each forced token is predicted from the column before it (the `<think>`
             token for the first, thought i-1 for thought i), so the backbone learns to write a step inside the
             thought positions as it writes written reasoning. That reading is what `thought_next_token_prior` adds.
+        forced_lm_scope (`str`, *optional*, defaults to `"forced"`):
+            Which thoughts `forced_lm_loss_weight` scores. `"forced"`: the forced ones only. `"all"`: every labelled
+            thought (`thought_labels`), forced or the module's own, so the backbone also learns to write a step's
+            next token from thoughts that are still mixtures, the way it reads them at inference, where none is
+            forced; its gradient reaches the thought module through the thoughts it reads.
         score_step_answers (`bool`, *optional*, defaults to `True`):
             With `n_supervision_steps` >= 2 in training: score the answer after every supervision step's thoughts
             (deep supervision as in the TRM paper). `False`: only after the last step's, the thoughts the answer
@@ -120,6 +126,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
     halt_loss_weight: float = 0.5
     probe_loss_weight: float = 0.0
     forced_lm_loss_weight: float = 0.0
+    forced_lm_scope: str = "forced"
     score_step_answers: bool = True
     thought_feedback: bool = False
     thought_output: str = "vector"
@@ -182,6 +189,8 @@ class SmolLMTRMConfig(PreTrainedConfig):
             )
         if self.thought_output not in THOUGHT_OUTPUTS:
             raise ValueError(f"thought_output must be one of {THOUGHT_OUTPUTS}, got {self.thought_output!r}.")
+        if self.forced_lm_scope not in FORCED_LM_SCOPES:
+            raise ValueError(f"forced_lm_scope must be one of {FORCED_LM_SCOPES}, got {self.forced_lm_scope!r}.")
         if self.thought_output == "token_mixture" and self.thought_mode == "none":
             raise ValueError("thought_output='token_mixture' shapes thoughts: thought_mode='none' has none.")
         if self.thought_output == "token_mixture" and not text.tie_word_embeddings:

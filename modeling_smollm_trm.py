@@ -616,7 +616,8 @@ class ThoughtSupervision:
     # (S', B) bool: the answer of the row's j-th `<think>` read forced thoughts (`forced_thoughts`); None: none forced
     forced_rows: torch.Tensor | None = None
     # (B, S', K, D) the backbone's last-layer states before each thought of the j-th `<think>` (the `<think>` token's,
-    # then thoughts 0 .. K-2), which predict the forced tokens (`forced_lm_loss_weight`); None: none forced
+    # then thoughts 0 .. K-2), which predict the forced tokens (`forced_lm_loss_weight`), or every labelled one
+    # (`forced_lm_scope="all"`); None: neither
     forced_states: torch.Tensor | None = None
 
 
@@ -644,7 +645,7 @@ class SmolLMTRMOutput(ModelOutput):
     halt_loss: torch.Tensor | None = None
     probe_loss: torch.Tensor | None = None  # only with `thought_labels`
     probe_accuracy: torch.Tensor | None = None  # share of labelled thoughts that decode their token
-    forced_lm_loss: torch.Tensor | None = None  # only with `forced_thoughts` and `forced_lm_loss_weight` > 0
+    forced_lm_loss: torch.Tensor | None = None  # only with `forced_lm_loss_weight` > 0 and its targets
     logits: torch.Tensor | None = None  # None when training with labels, unless `return_logits=True`
     # (B, L) bool, with labels: the column's top-1 prediction is its next label (False where nothing is scored)
     token_correct: torch.Tensor | None = None
@@ -885,7 +886,8 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         `"slide"` hides different tokens from the thoughts and from what follows them, so those run apart. In
         training, the answers to the earlier supervision steps' thoughts are the same columns after other thoughts:
         they join that pass, stacked on the batch axis (`stack_supervision_steps`), so N_sup adds no pass. With
-        `forced` in training, also returns the states before each forced thought (`ThoughtSupervision.forced_states`).
+        `forced` in training (or with `forced_lm_scope="all"`), also returns the states before each thought of the
+        forced `<think>` (of every `<think>`), which `ThoughtSupervision.forced_states` holds.
         """
         K = self.config.num_latents
         prior_thinks = self._thinks_so_far(cache, layout.kinds.shape[0])
@@ -925,8 +927,10 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
                 hidden_blocks.append(self._extend(cache, *pending[0], torch.zeros_like(prior_thinks), layers))
                 pending = []
         hidden = torch.cat(hidden_blocks, dim=1)  # (B, C, D) the chunk in layout order
-        forced_states = self._states_before_thoughts(hidden, layout, forced.shape[1]) if (
-            supervise and forced is not None) else None
+        scored_thinks = layout.num_thinks if self.config.forced_lm_scope == "all" else (
+            None if forced is None else forced.shape[1])
+        forced_states = self._states_before_thoughts(hidden, layout, scored_thinks) if (
+            supervise and scored_thinks is not None) else None
         return self._input_aligned(hidden, layout.out_columns), self._mean_stats(stats), steps, forced_states
 
     @staticmethod
@@ -1317,8 +1321,9 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
                                                            kwargs.get("num_items_in_batch"), logits)
             if thought_labels is not None:
                 probe_loss, probe_accuracy = self._probe_loss(thought_labels, outputs.supervision)
-            if forced_thoughts is not None and self.config.forced_lm_loss_weight > 0:
-                forced_lm_loss = self._forced_lm_loss(forced_thoughts, outputs.supervision)
+            lm_targets = self.forced_lm_targets(thought_labels, forced_thoughts)
+            if lm_targets is not None and self.config.forced_lm_loss_weight > 0:
+                forced_lm_loss = self._forced_lm_loss(lm_targets, outputs.supervision)
             loss = self.combine_losses(lm_loss, halt_loss, probe_loss, forced_lm_loss)
         return SmolLMTRMOutput(
             loss=loss, lm_loss=lm_loss, halt_loss=halt_loss, probe_loss=probe_loss, probe_accuracy=probe_accuracy,
@@ -1339,12 +1344,19 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
             loss = loss + self.config.forced_lm_loss_weight * forced_lm_loss
         return loss
 
-    def _forced_lm_loss(self, forced_thoughts: torch.Tensor, supervision: ThoughtSupervision) -> torch.Tensor:
-        """Mean next-token cross-entropy of the backbone over the forced tokens (`forced_lm_loss_weight`), each
-        predicted from the column before it: it learns to write a step inside the thought positions, as it writes
-        written reasoning, so that its reading there (`thought_next_token_prior`) is the step's next token."""
-        states = supervision.forced_states  # (B, S', K, D)
-        targets = forced_thoughts[:, : states.shape[1]]
+    def forced_lm_targets(self, thought_labels: torch.Tensor | None,
+                          forced_thoughts: torch.Tensor | None) -> torch.Tensor | None:
+        """[B, S, K] the tokens `forced_lm_loss_weight` scores at the thought positions (-100: none), as
+        `forced_lm_scope` chooses: the forced thoughts', or every labelled thought's."""
+        return thought_labels if self.config.forced_lm_scope == "all" else forced_thoughts
+
+    def _forced_lm_loss(self, targets: torch.Tensor, supervision: ThoughtSupervision) -> torch.Tensor:
+        """Mean next-token cross-entropy of the backbone over `targets` (`forced_lm_targets`), each predicted from the
+        column before it: it learns to write a step inside the thought positions, as it writes written reasoning,
+        so that its reading there (`thought_next_token_prior`) is the step's next token."""
+        shared = min(supervision.forced_states.shape[1], targets.shape[1])
+        states = supervision.forced_states[:, :shared]  # (B, S', K, D)
+        targets = targets[:, :shared]
         scored = targets != IGNORE_INDEX
         ce, _ = self.score_tokens(states[scored], targets[scored])
         return ce.sum() / scored.sum().clamp(min=1)

@@ -60,6 +60,16 @@ LAST_ANSWER = ("--score_step_answers", "false")
 # The thoughts after a step's own tokens are labelled with a newline (session 12: decoded by the backbone alone, a
 # step ran on into the next line's text there, which nothing had trained and the answer misread).
 STEP_FILL = ("--curriculum_step_fill", "\n")
+# Each row gets one latent step per written step, not the last stage's padded count (session 12: at depth 1 the
+# model thought three times and applied the operation again in the extra steps, which nothing labelled; a padded
+# count also stops every problem at 4 steps, so depths 5-6 could not be reached): the model emits `</think>` itself
+# after its last step.
+UNPADDED = ("--curriculum_pad_latent_steps", "false")
+# The forced-step loss also scores the steps read from the model's own thoughts (session 12: at depth 1, with the
+# operands decoded right, the backbone wrote a wrong two-digit result in 20% of the steps, and it had been trained
+# to write steps from forced, exact tokens only; at inference none is forced).
+OWN = ("--forced_lm_scope", "all")
+JACOBI_FILL = PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR + WRITES + ALL_STEPS + LAST_ANSWER + STEP_FILL
 ARMS = {
     "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text"),
@@ -83,8 +93,11 @@ ARMS = {
               Arm("trm_jacobi_last", "trm", "curriculum",
                   PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR + WRITES + ALL_STEPS + LAST_ANSWER),
               Arm("pause_forced_lm_fill", "pause", "curriculum", PROBE + TOKENS + FORCED + WRITES + STEP_FILL),
-              Arm("trm_jacobi_fill", "trm", "curriculum",
-                  PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR + WRITES + ALL_STEPS + LAST_ANSWER + STEP_FILL)),
+              Arm("trm_jacobi_fill", "trm", "curriculum", JACOBI_FILL),
+              Arm("trm_jacobi_steps", "trm", "curriculum", JACOBI_FILL + UNPADDED),
+              Arm("trm_jacobi_own", "trm", "curriculum", JACOBI_FILL + UNPADDED + OWN),
+              Arm("pause_forced_lm_own", "pause", "curriculum",
+                  PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN)),
     "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text")),
 }

@@ -85,9 +85,12 @@ def build_trainer(data_args, training_args, model_args, trm_args):
         raise ValueError("--thought_teacher_forcing gives latent steps' thoughts their written tokens: it needs "
                          f"thoughts and --reasoning curriculum (got thought_mode={model.config.thought_mode!r}, "
                          f"reasoning={data_args.reasoning!r}).")
-    if model.config.forced_lm_loss_weight > 0 and not forcing:
+    if model.config.forced_lm_loss_weight > 0 and model.config.forced_lm_scope == "forced" and not forcing:
         raise ValueError("--forced_lm_loss_weight scores the backbone on forced thoughts: it needs "
-                         "--thought_teacher_forcing > 0.")
+                         "--thought_teacher_forcing > 0 (or --forced_lm_scope all, with the step probe).")
+    if model.config.forced_lm_loss_weight > 0 and not (probe or forcing):
+        raise ValueError("--forced_lm_loss_weight scores the backbone on the latent steps' written tokens: it needs "
+                         "--probe_loss_weight > 0 or --thought_teacher_forcing > 0 for the data to carry them.")
     if model.config.thought_output == "token_mixture" and is_deepspeed_zero3_enabled():  # the model's own check
         raise ValueError("--thought_output token_mixture reads the whole embedding matrix, which DeepSpeed ZeRO-3 "
                          "partitions: train it with DDP or FSDP2.")  # would come only at the first step

@@ -321,6 +321,8 @@ def test_teacher_forcing_gives_the_drawn_latent_steps_their_written_tokens(backb
     (("--reasoning", "curriculum", "--thought_teacher_forcing", "1.5"), "must lie in"),
     (("--thought_teacher_forcing", "0.5"), "needs thoughts and --reasoning curriculum"),
     (("--reasoning", "curriculum", "--forced_lm_loss_weight", "1.0"), "needs --thought_teacher_forcing > 0"),
+    (("--reasoning", "curriculum", "--forced_lm_loss_weight", "1.0", "--forced_lm_scope", "all"),
+     "needs --probe_loss_weight > 0 or --thought_teacher_forcing > 0"),
 ])
 def test_teacher_forcing_settings_are_checked(backbone, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
@@ -386,6 +388,53 @@ def test_forced_lm_loss_is_the_backbone_writing_the_forced_tokens_in_the_thought
     torch.testing.assert_close(out.forced_lm_loss, ce_sum / count, atol=1e-5, rtol=1e-5)
     expected = out.lm_loss + model.config.halt_loss_weight * out.halt_loss + out.forced_lm_loss
     torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("settings", [{}, {"thought_mode": "pause"},
+                                      {"n_supervision_steps": 2, "thought_feedback": True}])
+def test_forced_lm_scope_all_scores_every_labelled_thought_on_the_thoughts_the_backbone_read(settings):
+    """`forced_lm_scope="all"`: the labelled thoughts of an unforced step are scored too, each predicted from the
+    column before it as the backbone reads the model's own thoughts there; a forced step is scored as with "forced".
+    Row 0 labels 3 of its K thoughts and is not forced; row 1 labels both `<think>` and forces the second."""
+    from conftest import tiny_model
+
+    model = tiny_model(forced_lm_loss_weight=1.0, forced_lm_scope="all", **settings).train()
+    K = model.config.num_latents
+    rows = torch.tensor([[7, 8, THINK, 9, 10, 11], [17, THINK, 19, THINK, 20, 21]])
+    labels = torch.full((2, 2, K), -100)
+    labels[0, 0, :3] = torch.tensor([11, 12, 13])
+    labels[1] = torch.arange(30, 30 + 2 * K).view(2, K)
+    forced = torch.full_like(labels, -100)
+    forced[1, 1] = labels[1, 1]
+    with model.watch_thoughts() as records:
+        out = model(input_ids=rows, labels=rows, thought_labels=labels, forced_thoughts=forced)
+    embed = model.get_input_embeddings()
+    ce_sum, count = torch.zeros(()), 0
+    for b in range(2):
+        columns, predicts = [], []  # the row's embeddings with the thoughts it read inserted after each `<think>`
+        for token in rows[b].tolist():
+            columns.append(embed(torch.tensor(token)))
+            if token == THINK:
+                j = len([c for c in predicts if c[0] == "think"])
+                read = records[j].thoughts[b]
+                if (forced[b, j] != -100).any():
+                    read = torch.where((forced[b, j] != -100)[:, None], embed(forced[b, j].clamp(min=0)), read)
+                predicts.append(("think", len(columns) - 1, labels[b, j]))
+                columns += list(read)
+        hidden = model.model.language_model(inputs_embeds=torch.stack(columns)[None]).last_hidden_state[0]
+        logits = model.lm_head(hidden)
+        for _, start, targets in predicts:
+            for i, target in enumerate(targets.tolist()):
+                if target != -100:
+                    ce_sum = ce_sum + torch.nn.functional.cross_entropy(logits[start + i], torch.tensor(target))
+                    count += 1
+    torch.testing.assert_close(out.forced_lm_loss, ce_sum / count, atol=1e-5, rtol=1e-5)
+    only_forced = tiny_model(forced_lm_loss_weight=1.0, **settings).train()
+    scored_forced = only_forced(input_ids=rows, labels=rows, thought_labels=labels, forced_thoughts=forced)
+    assert count > (forced != -100).sum() and not torch.allclose(scored_forced.forced_lm_loss, out.forced_lm_loss)
+    if settings.get("thought_mode") != "pause":  # the loss reaches the thought module through what it wrote
+        out.forced_lm_loss.backward()
+        assert model.model.thoughts.out_proj.weight.grad.abs().sum() > 0
 
 
 def test_a_forced_answer_gives_the_halting_head_no_target():

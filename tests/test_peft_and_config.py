@@ -40,6 +40,7 @@ def test_lora_train_merge_save_reload_gives_the_merged_logits(tmp_path):
     ({"halt_threshold": 1.5}, "halt_threshold"),
     ({"halt_threshold": 0.0}, "halt_threshold"),
     ({"forced_lm_loss_weight": -1.0}, "forced_lm_loss_weight"),
+    ({"forced_lm_scope": "labelled"}, "forced_lm_scope"),
 ])
 def test_invalid_settings_raise_a_value_error_naming_the_field(settings, field):
     with pytest.raises(ValueError, match=field):
