@@ -1,18 +1,20 @@
 """Choose a trained depth-task model's inference settings on validation problems, never on its test set: the arith
 test split generated with another seed, less every question of the test set (the first `--test_size` problems of
-`--test_seed` at each depth, as `python -m experiments depth` tests them). Each (prior gain, N_sup) pair answers the
-same problems; the table says which setting to test with.
+`--test_seed` at each depth, as `python -m experiments depth` tests them). Each (thoughts, prior gain, N_sup) setting
+answers the same problems; the table says which setting to test with.
 
     python -m experiments.inference_sweep MODEL_DIR --depths 2,4 --prior_gains 1,1.5,2 --n_supervision_steps 5,8 \
-        --output experiments/results/.../inference_sweep.json
+        --thoughts soft,snapped --output experiments/results/.../inference_sweep.json
 
 `--prior_gains` sets `thought_prior_gain` (models with `thought_next_token_prior`); `--n_supervision_steps` runs at
-the trained n_cycles.
+the trained n_cycles; `--thoughts snapped` answers with each thought the token it decodes to (eval.diagnostics'
+`snapped`), `soft` with the thoughts as they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--depths", default="2,4")
     parser.add_argument("--prior_gains", default="1")
     parser.add_argument("--n_supervision_steps", default="", help="empty: the trained value")
+    parser.add_argument("--thoughts", default="soft", help="soft and/or snapped")
     parser.add_argument("--size", type=int, default=100, help="validation problems per depth")
     parser.add_argument("--seed", type=int, default=1, help="generator seed of the validation problems")
     parser.add_argument("--test_seed", type=int, default=0)
@@ -53,12 +56,16 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="a JSON file; a Markdown table is written beside")
     args = parser.parse_args()
 
+    from eval.diagnostics import replacement, thoughts_through
     from eval.runner import GenerationSettings, depths_for, load_model, run_model
     from eval.tasks import TASK_KINDS, Task
 
     loaded = load_model(args.model)
     if loaded.kind != "trm":
         parser.error(f"{args.model} has no TRM thoughts (kind {loaded.kind!r}): nothing to sweep.")
+    kinds = parse_list(args.thoughts, str)
+    if not kinds or set(kinds) - {"soft", "snapped"}:
+        parser.error(f"--thoughts lists soft and/or snapped, got {args.thoughts!r}.")
     gains = parse_list(args.prior_gains)
     if gains != [1.0] and not loaded.config.thought_next_token_prior:
         parser.error(f"--prior_gains {args.prior_gains}: {args.model} has no next-token prior for a gain to weigh.")
@@ -69,19 +76,20 @@ def main() -> None:
     for depth in parse_list(args.depths, int):
         examples = validation_problems(depth, args.size, args.seed, args.test_seed, args.test_size)
         task = Task(name="arith", kind=TASK_KINDS["arith"], examples=examples)
-        for gain in gains:
+        for kind, gain, inference in ((k, g, i) for k in kinds for g in gains for i in grid):
             loaded.model.config.thought_prior_gain = gain
-            for inference in grid:
+            snapped = thoughts_through(loaded.model, replacement(loaded.model, "snapped", None))
+            with snapped if kind == "snapped" else contextlib.nullcontext():
                 metrics = run_model(loaded, task, generation, inference).metrics
-                rows.append({"depth": depth, "thought_prior_gain": gain,
-                             "n_supervision_steps": inference.n_supervision_steps, **metrics})
-                print(json.dumps(rows[-1]), flush=True)
+            rows.append({"depth": depth, "thoughts": kind, "thought_prior_gain": gain,
+                         "n_supervision_steps": inference.n_supervision_steps, **metrics})
+            print(json.dumps(rows[-1]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"model": args.model, "settings": vars(args) | {"output": str(args.output)},
                                        "rows": rows}, indent=1))
-    table = ["| depth | thought_prior_gain | N_sup | accuracy % | 95% CI |", "|---|---|---|---|---|"]
-    table += [f"| {r['depth']} | {r['thought_prior_gain']} | {r['n_supervision_steps']} | {100 * r['accuracy']:.1f} | "
-              f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f} |" for r in rows]
+    table = ["| depth | thoughts | thought_prior_gain | N_sup | accuracy % | 95% CI |", "|---|---|---|---|---|---|"]
+    table += [f"| {r['depth']} | {r['thoughts']} | {r['thought_prior_gain']} | {r['n_supervision_steps']} | "
+              f"{100 * r['accuracy']:.1f} | {100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f} |" for r in rows]
     args.output.with_suffix(".md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 
