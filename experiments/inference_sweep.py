@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--output", type=Path, required=True, help="a JSON file; a Markdown table is written beside")
     args = parser.parse_args()
+    kinds = parse_list(args.thoughts, str)
+    if not kinds or set(kinds) - {"soft", "snapped"}:
+        parser.error(f"--thoughts lists soft and/or snapped, got {args.thoughts!r}.")
 
     from eval.diagnostics import replacement, thoughts_through
     from eval.runner import GenerationSettings, depths_for, load_model, run_model
@@ -63,9 +66,6 @@ def main() -> None:
     loaded = load_model(args.model)
     if loaded.kind != "trm":
         parser.error(f"{args.model} has no TRM thoughts (kind {loaded.kind!r}): nothing to sweep.")
-    kinds = parse_list(args.thoughts, str)
-    if not kinds or set(kinds) - {"soft", "snapped"}:
-        parser.error(f"--thoughts lists soft and/or snapped, got {args.thoughts!r}.")
     gains = parse_list(args.prior_gains)
     if gains != [1.0] and not loaded.config.thought_next_token_prior:
         parser.error(f"--prior_gains {args.prior_gains}: {args.model} has no next-token prior for a gain to weigh.")

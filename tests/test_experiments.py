@@ -231,6 +231,15 @@ def test_mcnemar_matches_the_exact_binomial_test():
         compare([True], [True, False])
 
 
+def test_inference_sweep_refuses_an_unknown_kind_of_thoughts(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "experiments.inference_sweep", str(tmp_path), "--thoughts", "soft,hard",
+                           "--output", str(tmp_path / "sweep.json")], capture_output=True, text=True)
+    assert done.returncode == 2 and "--thoughts lists soft and/or snapped, got 'soft,hard'" in done.stderr
+
+
 def test_validation_problems_are_held_out_and_never_test_questions():
     """The inference sweep chooses settings on problems of the test split that the test set (its seed's first N)
     does not hold: none of them is a test question, and a depth without enough of them is refused."""
