@@ -33,7 +33,10 @@ TRM with feedback over 2 or 3 supervision steps), and `pause_forced` / `trm_forc
 half the latent steps teacher-forced to their written tokens in training; the TRM over 3 or 5 supervision steps),
 `trm_prior5` (and the backbone's next-token reading before each thought added to it), and `trm_jacobi` /
 `pause_forced_lm` (and the backbone trained to write the forced steps in the thought positions; the TRM running
-every supervision step at inference), `trm_jacobi_last` (and only the last supervision step's answer scored).
+every supervision step at inference), `trm_jacobi_last` (and only the last supervision step's answer scored),
+`trm_jacobi_fill` / `pause_forced_lm_fill` (and the thoughts after a step's tokens labelled with a newline),
+`trm_jacobi_steps` (and one `<think>` per written step, unpadded), `trm_jacobi_own` / `pause_forced_lm_own` (and the
+forced-step loss on the model's own thoughts too) and `trm_jacobi_own_padded` (padded, the padding steps empty).
 
 `cot` is "written CoT, no TRM": with `thought_mode none`, `<think>` is an ordinary token (no positions inserted)
 and the reasoning is the GSM8K solution text (calculator notes removed) between the tags, which the model writes

@@ -58,7 +58,8 @@ ALL_STEPS = ("--halt_threshold", "1.0")
 # trained to do without thoughts that are still unfinished (session 11: a quarter less memory and time on the CPU).
 LAST_ANSWER = ("--score_step_answers", "false")
 # The thoughts after a step's own tokens are labelled with a newline (session 12: decoded by the backbone alone, a
-# step ran on into the next line's text there, which nothing had trained and the answer misread).
+# step ran on into the next line's text there, which nothing had trained and the answer misread), and so is every
+# thought of a padding step (since session 13).
 STEP_FILL = ("--curriculum_step_fill", "\n")
 # Each row gets one latent step per written step, not the last stage's padded count (session 12: at depth 1 the
 # model thought three times and applied the operation again in the extra steps, which nothing labelled; a padded
@@ -70,6 +71,9 @@ UNPADDED = ("--curriculum_pad_latent_steps", "false")
 # to write steps from forced, exact tokens only; at inference none is forced).
 OWN = ("--forced_lm_scope", "all")
 JACOBI_FILL = PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR + WRITES + ALL_STEPS + LAST_ANSWER + STEP_FILL
+# trm_jacobi_own with the config's padded last stage, whose padding steps the fill labels as empty steps (since session
+# 13): session 13's unpadded model, given more <think> than a problem has steps, computed steps nothing trained (6% at
+# depth 4 given six); with empty steps trained, spare ones should leave the answer alone.
 ARMS = {
     "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text"),
@@ -96,6 +100,7 @@ ARMS = {
               Arm("trm_jacobi_fill", "trm", "curriculum", JACOBI_FILL),
               Arm("trm_jacobi_steps", "trm", "curriculum", JACOBI_FILL + UNPADDED),
               Arm("trm_jacobi_own", "trm", "curriculum", JACOBI_FILL + UNPADDED + OWN),
+              Arm("trm_jacobi_own_padded", "trm", "curriculum", JACOBI_FILL + OWN),
               Arm("pause_forced_lm_own", "pause", "curriculum",
                   PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN)),
     "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),

@@ -58,7 +58,9 @@ class CurriculumArguments:
                                         "thought positions after a latent step's own tokens, so that all K thoughts "
                                         "have a target (the probe, teacher forcing and the forced-step loss): a step "
                                         "decoded by Jacobi iteration then ends in this token instead of running on "
-                                        "into text nothing trained. None: those positions have no target."})
+                                        "into text nothing trained; a padding <think> (curriculum_pad_latent_steps) "
+                                        "is labelled with it at every thought, an empty step. None: those positions "
+                                        "have no target."})
 
     def __post_init__(self) -> None:
         if self.curriculum_stages < 1:
@@ -89,12 +91,14 @@ def staged_completion(steps: list[str], answer: str, stage: int, pad: bool) -> s
     return THINK_TOKEN * max(1, latent) + "\n".join(steps[latent:]) + END_THINK_TOKEN + answer
 
 
-def staged_thought_labels(step_ids: list[list[int]], stage: int, pad: bool) -> list[list[int]]:
+def staged_thought_labels(step_ids: list[list[int]], stage: int, pad: bool,
+                          empty_step: list[int] | None = None) -> list[list[int]]:
     """For each `<think>` of the completion `staged_completion` writes at `stage`, the tokens of the written step its
     thoughts replace, for the step probe: the latent steps' own, none for the opening `<think>` of a fully written
-    row or for a padding one."""
+    row, and `empty_step` (none by default) for a padding one."""
     latent = latent_steps(len(step_ids), stage, pad)
-    return [step_ids[j] if j < min(latent, len(step_ids)) else [] for j in range(max(1, latent))]
+    labels = [step_ids[j] if j < min(latent, len(step_ids)) else list(empty_step or []) for j in range(max(1, latent))]
+    return [[]] if latent == 0 else labels
 
 
 def stage_at(step: int, steps_per_stage: int, num_stages: int) -> int:

@@ -474,8 +474,10 @@ class RowConversion:
                 variants = [{**variant, **extra} for variant in variants]
             if self.probe:
                 step_ids = step_token_ids(self.tokenizer, parts, self.num_latents, self.step_fill_id)
+                # A padding <think> with the fill: an empty step, so that spare latent steps leave the answer alone.
+                empty = None if self.step_fill_id is None else [self.step_fill_id] * self.num_latents
                 variants = [{**variant, THOUGHT_LABELS_COLUMN: staged_thought_labels(
-                    step_ids, variant[STAGE_COLUMN], args.curriculum_pad_latent_steps)} for variant in variants]
+                    step_ids, variant[STAGE_COLUMN], args.curriculum_pad_latent_steps, empty)} for variant in variants]
         except BadRowError as err:
             return [], str(err)
         return variants, None

@@ -172,6 +172,10 @@ def test_each_latent_step_is_labelled_with_the_tokens_of_the_step_it_replaces(st
     step_ids = [[7, 5], [9]]
     assert staged_thought_labels(step_ids, stage, pad) == labels
     assert len(labels) == staged_completion(["a", "b"], "c", stage, pad).count("<think>")
+    # With the step fill, a padding <think> is an empty step: the fill at every thought; the others are unchanged.
+    filled = staged_thought_labels(step_ids, stage, pad, empty_step=[3, 3, 3])
+    padding = len(labels) - min(stage, len(step_ids)) if stage else 0
+    assert filled == labels[: len(labels) - padding] + [[3, 3, 3]] * padding
 
 
 def test_the_step_probe_decodes_each_labelled_thought_and_trains_the_trm(backbone, tmp_path):

@@ -518,13 +518,14 @@ def test_duplicated_rows_are_reported_by_index(tokenizer, tmp_path, caplog):
 
 
 def test_step_fill_labels_every_thought_after_a_latent_steps_own_tokens(tokenizer, tmp_path):
-    """`curriculum_step_fill`: each latent step's probe labels are the step's tokens, then the fill's token up to K;
-    without it they stop at the step. A fill of other than one token, or without the probe, is refused."""
+    """`curriculum_step_fill`: each latent step's probe labels are the step's tokens, then the fill's token up to K, and a
+    padding step's are the fill alone; without it they stop at the step and a padding step has none. A fill of other
+    than one token, or without the probe, is refused."""
     path = write_jsonl(tmp_path / "data.jsonl", [{"question": "w1?", "answer": "w2", "reasoning": "w3\nw5"}])
     settings = dict(dataset_name=str(path), reasoning="curriculum", curriculum_stages=2, eval_fraction=0.0)
 
     def last_stage_labels(**extra):
-        rows = prepare_sft_data(SFTDataArguments(**settings, **extra), tokenizer, NUM_LATENTS, ROOMY,
+        rows = prepare_sft_data(SFTDataArguments(**(settings | extra)), tokenizer, NUM_LATENTS, ROOMY,
                                 probe=True).train.to_list()
         return max(rows, key=lambda row: row["curriculum_stage"])["thought_labels"]
 
@@ -532,7 +533,12 @@ def test_step_fill_labels_every_thought_after_a_latent_steps_own_tokens(tokenize
     assert len(steps) == 2 and all(0 < len(step) < NUM_LATENTS for step in steps)
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
     assert len(newline) == 1
-    assert last_stage_labels(curriculum_step_fill="\n") == [step + newline * (NUM_LATENTS - len(step)) for step in steps]
+    filled = [step + newline * (NUM_LATENTS - len(step)) for step in steps]
+    assert last_stage_labels(curriculum_step_fill="\n") == filled
+    # A padding <think> (3 stages, 2 steps) is an empty step: the fill at every thought.
+    padded = last_stage_labels(curriculum_step_fill="\n", curriculum_pad_latent_steps=True, curriculum_stages=3)
+    assert padded == filled + [newline * NUM_LATENTS]
+    assert last_stage_labels(curriculum_pad_latent_steps=True, curriculum_stages=3) == steps + [[]]
     with pytest.raises(ValueError, match="curriculum_step_fill='w7 w8' must be exactly one token"):
         last_stage_labels(curriculum_step_fill="w7 w8")
     with pytest.raises(ValueError, match="curriculum_step_fill labels the thoughts after each latent step"):
