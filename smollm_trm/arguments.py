@@ -59,6 +59,11 @@ class TrainingExtras:
                                        "training, the written step's token embeddings instead of the thought "
                                        "module's output (the step probe's labels; each step drawn at random), so "
                                        "that the answer learns to read the thoughts as the step. 0: off."})
+    train_n_cycles_max: int | None = field(
+        default=None, metadata={"help": "thought_mode trm: each training batch runs an n_cycles drawn uniformly from "
+                                        "1 .. this (the same on every rank, from the seed and the step), so that the "
+                                        "recursion learns to be read after fewer and more cycles than the config's "
+                                        "n_cycles, which stays the inference default. Unset: the config's n_cycles."})
 
     def __post_init__(self) -> None:
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
@@ -68,6 +73,8 @@ class TrainingExtras:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if not 0.0 <= self.thought_teacher_forcing <= 1.0:
             raise ValueError(f"thought_teacher_forcing must lie in [0, 1], got {self.thought_teacher_forcing}.")
+        if self.train_n_cycles_max is not None and self.train_n_cycles_max < 1:
+            raise ValueError(f"train_n_cycles_max must be >= 1, got {self.train_n_cycles_max}.")
 
     def trm_settings(self) -> dict[str, Any]:
         """The thought settings given (None: the config's default, or the saved model's value)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import time
 
 import torch
@@ -62,17 +63,19 @@ class TRMSFTTrainer(SFTTrainer):
 
     def __init__(self, *args, ema_decay: float | None = None, curriculum: CurriculumArguments | None = None,
                  distill_weight: float = 0.0, teacher_loss_weight: float = 1.0, thought_teacher_forcing: float = 0.0,
-                 **kwargs):
+                 train_n_cycles_max: int | None = None, **kwargs):
         """`curriculum`: train the stages of `--reasoning curriculum` rows in order (their `curriculum_stage`
         column). `distill_weight` / `teacher_loss_weight`: with teacher rows (`teacher_input_ids`), the weights of
         the hidden-state distillation towards the written-reasoning teacher and of the teacher's own CE.
         `thought_teacher_forcing`: the share of labelled latent steps (`thought_labels`) whose thoughts are, in
-        training, the written step's tokens (see `_forced_thoughts`)."""
+        training, the written step's tokens (see `_forced_thoughts`). `train_n_cycles_max`: each training batch's
+        n_cycles is drawn from 1 .. this (see `_training_n_cycles`)."""
         if kwargs.get("args") is not None:
             check_padded_rows(kwargs["args"])
         super().__init__(*args, **kwargs)
         self.distill_weight, self.teacher_loss_weight = distill_weight, teacher_loss_weight
         self.thought_teacher_forcing = thought_teacher_forcing
+        self.train_n_cycles_max = train_n_cycles_max
         self._last_batch_time: float | None = None
         if set(ROW_EXTRAS) & set(getattr(self.train_dataset, "column_names", None) or []):
             self.data_collator = TRMDataCollator(self.data_collator, thought_model(self.model).config.num_latents)
@@ -107,10 +110,12 @@ class TRMSFTTrainer(SFTTrainer):
         model_inputs = ("input_ids", "attention_mask", "labels", "position_ids", THOUGHT_LABELS_COLUMN)
         inputs = {key: inputs[key] for key in model_inputs if key in inputs}
         distill = bool(teacher) and self.distill_weight > 0
-        forced = {}
+        training_only = {}  # what only a training step passes: forced thoughts, a drawn n_cycles
         if mode == "train" and self.thought_teacher_forcing > 0 and THOUGHT_LABELS_COLUMN in inputs:
-            forced["forced_thoughts"] = self._forced_thoughts(inputs[THOUGHT_LABELS_COLUMN])
-        outputs = model(**inputs, **forced, use_cache=False, num_items_in_batch=num_items_in_batch,
+            training_only["forced_thoughts"] = self._forced_thoughts(inputs[THOUGHT_LABELS_COLUMN])
+        if mode == "train" and self.train_n_cycles_max is not None:
+            training_only["n_cycles"] = self._training_n_cycles()
+        outputs = model(**inputs, **training_only, use_cache=False, num_items_in_batch=num_items_in_batch,
                         output_hidden_states=distill)
         loss = outputs.loss
         # Per-micro-batch means (the halting BCE, the teacher's terms) are averaged over the accumulation steps, as
@@ -129,12 +134,17 @@ class TRMSFTTrainer(SFTTrainer):
             loss = self.thought_lm.combine_losses(loss, outputs.halt_loss / steps, probe_loss, forced_lm_loss)
         if teacher:
             loss = loss + self._teacher_terms(model, mode, inputs, outputs, teacher) / steps
-        self._record_metrics(mode, inputs, outputs, num_items_in_batch, forced.get("forced_thoughts"))
+        self._record_metrics(mode, inputs, outputs, num_items_in_batch, training_only.get("forced_thoughts"))
         if mode == "train":
             self._record_batch_time()
         if self.curriculum is not None:
             self._metrics[mode]["curriculum_stage"].append(float(self.curriculum.stage_of(self.state.global_step)))
         return (loss, outputs) if return_outputs else loss
+
+    def _training_n_cycles(self) -> int:
+        """This optimizer step's n_cycles, uniform over 1 .. `train_n_cycles_max`: drawn from the seed and the step,
+        so every rank (whose sharded modules must run the same calls) and a resumed run draw the same."""
+        return random.Random(f"{self.args.seed}:{self.state.global_step}").randint(1, self.train_n_cycles_max)
 
     def _forced_thoughts(self, thought_labels: torch.Tensor) -> torch.Tensor:
         """[B, S, K] the step probe's labels of the latent steps drawn for teacher forcing (each with probability

@@ -91,6 +91,9 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     if model.config.forced_lm_loss_weight > 0 and not (probe or forcing):
         raise ValueError("--forced_lm_loss_weight scores the backbone on the latent steps' written tokens: it needs "
                          "--probe_loss_weight > 0 or --thought_teacher_forcing > 0 for the data to carry them.")
+    if trm_args.train_n_cycles_max is not None and model.config.thought_mode != "trm":
+        raise ValueError("--train_n_cycles_max draws the TRM's n_cycles per batch: it needs thought_mode 'trm', got "
+                         f"{model.config.thought_mode!r}.")
     if model.config.thought_output == "token_mixture" and is_deepspeed_zero3_enabled():  # the model's own check
         raise ValueError("--thought_output token_mixture reads the whole embedding matrix, which DeepSpeed ZeRO-3 "
                          "partitions: train it with DDP or FSDP2.")  # would come only at the first step
@@ -112,6 +115,7 @@ def build_trainer(data_args, training_args, model_args, trm_args):
                             processing_class=tokenizer, callbacks=callbacks, ema_decay=trm_args.ema_decay,
                             curriculum=curriculum, distill_weight=trm_args.distill_weight,
                             teacher_loss_weight=trm_args.teacher_loss_weight,
-                            thought_teacher_forcing=trm_args.thought_teacher_forcing)
+                            thought_teacher_forcing=trm_args.thought_teacher_forcing,
+                            train_n_cycles_max=trm_args.train_n_cycles_max)
     check_sharded_lora(model_args.use_peft and bool(added), trainer.is_fsdp_enabled)
     return trainer, data

@@ -462,3 +462,42 @@ def test_a_forced_answer_gives_the_halting_head_no_target():
     assert none_left.item() == 0.0
     none_left.backward()  # and the head is still in the graph, as DDP needs every parameter to be
     assert model.model.thoughts.halt_head.weight.grad is not None
+
+
+def test_train_n_cycles_max_draws_each_training_steps_n_cycles_from_the_seed_and_step(backbone, tmp_path, monkeypatch):
+    """Each training step runs one n_cycles in 1 .. train_n_cycles_max, the same for the same seed and step (every
+    rank, a resumed run); evaluation runs the config's. A mode without recursion is refused."""
+    from modeling_smollm_trm import HiddenStateTRM
+    from test_train_sft import first_batch
+
+    args = cli(backbone, write_rows(tmp_path, reasoning_rows(12)), tmp_path / "out", "--train_n_cycles_max", "4",
+               "--n_cycles", "2")
+    trainer, _ = trainer_for(args)
+    seen = []
+    recursion = HiddenStateTRM.deep_recursion
+    monkeypatch.setattr(HiddenStateTRM, "deep_recursion", lambda self, x, carry, T: (seen.append(T),
+                                                                                    recursion(self, x, carry, T))[1])
+    batch = first_batch(trainer)
+
+    def cycles_at(step: int) -> set[int]:
+        seen.clear()
+        trainer.state.global_step = step
+        trainer.compute_loss(trainer.model, dict(batch))
+        return set(seen)
+
+    trainer.model.train()
+    draws = [cycles_at(step) for step in range(16)]
+    assert all(len(drawn) == 1 for drawn in draws)  # one n_cycles for the whole step
+    values = [drawn.pop() for drawn in draws]
+    assert set(values) <= {1, 2, 3, 4} and len(set(values)) >= 3
+    again, _ = trainer_for(args)  # another rank, or the run resumed: the same seed, steps in any order
+    for step, value in reversed(list(enumerate(values))):
+        again.state.global_step = step
+        assert again._training_n_cycles() == value
+    trainer.model.eval()
+    assert cycles_at(5) == {2}
+    with pytest.raises(ValueError, match="needs thought_mode 'trm'"):
+        trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(12)), tmp_path / "out2", "--train_n_cycles_max",
+                        "4", "--thought_mode", "pause"))
+    with pytest.raises(ValueError, match="train_n_cycles_max must be >= 1"):
+        trainer_for(args + ["--train_n_cycles_max", "0"])
