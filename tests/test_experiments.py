@@ -235,8 +235,8 @@ def test_inference_sweep_refuses_an_unknown_kind_of_thoughts(tmp_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "experiments.inference_sweep", str(tmp_path), "--thoughts", "soft,hard",
-                           "--output", str(tmp_path / "sweep.json")], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "experiments.inference_sweep", str(tmp_path), "--thoughts",
+                           "soft,hard", "--output", str(tmp_path / "sweep.json")], capture_output=True, text=True)
     assert done.returncode == 2 and "--thoughts lists soft and/or snapped, got 'soft,hard'" in done.stderr
 
 

@@ -518,9 +518,9 @@ def test_duplicated_rows_are_reported_by_index(tokenizer, tmp_path, caplog):
 
 
 def test_step_fill_labels_every_thought_after_a_latent_steps_own_tokens(tokenizer, tmp_path):
-    """`curriculum_step_fill`: each latent step's probe labels are the step's tokens, then the fill's token up to K, and a
-    padding step's are the fill alone; without it they stop at the step and a padding step has none. A fill of other
-    than one token, or without the probe, is refused."""
+    """`curriculum_step_fill`: each latent step's probe labels are the step's tokens, then the fill's token up to K,
+    and a padding step's are the fill alone; without it they stop at the step and a padding step has none. A fill of
+    other than one token, or without the probe, is refused."""
     path = write_jsonl(tmp_path / "data.jsonl", [{"question": "w1?", "answer": "w2", "reasoning": "w3\nw5"}])
     settings = dict(dataset_name=str(path), reasoning="curriculum", curriculum_stages=2, eval_fraction=0.0)
 
