@@ -616,9 +616,9 @@ class ThoughtSupervision:
     # (S', B) bool: the answer of the row's j-th `<think>` read forced thoughts (`forced_thoughts`); None: none forced
     forced_rows: torch.Tensor | None = None
     # (B, S', K, D) the backbone's last-layer states before each thought of the j-th `<think>` (the `<think>` token's,
-    # then thoughts 0 .. K-2), which predict the forced tokens (`forced_lm_loss_weight`), or every labelled one
-    # (`forced_lm_scope="all"`); None: neither
-    forced_states: torch.Tensor | None = None
+    # then thoughts 0 .. K-2), which predict the thoughts' tokens for `forced_lm_loss_weight` (the forced ones, or with
+    # `forced_lm_scope="all"` every labelled one); None: that loss is off
+    step_lm_states: torch.Tensor | None = None
 
 
 @dataclass
@@ -778,14 +778,14 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         if forced_thoughts is not None:
             self._check_forced_thoughts(forced_thoughts, layout)
         layers = [] if output_hidden_states else None
-        hidden, stats, steps, forced_states = self._run_chunk(cache, layout, depth, supervise, layers, forced_thoughts)
+        hidden, stats, steps, step_lm_states = self._run_chunk(cache, layout, depth, supervise, layers, forced_thoughts)
         supervision = None
         if supervise:
             per_think = self.thoughts.supervision_steps(depth) if self.thoughts is not None else 1
             answers = per_think if self.config.score_step_answers else 1
             forced_rows = None if forced_thoughts is None else (forced_thoughts != IGNORE_INDEX).any(dim=-1).T
             supervision = ThoughtSupervision(layout.answer_index, layout.think_rows, steps, per_think, answers,
-                                             forced_rows, forced_states)
+                                             forced_rows, step_lm_states)
         hidden_states = None
         if layers is not None:  # per block, a tuple over layers: join each layer's blocks, then align
             hidden_states = tuple(self._input_aligned(torch.cat(layer, dim=1), layout.out_columns)
@@ -886,8 +886,8 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         `"slide"` hides different tokens from the thoughts and from what follows them, so those run apart. In
         training, the answers to the earlier supervision steps' thoughts are the same columns after other thoughts:
         they join that pass, stacked on the batch axis (`stack_supervision_steps`), so N_sup adds no pass. With
-        `forced` in training (or with `forced_lm_scope="all"`), also returns the states before each thought of the
-        forced `<think>` (of every `<think>`), which `ThoughtSupervision.forced_states` holds.
+        `forced_lm_loss_weight` in training, also returns the states before each thought of the `<think>` it scores
+        (`ThoughtSupervision.step_lm_states`): those `forced` covers, or every one with `forced_lm_scope="all"`.
         """
         K = self.config.num_latents
         prior_thinks = self._thinks_so_far(cache, layout.kinds.shape[0])
@@ -929,18 +929,18 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         hidden = torch.cat(hidden_blocks, dim=1)  # (B, C, D) the chunk in layout order
         scored_thinks = layout.num_thinks if self.config.forced_lm_scope == "all" else (
             None if forced is None else forced.shape[1])
-        forced_states = self._states_before_thoughts(hidden, layout, scored_thinks) if (
-            supervise and scored_thinks is not None) else None
-        return self._input_aligned(hidden, layout.out_columns), self._mean_stats(stats), steps, forced_states
+        step_lm_states = self._states_before_thoughts(hidden, layout, scored_thinks) if (
+            supervise and scored_thinks is not None and self.config.forced_lm_loss_weight > 0) else None
+        return self._input_aligned(hidden, layout.out_columns), self._mean_stats(stats), steps, step_lm_states
 
     @staticmethod
-    def _states_before_thoughts(hidden: torch.Tensor, layout: ChunkLayout, num_forced: int) -> torch.Tensor:
-        """(B, S', K, D) for each of the first S' `<think>` (up to `num_forced`), the states of the columns before
+    def _states_before_thoughts(hidden: torch.Tensor, layout: ChunkLayout, num_thinks: int) -> torch.Tensor:
+        """(B, S', K, D) for each of the first S' `<think>` (up to `num_thinks`), the states of the columns before
         its K thoughts, in layout order `hidden` (B, C, D): the `<think>` token's (the last real column of its block),
         then thoughts 0 .. K-2. Each predicts the token written at the next one."""
         K, batch = layout.num_latents, hidden.shape[0]
         states = []
-        for j in range(min(layout.num_thinks, num_forced)):
+        for j in range(min(layout.num_thinks, num_thinks)):
             tokens = layout.tokens(j)
             # (B,) a row without a j-th `<think>` (all padding here) points at the block's first column
             think_column = tokens.start + ((layout.kinds[:, tokens] != PAD).sum(dim=1) - 1).clamp(min=0)
@@ -1347,15 +1347,17 @@ class SmolLMTRMForCausalLM(SmolLMTRMPreTrainedModel, GenerationMixin):
     def forced_lm_targets(self, thought_labels: torch.Tensor | None,
                           forced_thoughts: torch.Tensor | None) -> torch.Tensor | None:
         """[B, S, K] the tokens `forced_lm_loss_weight` scores at the thought positions (-100: none), as
-        `forced_lm_scope` chooses: the forced thoughts', or every labelled thought's."""
-        return thought_labels if self.config.forced_lm_scope == "all" else forced_thoughts
+        `forced_lm_scope` chooses: the forced thoughts', or every labelled thought's (the forced ones' when no labels
+        are given)."""
+        every = self.config.forced_lm_scope == "all" and thought_labels is not None
+        return thought_labels if every else forced_thoughts
 
     def _forced_lm_loss(self, targets: torch.Tensor, supervision: ThoughtSupervision) -> torch.Tensor:
         """Mean next-token cross-entropy of the backbone over `targets` (`forced_lm_targets`), each predicted from the
         column before it: it learns to write a step inside the thought positions, as it writes written reasoning,
         so that its reading there (`thought_next_token_prior`) is the step's next token."""
-        shared = min(supervision.forced_states.shape[1], targets.shape[1])
-        states = supervision.forced_states[:, :shared]  # (B, S', K, D)
+        shared = min(supervision.step_lm_states.shape[1], targets.shape[1])
+        states = supervision.step_lm_states[:, :shared]  # (B, S', K, D)
         targets = targets[:, :shared]
         scored = targets != IGNORE_INDEX
         ce, _ = self.score_tokens(states[scored], targets[scored])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def validation_problems(depth: int, size: int, seed: int, test_seed: int, test_s
 
 
 def parse_list(text: str, kind=float) -> list:
-    return [kind(item) for item in text.split(",") if item.strip()]
+    return [kind(item.strip()) for item in text.split(",") if item.strip()]
 
 
 def main() -> None:
@@ -76,10 +77,11 @@ def main() -> None:
     for depth in parse_list(args.depths, int):
         examples = validation_problems(depth, args.size, args.seed, args.test_seed, args.test_size)
         task = Task(name="arith", kind=TASK_KINDS["arith"], examples=examples)
-        for kind, gain, inference in ((k, g, i) for k in kinds for g in gains for i in grid):
+        for kind, gain, inference in itertools.product(kinds, gains, grid):
             loaded.model.config.thought_prior_gain = gain
-            snapped = thoughts_through(loaded.model, replacement(loaded.model, "snapped", None))
-            with snapped if kind == "snapped" else contextlib.nullcontext():
+            thoughts = contextlib.nullcontext() if kind == "soft" else thoughts_through(
+                loaded.model, replacement(loaded.model, "snapped", None))
+            with thoughts:
                 metrics = run_model(loaded, task, generation, inference).metrics
             rows.append({"depth": depth, "thoughts": kind, "thought_prior_gain": gain,
                          "n_supervision_steps": inference.n_supervision_steps, **metrics})

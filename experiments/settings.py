@@ -73,10 +73,8 @@ OWN = ("--forced_lm_scope", "all")
 # Each training batch draws its n_cycles from 1 to twice the trained 3 (session 13: at inference n_cycles 6 answered
 # worse than the trained 3, p = 0.004 at depth 4, where the issue asks for no loss up to twice the trained depth).
 ANY_CYCLES = ("--train_n_cycles_max", "6")
+# Session 12's trm_jacobi_last with the step fill: the recipe every session-13 TRM arm builds on.
 JACOBI_FILL = PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR + WRITES + ALL_STEPS + LAST_ANSWER + STEP_FILL
-# trm_jacobi_own with the config's padded last stage, whose padding steps the fill labels as empty steps (since session
-# 13): session 13's unpadded model, given more <think> than a problem has steps, computed steps nothing trained (6% at
-# depth 4 given six); with empty steps trained, spare ones should leave the answer alone.
 ARMS = {
     "depth": (Arm("none", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text"),
@@ -103,6 +101,9 @@ ARMS = {
               Arm("trm_jacobi_fill", "trm", "curriculum", JACOBI_FILL),
               Arm("trm_jacobi_steps", "trm", "curriculum", JACOBI_FILL + UNPADDED),
               Arm("trm_jacobi_own", "trm", "curriculum", JACOBI_FILL + UNPADDED + OWN),
+              # With the config's padded last stage, whose padding steps the fill labels as empty steps (since session
+              # 13): session 13's unpadded model, given more <think> than a problem has steps, computed steps nothing
+              # trained (6% at depth 4 given six); with empty steps trained, spare ones should leave the answer alone.
               Arm("trm_jacobi_own_padded", "trm", "curriculum", JACOBI_FILL + OWN),
               Arm("trm_jacobi_own_cycles", "trm", "curriculum", JACOBI_FILL + UNPADDED + OWN + ANY_CYCLES),
               Arm("pause_forced_lm_own", "pause", "curriculum",

@@ -32,7 +32,7 @@ def step_reading(tokens: list[str], line_pieces: list[str]) -> dict[str, float |
     right += [False] * (len(line_pieces) - len(right))
     copied, result = right[:split], right[split:]
     return {"copied": sum(copied) / max(1, len(copied)), "result": sum(result) / max(1, len(result)),
-            "result_right": bool(result) and all(result)}
+            "result_right": bool(result) and all(result), "step_right": all(right)}
 
 
 def record_reading(record: dict, lines: list[str], pieces_of) -> dict | None:
@@ -49,9 +49,13 @@ def record_reading(record: dict, lines: list[str], pieces_of) -> dict | None:
 
 
 def summarize(readings: list[dict]) -> dict[str, float]:
-    """Means over problems (and their steps) of what `record_reading` gives."""
+    """Means over problems (and their steps) of what `record_reading` gives; `steps_right_from_start[k]`: the share
+    of problems whose steps 1..k+1 are all wholly right (copied and result tokens), where errors begin."""
     steps = [step for reading in readings for step in reading["steps"]]
     last_right = [r for r in readings if r["steps"][-1]["result_right"]]
+    longest = max(len(r["steps"]) for r in readings)
+    leading = [next((k for k, step in enumerate(r["steps"]) if not step["step_right"]), len(r["steps"]))
+               for r in readings]
     return {
         "problems": len(readings),
         "copied_token_accuracy": sum(s["copied"] for s in steps) / len(steps),
@@ -62,6 +66,7 @@ def summarize(readings: list[dict]) -> dict[str, float]:
         "accuracy": sum(r["correct"] for r in readings) / len(readings),
         "accuracy_when_last_result_right": (sum(r["correct"] for r in last_right) / len(last_right)
                                             if last_right else float("nan")),
+        "steps_right_from_start": [sum(n > k for n in leading) / len(readings) for k in range(longest)],
     }
 
 
@@ -87,13 +92,20 @@ def read_eval_dir(folder: Path, pieces_of) -> dict[str, dict]:
     return summaries
 
 
+def cell(value) -> str:
+    if isinstance(value, list):
+        return " / ".join(map(cell, value))
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def markdown(results: dict[str, dict[str, dict]]) -> str:
     columns = ["problems", "copied_token_accuracy", "result_token_accuracy", "step_result_right",
-               "last_result_right", "answer_is_decoded_result", "accuracy", "accuracy_when_last_result_right"]
+               "last_result_right", "answer_is_decoded_result", "accuracy", "accuracy_when_last_result_right",
+               "steps_right_from_start"]
     rows = ["| eval | file | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
     for folder, files in results.items():
         for name, summary in files.items():
-            cells = [f"{summary[c]:.3f}" if isinstance(summary[c], float) else str(summary[c]) for c in columns]
+            cells = [cell(summary[c]) for c in columns]
             rows.append(f"| {folder} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

@@ -97,8 +97,9 @@ def staged_thought_labels(step_ids: list[list[int]], stage: int, pad: bool,
     thoughts replace, for the step probe: the latent steps' own, none for the opening `<think>` of a fully written
     row, and `empty_step` (none by default) for a padding one."""
     latent = latent_steps(len(step_ids), stage, pad)
-    labels = [step_ids[j] if j < min(latent, len(step_ids)) else list(empty_step or []) for j in range(max(1, latent))]
-    return [[]] if latent == 0 else labels
+    if latent == 0:
+        return [[]]
+    return [step_ids[j] if j < len(step_ids) else list(empty_step or []) for j in range(latent)]
 
 
 def stage_at(step: int, steps_per_stage: int, num_stages: int) -> int:

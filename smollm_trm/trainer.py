@@ -201,7 +201,8 @@ class TRMSFTTrainer(SFTTrainer):
             self._record_counted(metrics, {"probe_loss": outputs.probe_loss, "probe_accuracy": outputs.probe_accuracy},
                                  labelled)
         if getattr(outputs, "forced_lm_loss", None) is not None:  # a folder saved by older code has none
-            targets = self.thought_lm.forced_lm_targets(inputs.get(THOUGHT_LABELS_COLUMN), forced_thoughts)
+            choose = getattr(self.thought_lm, "forced_lm_targets", None)  # older code scores the forced thoughts only
+            targets = forced_thoughts if choose is None else choose(inputs.get(THOUGHT_LABELS_COLUMN), forced_thoughts)
             self._record_counted(metrics, {"forced_lm_loss": outputs.forced_lm_loss}, (targets != IGNORE_INDEX).sum())
         if outputs.thought_norm is not None:  # the thoughts should stay on the scale of the tokens they sit among
             with torch.no_grad():

@@ -85,12 +85,11 @@ def build_trainer(data_args, training_args, model_args, trm_args):
         raise ValueError("--thought_teacher_forcing gives latent steps' thoughts their written tokens: it needs "
                          f"thoughts and --reasoning curriculum (got thought_mode={model.config.thought_mode!r}, "
                          f"reasoning={data_args.reasoning!r}).")
-    if model.config.forced_lm_loss_weight > 0 and model.config.forced_lm_scope == "forced" and not forcing:
-        raise ValueError("--forced_lm_loss_weight scores the backbone on forced thoughts: it needs "
-                         "--thought_teacher_forcing > 0 (or --forced_lm_scope all, with the step probe).")
-    if model.config.forced_lm_loss_weight > 0 and not (probe or forcing):
+    scores_every_step = model.config.forced_lm_scope == "all" and probe  # the probe's labels carry every step
+    if model.config.forced_lm_loss_weight > 0 and not (forcing or scores_every_step):
         raise ValueError("--forced_lm_loss_weight scores the backbone on the latent steps' written tokens: it needs "
-                         "--probe_loss_weight > 0 or --thought_teacher_forcing > 0 for the data to carry them.")
+                         "--thought_teacher_forcing > 0 (the forced steps), or --forced_lm_scope all with "
+                         "--probe_loss_weight > 0 (every step).")
     if trm_args.train_n_cycles_max is not None and model.config.thought_mode != "trm":
         raise ValueError("--train_n_cycles_max draws the TRM's n_cycles per batch: it needs thought_mode 'trm', got "
                          f"{model.config.thought_mode!r}.")

@@ -321,12 +321,28 @@ def test_teacher_forcing_gives_the_drawn_latent_steps_their_written_tokens(backb
     trainer.train()
 
 
+def test_forced_lm_scope_all_trains_and_logs_the_loss_of_every_labelled_step_without_forcing(backbone, tmp_path):
+    """With the step probe and no teacher forcing, `--forced_lm_scope all` scores every labelled step; the trainer's
+    loss and log carry it, counted over the labelled thoughts."""
+    trainer, _ = trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(12)), tmp_path / "out", "--reasoning",
+                                 "curriculum", "--curriculum_stages", "2", "--probe_loss_weight", "1.0",
+                                 "--forced_lm_loss_weight", "1.0", "--forced_lm_scope", "all"))
+    model = trainer.model.train()
+    last_stage = [row for row in trainer.train_dataset if row["curriculum_stage"] == 2][:4]  # every step latent
+    batch = trainer._prepare_inputs(trainer.data_collator(last_stage))
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "labels", "thought_labels")}
+    expected = model(**inputs).forced_lm_loss
+    assert expected is not None and expected > 0
+    trainer.compute_loss(model, dict(batch))
+    assert trainer._metrics["train"]["forced_lm_loss"] == [pytest.approx(expected.item(), rel=1e-5)]
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--reasoning", "curriculum", "--thought_teacher_forcing", "1.5"), "must lie in"),
     (("--thought_teacher_forcing", "0.5"), "needs thoughts and --reasoning curriculum"),
     (("--reasoning", "curriculum", "--forced_lm_loss_weight", "1.0"), "needs --thought_teacher_forcing > 0"),
     (("--reasoning", "curriculum", "--forced_lm_loss_weight", "1.0", "--forced_lm_scope", "all"),
-     "needs --probe_loss_weight > 0 or --thought_teacher_forcing > 0"),
+     "or --forced_lm_scope all with --probe_loss_weight > 0"),
 ])
 def test_teacher_forcing_settings_are_checked(backbone, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
@@ -436,8 +452,12 @@ def test_forced_lm_scope_all_scores_every_labelled_thought_on_the_thoughts_the_b
     only_forced = tiny_model(forced_lm_loss_weight=1.0, **settings).train()
     scored_forced = only_forced(input_ids=rows, labels=rows, thought_labels=labels, forced_thoughts=forced)
     assert count > (forced != -100).sum() and not torch.allclose(scored_forced.forced_lm_loss, out.forced_lm_loss)
-    if settings.get("thought_mode") != "pause":  # the loss reaches the thought module through what it wrote
-        out.forced_lm_loss.backward()
+    # Nothing forced: "forced" scores nothing, "all" every labelled step, and its gradient reaches the thought module
+    # through the thoughts the backbone read.
+    assert only_forced(input_ids=rows, labels=rows, thought_labels=labels).forced_lm_loss is None
+    unforced = model(input_ids=rows, labels=rows, thought_labels=labels).forced_lm_loss
+    if settings.get("thought_mode") != "pause":
+        unforced.backward()
         assert model.model.thoughts.out_proj.weight.grad.abs().sum() > 0
 
 

@@ -3,6 +3,7 @@ trains and evaluates, and the outputs exist and are well-formed (the accuracies 
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,9 +194,10 @@ def test_thought_reading_splits_copied_tokens_from_computed_results(tmp_path):
         return list(line)
 
     assert step_reading(list("12*3=36"), pieces_of("12*3=36")) == {"copied": 1.0, "result": 1.0,
-                                                                    "result_right": True}
+                                                                    "result_right": True, "step_right": True}
     assert step_reading(list("12*3=35"), pieces_of("12*3=36")) == {"copied": 1.0, "result": 0.5,
-                                                                    "result_right": False}
+                                                                    "result_right": False, "step_right": False}
+    assert step_reading(list("12*4=36"), pieces_of("12*3=36"))["step_right"] is False  # a wrong copy, a right result
     assert step_reading(list("1"), pieces_of("12*3=36"))["copied"] == 0.2  # fewer thoughts than tokens
     spec = {"name": "arith", "split": "test", "seed": 0, "depth": "2", "limit": 2}
     examples = load_task(**spec).examples
@@ -216,6 +218,7 @@ def test_thought_reading_splits_copied_tokens_from_computed_results(tmp_path):
     assert got["problems"] == 2 and got["copied_token_accuracy"] == 1.0
     assert got["last_result_right"] == 0.5 and got["answer_is_decoded_result"] == 0.5
     assert got["accuracy_when_last_result_right"] == 1.0
+    assert got["steps_right_from_start"] == [1.0, 0.5]  # the second problem's last step is wrong
     assert record_reading({**records[0], "thoughts": records[0]["thoughts"][:1]},
                           examples[0]["reasoning"].splitlines(), pieces_of) is None  # fewer steps than lines
 
@@ -236,7 +239,8 @@ def test_inference_sweep_refuses_an_unknown_kind_of_thoughts(tmp_path):
     import sys
 
     done = subprocess.run([sys.executable, "-m", "experiments.inference_sweep", str(tmp_path), "--thoughts",
-                           "soft,hard", "--output", str(tmp_path / "sweep.json")], capture_output=True, text=True)
+                           "soft,hard", "--output", str(tmp_path / "sweep.json")], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 2 and "--thoughts lists soft and/or snapped, got 'soft,hard'" in done.stderr
 
 
