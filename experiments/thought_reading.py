@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from collections import Counter
 from pathlib import Path
+
+from smollm_trm.arith import instructions
 
 EQUALS = "="
 
@@ -35,13 +39,26 @@ def step_reading(tokens: list[str], line_pieces: list[str]) -> dict[str, float |
             "result_right": bool(result) and all(result), "step_right": all(right)}
 
 
+def instruction_read(tokens: list[str], asked: list[tuple[str, int]]) -> str:
+    """Which of the question's instructions (`smollm_trm.arith.instructions`) a latent step carries out, by the sign
+    and operand its thoughts decode to: "1", "2", ... (1-based), "ambiguous" (several have them), "none", or
+    "unparsed" (no `a op b=` to read)."""
+    match = re.match(r"\d+([-+*/])(\d+)=", "".join(tokens))
+    if match is None:
+        return "unparsed"
+    hits = [str(i) for i, (sign, operand) in enumerate(asked, start=1) if (sign, operand) == (match[1], int(match[2]))]
+    return hits[0] if len(hits) == 1 else ("ambiguous" if hits else "none")
+
+
 def record_reading(record: dict, lines: list[str], pieces_of) -> dict | None:
     """A problem's reading: each real step's, and whether the answer equals what the last real step's thoughts
     give as its result (None where the record holds fewer latent steps than the problem has lines)."""
     thoughts = record.get("thoughts") or []
     if len(thoughts) < len(lines):
         return None
-    steps = [step_reading(think["tokens"], pieces_of(line)) for think, line in zip(thoughts, lines)]
+    asked = instructions(record["question"])
+    steps = [{**step_reading(think["tokens"], pieces_of(line)), "instruction": instruction_read(think["tokens"], asked)}
+             for think, line in zip(thoughts, lines)]
     last_pieces = pieces_of(lines[-1])
     decoded_result = "".join(thoughts[len(lines) - 1]["tokens"][result_start(last_pieces):len(last_pieces)]).strip()
     return {"steps": steps, "correct": record["correct"], "decoded_result": decoded_result,
@@ -67,7 +84,14 @@ def summarize(readings: list[dict]) -> dict[str, float]:
         "accuracy_when_last_result_right": (sum(r["correct"] for r in last_right) / len(last_right)
                                             if last_right else float("nan")),
         "steps_right_from_start": [sum(n > k for n in leading) / len(readings) for k in range(longest)],
+        # Step k: the share of problems whose step k carries out each instruction (which one it reads).
+        "instruction_read": [shares([r["steps"][k]["instruction"] for r in readings if len(r["steps"]) > k])
+                             for k in range(longest)],
     }
+
+
+def shares(labels: list[str]) -> dict[str, float]:
+    return {label: count / len(labels) for label, count in sorted(Counter(labels).items())}
 
 
 def read_eval_dir(folder: Path, pieces_of) -> dict[str, dict]:

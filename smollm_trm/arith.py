@@ -19,6 +19,8 @@ START = (1, 20)  # range of the starting value
 TERM = (1, 20)  # range of what is added or subtracted
 FACTOR = (2, 9)  # range of multipliers and divisors
 MAX_VALUE = 999  # no intermediate value goes above this (nor below 0)
+OPERATIONS = {"Add": "+", "Subtract": "-", "Multiply by": "*", "Divide by": "/"}  # an instruction's words, its sign
+INSTRUCTION = re.compile(r"(Add|Subtract|Multiply by|Divide by) (\d+)\.")
 TRIES_PER_EXAMPLE = 100  # before giving up on finding n distinct questions
 
 
@@ -50,6 +52,11 @@ def _step(rng: random.Random, value: int) -> tuple[str, str, int]:
         divisor = rng.choice(divisors)
         options.append((f"Divide by {divisor}.", f"{value}/{divisor}={value // divisor}", value // divisor))
     return rng.choice(options)  # never empty: when adding overflows, value > MAX - term, so subtracting works
+
+
+def instructions(question: str) -> list[tuple[str, int]]:
+    """The (sign, operand) of each operation a generated question asks for, in order: `[("+", 5), ("*", 3)]`."""
+    return [(OPERATIONS[words], int(operand)) for words, operand in INSTRUCTION.findall(question)]
 
 
 def _problem(rng: random.Random, depth: int) -> dict:

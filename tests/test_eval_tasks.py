@@ -8,6 +8,7 @@ import pytest
 
 from eval.tasks import TASK_KINDS, load_task
 from smollm_trm.arith import MAX_VALUE as ARITH_MAX_VALUE
+from smollm_trm.arith import instructions as arith_instructions
 from smollm_trm.arith import make_arith, parse_depth
 from smollm_trm.arith import split_of as arith_split_of
 from smollm_trm.gsm8k import LOCAL_DIR as GSM8K_DIR
@@ -199,3 +200,10 @@ def test_load_task_errors(tmp_path):
         load_task("gsm8k", depth=3)
     with pytest.raises(ValueError, match="path only applies"):
         load_task("arith", path=tmp_path)
+
+
+def test_arith_instructions_are_the_operations_of_the_worked_lines():
+    """`instructions` reads back what a generated question asks, in order: each worked line's sign and operand."""
+    for example in make_arith(200, (1, 6), seed=0, split="train"):
+        worked = [re.match(r"\d+([-+*/])(\d+)=", line) for line in example["reasoning"].splitlines()]
+        assert arith_instructions(example["question"]) == [(line[1], int(line[2])) for line in worked]

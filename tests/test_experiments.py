@@ -208,7 +208,7 @@ def test_thought_reading_splits_copied_tokens_from_computed_results(tmp_path):
         thoughts = [{"tokens": list(line)} for line in lines]
         if wrong_result:
             thoughts[-1]["tokens"][-1] = "x"
-        records.append({"id": ex["id"], "extracted": ex["answer"], "correct": True,
+        records.append({"id": ex["id"], "question": ex["question"], "extracted": ex["answer"], "correct": True,
                         "thoughts": thoughts + [{"tokens": ["pad"]}]})  # a padding <think> after the real steps
     (tmp_path / "final.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     (tmp_path / "final__zeroed.jsonl").write_text(json.dumps({**records[0], "ablation": "zeroed"}))
@@ -219,6 +219,12 @@ def test_thought_reading_splits_copied_tokens_from_computed_results(tmp_path):
     assert got["last_result_right"] == 0.5 and got["answer_is_decoded_result"] == 0.5
     assert got["accuracy_when_last_result_right"] == 1.0
     assert got["steps_right_from_start"] == [1.0, 0.5]  # the second problem's last step is wrong
+    assert got["instruction_read"] == [{"1": 1.0}, {"2": 1.0}]  # each step carries out its own instruction
+    from experiments.thought_reading import instruction_read
+
+    asked = [("+", 5), ("*", 3), ("+", 5)]
+    assert [instruction_read(list(text), asked) for text in ("7*3=21", "2+5=7", "1-4=", "12")] == [
+        "2", "ambiguous", "none", "unparsed"]
     assert record_reading({**records[0], "thoughts": records[0]["thoughts"][:1]},
                           examples[0]["reasoning"].splitlines(), pieces_of) is None  # fewer steps than lines
 
