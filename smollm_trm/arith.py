@@ -20,7 +20,7 @@ TERM = (1, 20)  # range of what is added or subtracted
 FACTOR = (2, 9)  # range of multipliers and divisors
 MAX_VALUE = 999  # no intermediate value goes above this (nor below 0)
 OPERATIONS = {"Add": "+", "Subtract": "-", "Multiply by": "*", "Divide by": "/"}  # an instruction's words, its sign
-INSTRUCTION = re.compile(r"(Add|Subtract|Multiply by|Divide by) (\d+)\.")
+INSTRUCTION = re.compile(rf"({'|'.join(OPERATIONS)}) (\d+)\.")  # one operation of a question: its words, operand
 TRIES_PER_EXAMPLE = 100  # before giving up on finding n distinct questions
 
 
