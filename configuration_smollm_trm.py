@@ -95,6 +95,11 @@ class SmolLMTRMConfig(PreTrainedConfig):
             With `thought_next_token_prior`: a factor on the prior's learned weight, in training and inference. Above
             1 the thoughts follow the backbone's next-token reading more and the TRM's own outputs less; a trained
             model's value can be raised for inference (measured on held-out problems, see docs/RESULTS.md).
+        snap_thoughts (`bool`, *optional*, defaults to `False`):
+            With `thought_output="token_mixture"`, at inference only (the model in eval mode): every thought is the
+            embedding of the token its mixture weighs most, at every supervision step, so the feedback passes and the
+            answer read exact tokens, as in written reasoning. Training always mixes. Set it on a trained model to
+            answer with discrete thoughts (measured on held-out problems, see docs/RESULTS.md).
         halt_threshold (`float`, *optional*, defaults to 1.0):
             At inference, a row stops its supervision steps once its halting probability exceeds this. 1.0 never
             stops: every supervision step runs, as in training and as the TRM reference evaluates. Below 1, adaptive
@@ -132,6 +137,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
     thought_output: str = "vector"
     thought_next_token_prior: bool = False
     thought_prior_gain: float = 1.0
+    snap_thoughts: bool = False
     halt_threshold: float = 1.0
     thought_window: str = "append"
     thought_mode: str = "trm"
@@ -196,6 +202,9 @@ class SmolLMTRMConfig(PreTrainedConfig):
         if self.thought_output == "token_mixture" and not text.tie_word_embeddings:
             raise ValueError("thought_output='token_mixture' scores thoughts against the token embeddings as the LM "
                              "head does: it needs a backbone with tie_word_embeddings=True.")
+        if self.snap_thoughts and self.thought_output != "token_mixture":
+            raise ValueError(f"snap_thoughts replaces each thought's token mixture by its heaviest token: it needs "
+                             f"thought_output='token_mixture', got {self.thought_output!r}.")
         if self.thought_next_token_prior and not (self.thought_feedback and self.thought_output == "token_mixture"):
             raise ValueError(
                 f"thought_next_token_prior adds the backbone's next-token reading of the feedback pass to thoughts "

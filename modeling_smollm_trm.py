@@ -1111,10 +1111,13 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
 
     def _token_mixture(self, outputs: torch.Tensor) -> torch.Tensor:
         """`thought_output="token_mixture"`: each output (B, K, D) read as tokens through the final norm and the
-        (tied) LM head, and the thought the softmax mixture of the token embeddings by those weights."""
+        (tied) LM head, and the thought the softmax mixture of the token embeddings by those weights; with
+        `snap_thoughts` in eval mode, the embedding of the heaviest token instead."""
         if is_deepspeed_zero3_enabled():  # outside their modules' forward, ZeRO-3 leaves parameters empty
             raise NotImplementedError("thought_output='token_mixture' reads the whole embedding matrix, which DeepSpeed "
                                       "ZeRO-3 partitions: train it with DDP or FSDP2.")
+        if self.config.snap_thoughts and not self.training:
+            return self._snap_to_tokens(outputs)
         if torch.is_grad_enabled() and outputs.requires_grad:
             # The (B, K, V) weights are a training step's largest tensors once a row has several `<think>` and N_sup
             # steps: recompute them in the backward pass instead of keeping them.
@@ -1125,6 +1128,11 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
         embeddings = self.get_input_embeddings().weight  # (V, D), also the LM head's
         weights = F.linear(self.language_model.norm(outputs), embeddings).float().softmax(dim=-1)  # (B, K, V)
         return weights.to(embeddings.dtype) @ embeddings
+
+    def _snap_to_tokens(self, outputs: torch.Tensor) -> torch.Tensor:
+        """`snap_thoughts`: the embedding of the token each output's mixture weighs most (its argmax)."""
+        embeddings = self.get_input_embeddings().weight
+        return embeddings[F.linear(self.language_model.norm(outputs), embeddings).argmax(dim=-1)]
 
     def _read_thoughts(self, cache: ThoughtCache, kinds: torch.Tensor, thoughts: torch.Tensor) -> torch.Tensor:
         """`thought_feedback` without answers to score: the backbone's last-layer hidden states over `thoughts`

@@ -4,11 +4,12 @@ test split generated with another seed, less every question of the test set (the
 answers the same problems; the table says which setting to test with.
 
     python -m experiments.inference_sweep MODEL_DIR --depths 2,4 --prior_gains 1,1.5,2 --n_supervision_steps 5,8 \
-        --thoughts soft,snapped --output experiments/results/.../inference_sweep.json
+        --thoughts soft,snapped,snap_thoughts --output experiments/results/.../inference_sweep.json
 
 `--prior_gains` sets `thought_prior_gain` (models with `thought_next_token_prior`); `--n_supervision_steps` runs at
-the trained n_cycles; `--thoughts snapped` answers with each thought the token it decodes to (eval.diagnostics'
-`snapped`), `soft` with the thoughts as they are.
+the trained n_cycles; `--thoughts snapped` answers with each thought the answer reads replaced by the token it decodes
+to (eval.diagnostics' `snapped`), `snap_thoughts` with the model's `snap_thoughts` (every supervision step's thoughts
+are tokens, the feedback passes' too), `soft` with the thoughts as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import json
 from pathlib import Path
 
 from experiments.run import PROMPT_STYLE
+
+THOUGHT_KINDS = ("soft", "snapped", "snap_thoughts")
 
 
 def validation_problems(depth: int, size: int, seed: int, test_seed: int, test_size: int) -> list[dict]:
@@ -47,7 +50,7 @@ def main() -> None:
     parser.add_argument("--depths", default="2,4")
     parser.add_argument("--prior_gains", default="1")
     parser.add_argument("--n_supervision_steps", default="", help="empty: the trained value")
-    parser.add_argument("--thoughts", default="soft", help="soft and/or snapped")
+    parser.add_argument("--thoughts", default="soft", help=f"any of {', '.join(THOUGHT_KINDS)}")
     parser.add_argument("--size", type=int, default=100, help="validation problems per depth")
     parser.add_argument("--seed", type=int, default=1, help="generator seed of the validation problems")
     parser.add_argument("--test_seed", type=int, default=0)
@@ -57,8 +60,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="a JSON file; a Markdown table is written beside")
     args = parser.parse_args()
     kinds = parse_list(args.thoughts, str)
-    if not kinds or set(kinds) - {"soft", "snapped"}:
-        parser.error(f"--thoughts lists soft and/or snapped, got {args.thoughts!r}.")
+    if not kinds or set(kinds) - set(THOUGHT_KINDS):
+        parser.error(f"--thoughts lists any of {', '.join(THOUGHT_KINDS)}, got {args.thoughts!r}.")
 
     from eval.diagnostics import replacement, thoughts_through
     from eval.runner import GenerationSettings, depths_for, load_model, run_model
@@ -79,7 +82,8 @@ def main() -> None:
         task = Task(name="arith", kind=TASK_KINDS["arith"], examples=examples)
         for kind, gain, inference in itertools.product(kinds, gains, grid):
             loaded.model.config.thought_prior_gain = gain
-            thoughts = contextlib.nullcontext() if kind == "soft" else thoughts_through(
+            loaded.model.config.snap_thoughts = kind == "snap_thoughts"
+            thoughts = contextlib.nullcontext() if kind != "snapped" else thoughts_through(
                 loaded.model, replacement(loaded.model, "snapped", None))
             with thoughts:
                 metrics = run_model(loaded, task, generation, inference).metrics

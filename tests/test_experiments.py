@@ -2,7 +2,9 @@
 trains and evaluates, and the outputs exist and are well-formed (the accuracies of a 3-step run mean nothing)."""
 
 import json
+import logging
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,29 @@ def test_depth_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_continues_from_another_runs_final_models(tmp_path, capfd, caplog):
+    """`--continue_from`: each (arm, seed) trains on from the other run's final model of that arm and seed, here
+    its last stage only (`--curriculum_first_stage`, passed through to train_sft.py); an (arm, seed) that the other
+    run did not finish is refused before anything trains."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    main(["depth", "--smoke", "--arms", "trm_jacobi_own", "--output_dir", str(first), "--train_only"])
+    capfd.readouterr()
+    with pytest.raises(SystemExit):
+        main(["depth", "--smoke", "--arms", "trm_jacobi_own", "--seeds", "0,1", "--output_dir", str(second),
+              "--continue_from", str(first), "--train_only"])
+    assert "holds no finished model of trm_jacobi_own seed 1" in capfd.readouterr().err
+    assert not (second / "models").exists()
+    caplog.set_level(logging.INFO, logger="experiments.run")
+    main(["depth", "--smoke", "--arms", "trm_jacobi_own", "--output_dir", str(second), "--continue_from", str(first),
+          "--train_only", "--steps", "2", "--curriculum_first_stage", "2"])
+    output = capfd.readouterr()
+    started = str(first / "models" / "trm_jacobi_own" / "seed0" / "final")
+    assert f"--model_name_or_path {started}" in caplog.text
+    stages = re.findall(r"'curriculum_stage': '([\d.]+)'", output.out + output.err)
+    assert stages and set(stages) == {"2"}
+    assert (second / "models" / "trm_jacobi_own" / "seed0" / "final" / "README.md").is_file()
+
+
 def test_gsm8k_smoke(tmp_path):
     main(["gsm8k", "--smoke", "--output_dir", str(tmp_path)])
     results = check_outputs(tmp_path, "gsm8k", {"accuracy_vs_time.png", "trm_n_cycles.png"})
@@ -247,7 +272,7 @@ def test_inference_sweep_refuses_an_unknown_kind_of_thoughts(tmp_path):
     done = subprocess.run([sys.executable, "-m", "experiments.inference_sweep", str(tmp_path), "--thoughts",
                            "soft,hard", "--output", str(tmp_path / "sweep.json")], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent.parent)
-    assert done.returncode == 2 and "--thoughts lists soft and/or snapped, got 'soft,hard'" in done.stderr
+    assert done.returncode == 2 and "--thoughts lists any of soft, snapped, snap_thoughts, got 'soft,hard'" in done.stderr
 
 
 def test_validation_problems_are_held_out_and_never_test_questions():

@@ -284,6 +284,49 @@ def test_prior_gain_multiplies_the_learned_prior_weight():
             tiny_config(thought_prior_gain=bad)
 
 
+def test_snapped_thoughts_are_their_tokens_at_every_supervision_step():
+    """`snap_thoughts` in eval mode: each supervision step's thoughts (the first step's, which the feedback pass reads,
+    and the last, which the answer reads) are the embeddings of the tokens their readouts decode to, and the answer's
+    logits are those of the snapped reference (diagnostics' replacement of the last thoughts, here with one step and
+    no feedback, where the two must agree); in training mode the model still mixes (the loss is unchanged); a model
+    whose thoughts are not token mixtures refuses the setting."""
+    from eval.diagnostics import replacement, thoughts_through
+
+    ids = torch.tensor([[7, 8, 9, THINK, 10, 11], [12, 13, 14, 15, THINK, 16]])
+    model = tiny_model(**VIVID, **PRIOR).eval()
+    embeddings = model.get_input_embeddings().weight
+    steps = []
+    hook = model.model.thoughts.register_forward_hook(lambda module, args, thinking: steps.extend(thinking.steps))
+    with torch.no_grad():
+        soft = model(input_ids=ids).logits
+        del steps[:]
+        model.config.snap_thoughts = True
+        snapped = model(input_ids=ids).logits
+    hook.remove()
+    assert len(steps) == PRIOR["n_supervision_steps"]
+    for step in steps:
+        torch.testing.assert_close(step.thoughts, embeddings[model.thought_logits(step.readout).argmax(-1)],
+                                   atol=0, rtol=0)
+    assert not torch.allclose(snapped, soft, atol=1e-3)
+
+    single = tiny_model(**VIVID, thought_output="token_mixture").eval()
+    with torch.no_grad(), thoughts_through(single, replacement(single, "snapped", None)):
+        reference = single(input_ids=ids).logits
+    single.config.snap_thoughts = True
+    with torch.no_grad():
+        torch.testing.assert_close(single(input_ids=ids).logits, reference, atol=1e-5, rtol=0)
+
+    model.train()
+    losses = []
+    for snap in (False, True):
+        model.config.snap_thoughts = snap
+        torch.manual_seed(0)
+        losses.append(model(input_ids=ids, labels=ids).loss)
+    torch.testing.assert_close(losses[0], losses[1], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="snap_thoughts .* needs thought_output='token_mixture'"):
+        tiny_config(snap_thoughts=True)
+
+
 def test_a_halted_row_keeps_its_thoughts_whatever_the_rows_beside_it():
     """With adaptive halting and the next-token prior, a row that halts after its first supervision step gets the
     thoughts it gets alone, while the row beside it runs on (its feedback reads must not reach the halted row)."""
