@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import os
 import platform
@@ -53,6 +54,10 @@ def make_parser() -> argparse.ArgumentParser:
                              "again resumes them.")
     parser.add_argument("--deadline", type=float, default=None,
                         help="The same as a Unix time: what the harness passes its --jobs workers.")
+    parser.add_argument("--continue_from", type=Path, default=None,
+                        help="Another run's output_dir: each (arm, seed) trains on from that run's final model of the "
+                             "same arm and seed instead of a fresh backbone; with --curriculum_first_stage (a train_sft "
+                             "flag), e.g. the last stage, that stage is lengthened without training the others again.")
     parser.add_argument("--train_only", action="store_true",
                         help="Train, without evaluating or reporting: what --jobs workers do. The evaluations then run "
                              "one at a time in the main process, so that no other work shares their timings.")
@@ -69,6 +74,8 @@ def worker_command(args: argparse.Namespace, config: Path, output_dir: Path, tra
         command += ["--tokenizer", str(args.tokenizer)]
     if args.deadline is not None:
         command += ["--deadline", repr(args.deadline)]
+    if args.continue_from is not None:
+        command += ["--continue_from", str(args.continue_from)]
     return command + train_flags
 
 
@@ -99,12 +106,17 @@ def main(argv: list[str] | None = None) -> dict:
         if args.tokenizer is not None:
             settings = dataclasses.replace(settings, tokenizer=str(args.tokenizer))
         arms = select_arms(args.experiment, args.arms)
+        if args.continue_from is not None:  # refused now, not after the other runs trained
+            from experiments.run import trained_model
+
+            for arm, seed in itertools.product(arms, seeds):
+                trained_model(args.continue_from, arm.name, seed)
     except ValueError as error:
         parser.error(str(error))
     output_dir.mkdir(parents=True, exist_ok=True)
     entries = run_experiment(args.experiment, settings, train, arms, seeds, output_dir, args.steps, train_flags,
                              worker_command(args, config, output_dir, train_flags), args.jobs, not args.train_only,
-                             args.deadline)
+                             args.deadline, args.continue_from)
     if args.train_only:
         return {}
     header = {"experiment": args.experiment, "smoke": args.smoke, "seeds": seeds, "arms": [a.name for a in arms],

@@ -232,16 +232,27 @@ def prepare_seed(experiment: str, settings: ExperimentSettings, output_dir: Path
     return data, backbone
 
 
+def trained_model(output_dir: Path, arm: str, seed: int) -> Path:
+    """The final model of (arm, seed) in another run's `output_dir`, which a continued run starts from."""
+    final = finished_model(output_dir / "models" / arm / f"seed{seed}")
+    if final is None:
+        raise ValueError(f"--continue_from {output_dir}: it holds no finished model of {arm} seed {seed} (looked in "
+                         f"{output_dir / 'models' / arm / f'seed{seed}'}).")
+    return final
+
+
 def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[str, Any], arms: tuple[Arm, ...],
                    seeds: list[int], output_dir: Path, steps: int | None = None,
                    extra_args: list[str] | None = None, worker_command: list[str] | None = None,
-                   jobs: int = 1, evaluate: bool = True, deadline: float | None = None) -> list[dict]:
+                   jobs: int = 1, evaluate: bool = True, deadline: float | None = None,
+                   continue_from: Path | None = None) -> list[dict]:
     """Train and evaluate every arm for every seed; returns one entry per (arm, seed, test set, n_cycles).
 
     With `jobs` > 1 the trainings go to that many worker processes at once (`worker_command` plus
     `--arms A --seeds S`, see `run_workers`); the evaluations then run here, one at a time. `evaluate=False` trains
     only and returns no entries (a worker). With a `deadline` (Unix time) every training stops by then with a
-    checkpoint, and the arms left unfinished are not evaluated."""
+    checkpoint, and the arms left unfinished are not evaluated. With `continue_from` (another run's output_dir) each
+    (arm, seed) starts from that run's final model of the same arm and seed instead of the seed's backbone."""
     train_config = write_train_config(train, output_dir / "train_config.yaml", steps)
     tasks = test_tasks(experiment, settings)
     extra_args = list(extra_args or [])
@@ -253,6 +264,8 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
     entries = []
     for arm, seed in runs:
         data, backbone = prepared[seed]
+        if continue_from is not None:
+            backbone = trained_model(continue_from, arm.name, seed)
         run_dir = output_dir / "models" / arm.name / f"seed{seed}"
         eval_dir = output_dir / "evals" / arm.name / f"seed{seed}"
         if not evaluate:

@@ -103,11 +103,12 @@ class CurriculumStages(TrainerCallback):
     def __init__(self, curriculum: CurriculumArguments, max_steps: int):
         if max_steps is None or max_steps < 1:
             raise ValueError("A curriculum runs over --max_steps optimizer steps: set it (epochs are not supported).")
-        self.num_stages = curriculum.curriculum_stages
-        self.steps_per_stage = curriculum.curriculum_steps_per_stage or max(1, max_steps // (self.num_stages + 1))
-        if self.steps_per_stage * self.num_stages >= max_steps:
-            raise ValueError(f"curriculum_steps_per_stage={self.steps_per_stage} x {self.num_stages} stages leaves no "
-                             f"step of max_steps={max_steps} for the last stage.")
+        self.num_stages, self.first_stage = curriculum.curriculum_stages, curriculum.curriculum_first_stage
+        stages_before_last = self.num_stages - self.first_stage
+        self.steps_per_stage = curriculum.curriculum_steps_per_stage or max(1, max_steps // (stages_before_last + 1))
+        if self.steps_per_stage * stages_before_last >= max_steps:
+            raise ValueError(f"curriculum_steps_per_stage={self.steps_per_stage} x {stages_before_last} stages leaves "
+                             f"no step of max_steps={max_steps} for the last stage.")
         self.mix, self.reset_optimizer = curriculum.curriculum_mix, curriculum.curriculum_reset_optimizer
         self.warmup_steps = curriculum.curriculum_stage_warmup_steps
         if self.warmup_steps > self.steps_per_stage:
@@ -116,7 +117,7 @@ class CurriculumStages(TrainerCallback):
         self.stage: int | None = None
 
     def stage_of(self, step: int) -> int:
-        return stage_at(step, self.steps_per_stage, self.num_stages)
+        return stage_at(step, self.steps_per_stage, self.num_stages, self.first_stage)
 
     def lr_factor(self, step: int) -> float:
         """The factor on the schedule's learning rate at optimizer step `step` (0-based): a linear ramp over the
@@ -124,7 +125,8 @@ class CurriculumStages(TrainerCallback):
         stage = self.stage_of(step)
         if stage == 0 or not self.warmup_steps:
             return 1.0
-        return min(1.0, (step - stage * self.steps_per_stage + 1) / self.warmup_steps)
+        stage_start = (stage - self.first_stage) * self.steps_per_stage
+        return min(1.0, (step - stage_start + 1) / self.warmup_steps)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.stage = self.stage_of(state.global_step)  # a resumed run restored its stage's optimizer state

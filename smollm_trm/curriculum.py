@@ -40,7 +40,11 @@ class CurriculumArguments:
                                      "latent."})
     curriculum_steps_per_stage: int | None = field(
         default=None, metadata={"help": "Optimizer steps of each stage before the last, which runs to the end "
-                                        "(default: max_steps split evenly over the stages)."})
+                                        "(default: max_steps split evenly over the stages trained)."})
+    curriculum_first_stage: int = field(
+        default=0, metadata={"help": "The stage training starts at; the earlier ones are skipped. With a model "
+                                     "trained through them as --model_name_or_path: e.g. the last stage, to train "
+                                     "it longer without training the others again."})
     curriculum_mix: float = field(
         default=0.0, metadata={"help": "Share of each batch's rows drawn from an earlier stage (against forgetting)."})
     curriculum_reset_optimizer: bool = field(
@@ -65,6 +69,9 @@ class CurriculumArguments:
     def __post_init__(self) -> None:
         if self.curriculum_stages < 1:
             raise ValueError(f"curriculum_stages must be >= 1, got {self.curriculum_stages}.")
+        if not 0 <= self.curriculum_first_stage <= self.curriculum_stages:
+            raise ValueError(f"curriculum_first_stage must lie in [0, curriculum_stages={self.curriculum_stages}], "
+                             f"got {self.curriculum_first_stage}.")
         if self.curriculum_steps_per_stage is not None and self.curriculum_steps_per_stage < 1:
             raise ValueError(f"curriculum_steps_per_stage must be >= 1, got {self.curriculum_steps_per_stage}.")
         if self.curriculum_stage_warmup_steps < 0:
@@ -102,10 +109,10 @@ def staged_thought_labels(step_ids: list[list[int]], stage: int, pad: bool,
     return [step_ids[j] if j < len(step_ids) else list(empty_step or []) for j in range(latent)]
 
 
-def stage_at(step: int, steps_per_stage: int, num_stages: int) -> int:
-    """The stage that optimizer step `step` (0-based) trains: stage 0, then each latent stage for `steps_per_stage`
-    steps; the last stage runs to the end."""
-    return min(step // steps_per_stage, num_stages)
+def stage_at(step: int, steps_per_stage: int, num_stages: int, first_stage: int = 0) -> int:
+    """The stage that optimizer step `step` (0-based) trains: `first_stage`, then each later stage for
+    `steps_per_stage` steps; the last stage runs to the end."""
+    return min(first_stage + step // steps_per_stage, num_stages)
 
 
 class CurriculumSampler(torch.utils.data.Sampler):
@@ -115,7 +122,7 @@ class CurriculumSampler(torch.utils.data.Sampler):
     exactly."""
 
     def __init__(self, stages: list[int], rows_per_step: int, total_steps: int, steps_per_stage: int,
-                 num_stages: int, mix: float, seed: int):
+                 num_stages: int, mix: float, seed: int, first_stage: int = 0):
         self.by_stage: dict[int, list[int]] = {}
         for index, stage in enumerate(stages):
             self.by_stage.setdefault(stage, []).append(index)
@@ -124,7 +131,7 @@ class CurriculumSampler(torch.utils.data.Sampler):
             raise ValueError(f"The curriculum has no training row for stage(s) {missing}.")
         self.rows_per_step, self.total_steps = rows_per_step, total_steps
         self.steps_per_stage, self.num_stages = steps_per_stage, num_stages
-        self.mix, self.seed = mix, seed
+        self.mix, self.seed, self.first_stage = mix, seed, first_stage
 
     def __len__(self) -> int:
         return self.rows_per_step * self.total_steps
@@ -139,7 +146,7 @@ class CurriculumSampler(torch.utils.data.Sampler):
             return queues[stage].pop()
 
         for step in range(self.total_steps):
-            stage = stage_at(step, self.steps_per_stage, self.num_stages)
+            stage = stage_at(step, self.steps_per_stage, self.num_stages, self.first_stage)
             for _ in range(self.rows_per_step):
                 earlier = stage > 0 and rng.random() < self.mix
                 yield draw(rng.randrange(stage) if earlier else stage)

@@ -246,7 +246,7 @@ class TRMSFTTrainer(SFTTrainer):
         # accelerate hands each process every world_size-th batch of this one order
         rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         return CurriculumSampler(self.row_stages, rows_per_step, args.max_steps, schedule.steps_per_stage,
-                                 schedule.num_stages, schedule.mix, args.seed)
+                                 schedule.num_stages, schedule.mix, args.seed, schedule.first_stage)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """The Trainer's schedule, times the curriculum's ramp at the start of each latent stage
@@ -261,6 +261,11 @@ class TRMSFTTrainer(SFTTrainer):
         ramp = self.curriculum.lr_factor
         scheduler.lr_lambdas = [lambda step, scheduled=scheduled: scheduled(step) * ramp(step)
                                 for scheduled in scheduler.lr_lambdas]
+        # LambdaLR set the current rates when it was built, before the ramp: a run that starts inside one
+        # (`--curriculum_first_stage`) must take its first step at the ramped rate.
+        for group, base_rate, rate in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base_rate * rate(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
         return scheduler
 
     # ----------------------------------------------------------------------------------------------- checkpoints

@@ -107,6 +107,41 @@ def test_each_latent_stage_ramps_the_learning_rate_up_again(backbone, tmp_path):
     assert logged == pytest.approx(used), "each step logs the rate it used, ramp included"
 
 
+def test_a_curriculum_can_start_at_a_later_stage(backbone, tmp_path):
+    """`--curriculum_first_stage 1`: the schedule starts at stage 1 (its rows only, the ramp from the first step, a
+    fresh optimizer at stage 2), as a model trained through stage 0 would continue; a first stage beyond the last is
+    refused."""
+    from transformers import TrainerCallback
+
+    assert [stage_at(step, 3, 2, first_stage=1) for step in range(7)] == [1, 1, 1, 2, 2, 2, 2]
+    trainer, data = trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(12)), tmp_path / "out",
+                                    "--reasoning", "curriculum", "--curriculum_stages", "2", "--curriculum_first_stage",
+                                    "1", "--curriculum_steps_per_stage", "2", "--max_steps", "4",
+                                    "--curriculum_stage_warmup_steps", "2", "--lr_scheduler_type", "constant",
+                                    "--learning_rate", "1e-3"))
+    drawn = [data.train[STAGE_COLUMN][i] for i in trainer._get_train_sampler()]
+    rows_per_step = len(drawn) // 4
+    assert drawn == [1] * 2 * rows_per_step + [2] * 2 * rows_per_step
+    used, adam_steps = [], []
+
+    class Watch(TrainerCallback):
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            used.append(optimizer.param_groups[0]["lr"])
+
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            param = next(p for p in trainer.model.parameters() if p.requires_grad)
+            adam_steps.append(int(optimizer.state[param]["step"]))
+
+    trainer.add_callback(Watch())
+    trainer.train()
+    assert used == pytest.approx([5e-4, 1e-3, 5e-4, 1e-3]) and adam_steps == [1, 2, 1, 2]
+    stages = [log["curriculum_stage"] for log in trainer.state.log_history if "curriculum_stage" in log]
+    assert stages == [1, 1, 2, 2]
+    with pytest.raises(ValueError, match="curriculum_first_stage must lie in"):
+        trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(8)), tmp_path / "out2", "--reasoning",
+                        "curriculum", "--curriculum_stages", "2", "--curriculum_first_stage", "3"))
+
+
 def test_a_stage_warmup_longer_than_a_stage_is_refused(backbone, tmp_path):
     with pytest.raises(ValueError, match="longer than a stage"):
         trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(8)), tmp_path / "out", "--reasoning",
