@@ -56,8 +56,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="The same as a Unix time: what the harness passes its --jobs workers.")
     parser.add_argument("--continue_from", type=Path, default=None,
                         help="Another run's output_dir: each (arm, seed) trains on from that run's final model of the "
-                             "same arm and seed instead of a fresh backbone; with --curriculum_first_stage (a train_sft "
-                             "flag), e.g. the last stage, that stage is lengthened without training the others again.")
+                             "same arm and seed instead of a fresh backbone; with --curriculum_first_stage (a "
+                             "train_sft flag), e.g. the last stage, that stage is lengthened without training the "
+                             "others again.")
     parser.add_argument("--train_only", action="store_true",
                         help="Train, without evaluating or reporting: what --jobs workers do. The evaluations then run "
                              "one at a time in the main process, so that no other work shares their timings.")

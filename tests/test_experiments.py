@@ -272,7 +272,8 @@ def test_inference_sweep_refuses_an_unknown_kind_of_thoughts(tmp_path):
     done = subprocess.run([sys.executable, "-m", "experiments.inference_sweep", str(tmp_path), "--thoughts",
                            "soft,hard", "--output", str(tmp_path / "sweep.json")], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent.parent)
-    assert done.returncode == 2 and "--thoughts lists any of soft, snapped, snap_thoughts, got 'soft,hard'" in done.stderr
+    assert done.returncode == 2
+    assert "--thoughts lists any of soft, snapped, snap_thoughts, got 'soft,hard'" in done.stderr
 
 
 def test_validation_problems_are_held_out_and_never_test_questions():
