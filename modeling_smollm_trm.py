@@ -1124,15 +1124,18 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
             return checkpoint(self._mix_token_embeddings, outputs, use_reentrant=False)
         return self._mix_token_embeddings(outputs)
 
+    def _token_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """(B, K, V) the outputs read as tokens: the final norm, then the tied embeddings (the LM head's weight)."""
+        return F.linear(self.language_model.norm(outputs), self.get_input_embeddings().weight)
+
     def _mix_token_embeddings(self, outputs: torch.Tensor) -> torch.Tensor:
         embeddings = self.get_input_embeddings().weight  # (V, D), also the LM head's
-        weights = F.linear(self.language_model.norm(outputs), embeddings).float().softmax(dim=-1)  # (B, K, V)
+        weights = self._token_logits(outputs).float().softmax(dim=-1)  # (B, K, V)
         return weights.to(embeddings.dtype) @ embeddings
 
     def _snap_to_tokens(self, outputs: torch.Tensor) -> torch.Tensor:
         """`snap_thoughts`: the embedding of the token each output's mixture weighs most (its argmax)."""
-        embeddings = self.get_input_embeddings().weight
-        return embeddings[F.linear(self.language_model.norm(outputs), embeddings).argmax(dim=-1)]
+        return self.get_input_embeddings().weight[self._token_logits(outputs).argmax(dim=-1)]
 
     def _read_thoughts(self, cache: ThoughtCache, kinds: torch.Tensor, thoughts: torch.Tensor) -> torch.Tensor:
         """`thought_feedback` without answers to score: the backbone's last-layer hidden states over `thoughts`
