@@ -96,10 +96,12 @@ class SmolLMTRMConfig(PreTrainedConfig):
             1 the thoughts follow the backbone's next-token reading more and the TRM's own outputs less; a trained
             model's value can be raised for inference (measured on held-out problems, see docs/RESULTS.md).
         snap_thoughts (`bool`, *optional*, defaults to `False`):
-            With `thought_output="token_mixture"`, at inference only (the model in eval mode): every thought is the
-            embedding of the token its mixture weighs most, at every supervision step, so the feedback passes and the
-            answer read exact tokens, as in written reasoning. Training always mixes. Set it on a trained model to
-            answer with discrete thoughts (measured on held-out problems, see docs/RESULTS.md).
+            With `thought_output="token_mixture"`: every thought is the embedding of the token its mixture weighs
+            most, at every supervision step, so the feedback passes and the answer read exact tokens, as in written
+            reasoning. In training the gradient still flows through the mixture (straight-through: the token
+            forward, the mixture's gradient backward), so a model trained with it answers from the discrete thoughts
+            it was trained on. Set on a model trained without it, it changes inference only, for better or worse
+            (measured on held-out problems, see docs/RESULTS.md).
         halt_threshold (`float`, *optional*, defaults to 1.0):
             At inference, a row stops its supervision steps once its halting probability exceeds this. 1.0 never
             stops: every supervision step runs, as in training and as the TRM reference evaluates. Below 1, adaptive

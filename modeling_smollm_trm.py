@@ -438,6 +438,19 @@ class PauseThoughts(nn.Module):
         return 1
 
 
+class StraightThrough(torch.autograd.Function):
+    """`forward` value, `backward` path: the value exactly (no `soft + (value - soft).detach()` rounding), the
+    gradient passed to `path` unchanged."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, path: torch.Tensor) -> torch.Tensor:
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, grad
+
+
 THOUGHT_MODULES = {"trm": HiddenStateTRM, "pause": PauseThoughts}  # thought_mode "none" has no module
 
 
@@ -1112,7 +1125,7 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
     def _token_mixture(self, outputs: torch.Tensor) -> torch.Tensor:
         """`thought_output="token_mixture"`: each output (B, K, D) read as tokens through the final norm and the
         (tied) LM head, and the thought the softmax mixture of the token embeddings by those weights; with
-        `snap_thoughts` in eval mode, the embedding of the heaviest token instead."""
+        `snap_thoughts`, the embedding of the heaviest token instead (in training with the mixture's gradient)."""
         if is_deepspeed_zero3_enabled():  # outside their modules' forward, ZeRO-3 leaves parameters empty
             raise NotImplementedError("thought_output='token_mixture' reads the whole embedding matrix, which DeepSpeed "
                                       "ZeRO-3 partitions: train it with DDP or FSDP2.")
@@ -1130,8 +1143,13 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
 
     def _mix_token_embeddings(self, outputs: torch.Tensor) -> torch.Tensor:
         embeddings = self.get_input_embeddings().weight  # (V, D), also the LM head's
-        weights = self._token_logits(outputs).float().softmax(dim=-1)  # (B, K, V)
-        return weights.to(embeddings.dtype) @ embeddings
+        logits = self._token_logits(outputs)  # (B, K, V)
+        mixture = logits.float().softmax(dim=-1).to(embeddings.dtype) @ embeddings
+        if not self.config.snap_thoughts:
+            return mixture
+        # Training with snapped thoughts: what the backbone reads is the token, as at inference, and the outputs
+        # learn through the mixture, the argmax having no gradient.
+        return StraightThrough.apply(embeddings[logits.argmax(dim=-1)].detach(), mixture)
 
     def _snap_to_tokens(self, outputs: torch.Tensor) -> torch.Tensor:
         """`snap_thoughts`: the embedding of the token each output's mixture weighs most (its argmax)."""

@@ -37,7 +37,8 @@ every supervision step at inference), `trm_jacobi_last` (and only the last super
 `trm_jacobi_fill` / `pause_forced_lm_fill` (and the thoughts after a step's tokens labelled with a newline),
 `trm_jacobi_steps` (and one `<think>` per written step, unpadded), `trm_jacobi_own` / `pause_forced_lm_own` (and the
 forced-step loss on the model's own thoughts too), `trm_jacobi_own_padded` (padded, the padding steps empty) and
-`trm_jacobi_own_cycles` (each training batch at an n_cycles drawn from 1 to 6).
+`trm_jacobi_own_cycles` (each training batch at an n_cycles drawn from 1 to 6), `trm_jacobi_own_snap` /
+`pause_forced_lm_own_snap` (and thoughts snapped to their heaviest token in training too, `--snap_thoughts`).
 
 `cot` is "written CoT, no TRM": with `thought_mode none`, `<think>` is an ordinary token (no positions inserted)
 and the reasoning is the GSM8K solution text (calculator notes removed) between the tags, which the model writes

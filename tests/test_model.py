@@ -285,11 +285,11 @@ def test_prior_gain_multiplies_the_learned_prior_weight():
 
 
 def test_snapped_thoughts_are_their_tokens_at_every_supervision_step():
-    """`snap_thoughts` in eval mode: each supervision step's thoughts (the first step's, which the feedback pass reads,
-    and the last, which the answer reads) are the embeddings of the tokens their readouts decode to, and the answer's
-    logits are those of the snapped reference (diagnostics' replacement of the last thoughts, here with one step and
-    no feedback, where the two must agree); in training mode the model still mixes (the loss is unchanged); a model
-    whose thoughts are not token mixtures refuses the setting."""
+    """`snap_thoughts`: each supervision step's thoughts (the first step's, which the feedback pass reads, and the
+    last, which the answer reads) are the embeddings of the tokens their readouts decode to, in eval mode and in
+    training, and in eval mode the answer's logits are those of the snapped reference (diagnostics' replacement of
+    the last thoughts, here with one step and no feedback, where the two must agree); a model whose thoughts are not
+    token mixtures refuses the setting. (The training gradient: the next test.)"""
     from eval.diagnostics import replacement, thoughts_through
 
     ids = torch.tensor([[7, 8, 9, THINK, 10, 11], [12, 13, 14, 15, THINK, 16]])
@@ -317,14 +317,36 @@ def test_snapped_thoughts_are_their_tokens_at_every_supervision_step():
         torch.testing.assert_close(single(input_ids=ids).logits, reference, atol=1e-5, rtol=0)
 
     model.train()
-    losses = []
-    for snap in (False, True):
-        model.config.snap_thoughts = snap
-        torch.manual_seed(0)
-        losses.append(model(input_ids=ids, labels=ids).loss)
-    torch.testing.assert_close(losses[0], losses[1], atol=0, rtol=0)
+    del steps[:]
+    hook = model.model.thoughts.register_forward_hook(lambda module, args, thinking: steps.extend(thinking.steps))
+    model(input_ids=ids, labels=ids).loss.backward()
+    hook.remove()
+    assert len(steps) == PRIOR["n_supervision_steps"]
+    for step in steps:
+        torch.testing.assert_close(step.thoughts.detach(), embeddings[model.thought_logits(step.readout).argmax(-1)],
+                                   atol=0, rtol=0)
     with pytest.raises(ValueError, match="snap_thoughts .* needs thought_output='token_mixture'"):
         tiny_config(snap_thoughts=True)
+
+
+def test_snapped_thoughts_train_through_their_mixture():
+    """In training, snapped thoughts pass back the gradient their token mixture would (straight-through), on the
+    checkpointed path that training takes and on the plain one: the argmax alone would give the outputs none, and
+    mixing in the forward pass would not be what inference reads. A training step then reaches the TRM."""
+    model = tiny_model(**VIVID, **PRIOR).train()
+    embeddings = model.get_input_embeddings().weight
+    torch.manual_seed(0)
+    outputs = (4 * torch.randn(2, model.config.num_latents, model.config.text_config.hidden_size)).requires_grad_()
+    upstream = torch.randn(2, model.config.num_latents, model.config.text_config.hidden_size)
+    expected = torch.autograd.grad(model.model._token_mixture(outputs), outputs, upstream)[0]  # mixing
+    model.config.snap_thoughts = True
+    for path in (model.model._token_mixture, model.model._mix_token_embeddings):  # checkpointed, plain
+        thoughts = path(outputs)
+        torch.testing.assert_close(thoughts, embeddings[model.thought_logits(outputs).argmax(-1)], atol=0, rtol=0)
+        torch.testing.assert_close(torch.autograd.grad(thoughts, outputs, upstream)[0], expected, atol=1e-6, rtol=0)
+    ids = torch.tensor([[7, 8, 9, THINK, 10, 11], [12, 13, 14, 15, THINK, 16]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert model.model.thoughts.out_proj.weight.grad.abs().sum() > 0
 
 
 def test_a_halted_row_keeps_its_thoughts_whatever_the_rows_beside_it():
