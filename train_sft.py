@@ -51,6 +51,7 @@ from smollm_trm.chat import demo_answers
 from smollm_trm.checkpoints import check_same_run, resume_point, run_settings, setting_defaults
 from smollm_trm.export import finished_model, save_final
 from smollm_trm.hub import push_folder
+from smollm_trm.prepared_cache import remove_prepared
 from smollm_trm.training import build_trainer
 
 
@@ -78,6 +79,7 @@ def main(data_args, training_args, model_args, trm_args) -> Path | None:
     folder = save_final(trainer, trm_args, model_args, data_args, eval_results)
     if not trainer.is_world_process_zero():  # the other ranks of a distributed run are done
         return folder
+    remove_prepared(training_args.output_dir)  # nothing resumes a finished run
     if push:
         print(f"pushed: {push_folder(folder, training_args.hub_model_id, training_args.hub_token)}")
     if trm_args.num_demo_answers:

@@ -9,6 +9,7 @@ import tempfile
 from smollm_trm.callbacks import CurriculumStages, StopAtTimeLimit, StopOnNonFiniteLoss
 from smollm_trm.loading import apply_lora, load_model, thought_model
 from smollm_trm.named_datasets import resolve_dataset
+from smollm_trm.prepared_cache import cache_key, load_prepared, save_prepared
 from smollm_trm.sft_data import prepare_sft_data
 from smollm_trm.trainer import TRMSFTTrainer, check_padded_rows
 
@@ -99,10 +100,16 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     if data_args.reasoning == "curriculum":
         CurriculumStages(data_args, training_args.max_steps)  # its schedule's errors, before preparing the data
     with training_args.main_process_first(desc="writing and tokenizing the data"):  # one writer of arith's files
-        data = prepare_sft_data(resolve_dataset(data_args, training_args.output_dir), tokenizer,
-                                model.config.num_latents, training_args.max_length, teacher=distill,
-                                probe=probe or forcing,
-                                report_dir=training_args.output_dir, num_proc=training_args.dataset_num_proc)
+        resolved = resolve_dataset(data_args, training_args.output_dir)
+        preparation = {"num_latents": model.config.num_latents, "teacher": distill, "probe": probe or forcing}
+        key = cache_key(resolved, training_args, tokenizer, preparation)
+        kept = load_prepared(training_args.output_dir, key)
+        if kept is None:
+            data = prepare_sft_data(resolved, tokenizer, preparation["num_latents"], training_args.max_length,
+                                    teacher=distill, probe=preparation["probe"], report_dir=training_args.output_dir,
+                                    num_proc=training_args.dataset_num_proc)
+        else:
+            data, tokenized = kept
     if model_args.use_peft:
         model = apply_lora(model, model_args, tokenizer, added)
     if trm_args.compile_thoughts is not None:  # after LoRA, whose copy of the thought module is the one that trains
@@ -110,11 +117,21 @@ def build_trainer(data_args, training_args, model_args, trm_args):
     if trm_args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=trm_args.early_stopping_patience))
     curriculum = data_args if data_args.reasoning == "curriculum" else None
-    trainer = TRMSFTTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval,
-                            processing_class=tokenizer, callbacks=callbacks, ema_decay=trm_args.ema_decay,
-                            curriculum=curriculum, distill_weight=trm_args.distill_weight,
-                            teacher_loss_weight=trm_args.teacher_loss_weight,
-                            thought_teacher_forcing=trm_args.thought_teacher_forcing,
-                            train_n_cycles_max=trm_args.train_n_cycles_max)
+    dataset_kwargs = training_args.dataset_kwargs
+    if kept is not None:  # TRL's preparation is in the kept rows already
+        training_args.dataset_kwargs = {**(dataset_kwargs or {}), "skip_prepare_dataset": True}
+    try:
+        trainer = TRMSFTTrainer(model=model, args=training_args,
+                                train_dataset=data.train if kept is None else tokenized["train"],
+                                eval_dataset=data.eval if kept is None else tokenized["eval"],
+                                processing_class=tokenizer, callbacks=callbacks, ema_decay=trm_args.ema_decay,
+                                curriculum=curriculum, distill_weight=trm_args.distill_weight,
+                                teacher_loss_weight=trm_args.teacher_loss_weight,
+                                thought_teacher_forcing=trm_args.thought_teacher_forcing,
+                                train_n_cycles_max=trm_args.train_n_cycles_max)
+    finally:
+        training_args.dataset_kwargs = dataset_kwargs
+    if kept is None and trainer.is_world_process_zero():
+        save_prepared(training_args.output_dir, key, data, trainer.train_dataset, trainer.eval_dataset)
     check_sharded_lora(model_args.use_peft and bool(added), trainer.is_fsdp_enabled)
     return trainer, data

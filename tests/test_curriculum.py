@@ -556,3 +556,40 @@ def test_train_n_cycles_max_draws_each_training_steps_n_cycles_from_the_seed_and
                         "4", "--thought_mode", "pause"))
     with pytest.raises(ValueError, match="train_n_cycles_max must be >= 1"):
         trainer_for(args + ["--train_n_cycles_max", "0"])
+
+
+def test_a_resumed_run_reads_its_prepared_rows_back_until_they_change(backbone, tmp_path, monkeypatch):
+    """A second build in the same output_dir (a resumed run) converts and tokenizes nothing: our rows, TRL's
+    tokenized rows (curriculum stages and probe labels included), the skipped rows and the first batch equal the
+    first build's. Changed data files are prepared again; the finished run's copy is removed (see the time-limit
+    test of test_train_sft.py)."""
+    from trl import SFTTrainer
+
+    import smollm_trm.training as training
+    from test_train_sft import first_batch
+
+    data = tmp_path / "reasoning.jsonl"
+    write_rows(tmp_path, reasoning_rows(12) + [{"question": "w20 w21", "answer": "w40"}])  # one skipped row
+    args = cli(backbone, data, tmp_path / "out", "--reasoning", "curriculum", "--curriculum_stages", "2",
+               "--probe_loss_weight", "0.5", "--max_steps", "3", "--eval_fraction", "0.25")
+    first, prepared = trainer_for(args)
+    assert (tmp_path / "out/prepared_data/key.json").is_file()
+
+    def prepare_again(*args, **kwargs):
+        raise AssertionError("prepared again")
+
+    monkeypatch.setattr(training, "prepare_sft_data", prepare_again)
+    monkeypatch.setattr(SFTTrainer, "_prepare_dataset", prepare_again)
+    again, kept = trainer_for(args)
+    for part in ("train", "eval"):
+        assert getattr(kept, part).to_dict() == getattr(prepared, part).to_dict(), part
+        assert getattr(again, f"{part}_dataset").to_dict() == getattr(first, f"{part}_dataset").to_dict(), part
+    assert kept.skipped == prepared.skipped and prepared.skipped["train"]
+    assert again.args.dataset_kwargs == first.args.dataset_kwargs  # TRL's skip was for the build only
+    expected, batch = first_batch(first), first_batch(again)
+    assert batch.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(batch[name], value), name
+    write_rows(tmp_path, reasoning_rows(11))
+    with pytest.raises(AssertionError, match="prepared again"):
+        trainer_for(args)

@@ -532,8 +532,10 @@ def test_a_time_limit_stops_with_a_checkpoint_and_a_rerun_finishes(backbone, tmp
     args = cli(backbone, data, out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "100")
     assert train_sft.main(*make_parser().parse_args_and_config(args + ["--time_limit_s", "1e-9"])) is None
     assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-1") and not (out / "final").exists()
+    assert (out / "prepared_data").is_dir()  # for the rerun
     folder = train_sft.main(*make_parser().parse_args_and_config(args))
     assert folder == out / "final" and (folder / "README.md").is_file()
+    assert not (out / "prepared_data").exists()  # nothing resumes a finished run
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
 
