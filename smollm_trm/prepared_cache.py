@@ -4,8 +4,10 @@ and tokenizing its rows again (on the depth task's 245k curriculum rows, about a
 What is kept: our rows (`PreparedData`, which the demo answers read) and TRL's tokenized rows (which the trainer
 reads, with TRL's preparation then skipped). They are used only when everything they were made from is unchanged:
 the data files' bytes, the data and TRL settings, the tokenizer, the package's code and the library versions (the
-key). Rows from the Hub are not kept: `datasets` caches those itself. The folder is written whole or not at all
-(a temporary folder renamed), and removed once the run has saved its final model.
+key). Rows from the Hub are not kept: `datasets` caches those itself; nor are a distributed run's, whose ranks would
+have to agree on every hit (a rank that prepared while another read back would meet TRL's barriers alone). The folder
+is written whole or not at all (a temporary folder renamed), and removed once the run has saved its final model; a
+failure to write it costs the next resume its shortcut, never the run.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ logger = logging.getLogger(__name__)
 FOLDER = "prepared_data"
 TRL_PREPARATION_FIELDS = ("max_length", "packing", "packing_strategy", "padding_free", "completion_only_loss",
                           "assistant_only_loss", "dataset_text_field", "eos_token", "pad_token", "eval_packing",
-                          "truncation_mode", "dataset_kwargs")
+                          "truncation_mode", "dataset_kwargs", "shuffle_dataset", "chat_template_path")
 PACKAGE = Path(__file__).resolve().parent
+MODEL_CODE = ("configuration_smollm_trm.py", "modeling_smollm_trm.py")  # beside the package: the think tokens' code
 
 
 def cache_key(data_args, training_args, tokenizer, preparation: dict[str, Any]) -> str | None:
@@ -37,14 +40,14 @@ def cache_key(data_args, training_args, tokenizer, preparation: dict[str, Any]) 
 
     data = Path(data_args.dataset_name).expanduser()
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if not data.exists() or backend is None:
+    if not data.exists() or backend is None or training_args.world_size > 1:
         return None
     digest = hashlib.sha256()
     for path in [data] if data.is_file() else sorted(p for p in data.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(data) if data.is_dir() else path.name).encode())
         digest.update(path.read_bytes())
-    for path in sorted(PACKAGE.rglob("*.py")):  # the conversion's code
-        digest.update(path.read_bytes())
+    for path in [*sorted(PACKAGE.rglob("*.py")), *(PACKAGE.parent / name for name in MODEL_CODE)]:  # the conversion
+        digest.update(path.read_bytes() if path.is_file() else b"")
     settings = {
         "data": {k: v for k, v in dataclasses.asdict(data_args).items() if k != "dataset_name"},
         "trl": {name: getattr(training_args, name, None) for name in TRL_PREPARATION_FIELDS},
@@ -85,16 +88,22 @@ def save_prepared(output_dir: str, key: str | None, ours, trl_train, trl_eval) -
     if key is None:
         return
     folder = Path(output_dir) / FOLDER
+    for stale in folder.parent.glob(f"{FOLDER}.tmp-*"):  # a killed run's
+        shutil.rmtree(stale, ignore_errors=True)
     staging = folder.with_name(f"{FOLDER}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    for kind, parts in (("ours", {"train": ours.train, "eval": ours.eval}),
-                        ("trl", {"train": trl_train, "eval": trl_eval})):
-        for name, dataset in parts.items():
-            if dataset is not None:
-                dataset.save_to_disk(str(staging / kind / name))
-    (staging / "key.json").write_text(json.dumps({"key": key, "skipped": ours.skipped}))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(staging, folder)
+    try:
+        for kind, parts in (("ours", {"train": ours.train, "eval": ours.eval}),
+                            ("trl", {"train": trl_train, "eval": trl_eval})):
+            for name, dataset in parts.items():
+                if dataset is not None:
+                    dataset.save_to_disk(str(staging / kind / name))
+        (staging / "key.json").write_text(json.dumps({"key": key, "skipped": ours.skipped}))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(staging, folder)
+    except OSError as error:
+        logger.warning("Could not keep the prepared data in %s (%s): a resumed run will prepare them again.", folder,
+                       error)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_prepared(output_dir: str) -> None:

@@ -593,3 +593,31 @@ def test_a_resumed_run_reads_its_prepared_rows_back_until_they_change(backbone, 
     write_rows(tmp_path, reasoning_rows(11))
     with pytest.raises(AssertionError, match="prepared again"):
         trainer_for(args)
+
+
+def test_prepared_rows_that_cannot_be_kept_cost_only_the_shortcut(backbone, tmp_path, monkeypatch, caplog):
+    """A failed write of the kept rows warns and trains on (no half-written folder, no stale staging left); a
+    distributed run keeps none (its ranks would have to agree on every hit)."""
+    import datasets
+
+    from smollm_trm.arguments import make_parser
+    from smollm_trm.prepared_cache import FOLDER, cache_key
+
+    data = tmp_path / "reasoning.jsonl"
+    write_rows(tmp_path, reasoning_rows(12))
+    (tmp_path / "out" / f"{FOLDER}.tmp-1").mkdir(parents=True)  # left by a killed run
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", disk_full)
+    args = cli(backbone, data, tmp_path / "out", "--reasoning", "curriculum", "--curriculum_stages", "2",
+               "--max_steps", "3")
+    trainer, _ = trainer_for(args)
+    assert trainer.train_dataset is not None and "a resumed run will prepare them again" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").glob(f"{FOLDER}*")) == []
+    data_args, training_args, _, _ = make_parser().parse_args_and_config(args)
+    assert cache_key(data_args, training_args, trainer.processing_class, {}) is not None
+    monkeypatch.setattr(type(training_args), "world_size", property(lambda self: 2))
+    assert cache_key(data_args, training_args, trainer.processing_class, {}) is None
+
