@@ -620,4 +620,3 @@ def test_prepared_rows_that_cannot_be_kept_cost_only_the_shortcut(backbone, tmp_
     assert cache_key(data_args, training_args, trainer.processing_class, {}) is not None
     monkeypatch.setattr(type(training_args), "world_size", property(lambda self: 2))
     assert cache_key(data_args, training_args, trainer.processing_class, {}) is None
-
