@@ -12,6 +12,8 @@ median of --steps after warm-up, for:
   trm_tokens_feedback3      the TRM arm of RESULTS' plan (N_sup 3, feedback, token mixture, probe), eager
   ... compiled              the same with `compile_thoughts()` (torch.compile of the TRM's network), default mode
   ... compiled (cudagraphs) the same in mode "reduce-overhead" (CUDA graphs)
+  ... (no cuDNN)           none and the compiled TRM arm with cuDNN taken out of sdpa's kernels, as train_sft.py and
+                            eval run (smollm_trm.attention): the others keep torch's own choice, cuDNN included
 Each arm may fail alone (its error is printed) without costing the others. For the eager arms, one forward's
 operations (ATen kernels, views excluded) are also counted by where they run: the TRM's network, its compressor, the
 backbone, the rest; on a launch-bound GPU their number, not their size, sets the step's time.
@@ -42,6 +44,8 @@ ARMS = {
                                  n_supervision_steps=3, thought_feedback=True),
 }
 COMPILED = {"trm_tokens_feedback3 compiled": "default", "trm_tokens_feedback3 compiled (cudagraphs)": "reduce-overhead"}
+WITHOUT_CUDNN = {"none (no cuDNN)": ("none", None),
+                 "trm_tokens_feedback3 compiled (no cuDNN)": ("trm_tokens_feedback3", "default")}
 
 
 def depth_config() -> tuple[dict, dict]:
@@ -124,16 +128,17 @@ def time_steps(model, batch: dict, steps: int, warmup: int) -> list[float]:
     return [cuda_time(step, warmup=warmup if i == 0 else 0) for i in range(steps)]
 
 
-def run_arm(name: str, settings: dict, compile_mode: str | None, args, shape: dict, trm: dict) -> dict:
+def run_arm(name: str, settings: dict, compile_mode: str | None, cudnn: bool, args, shape: dict, trm: dict) -> dict:
     release_memory()
     reset_peak_memory()
+    torch.backends.cuda.enable_cudnn_sdp(cudnn)
     model = build(settings, shape, trm)
     if compile_mode is not None:
         model.compile_thoughts(mode=None if compile_mode == "default" else compile_mode)
     batch = make_batch(args.batch, settings["thought_mode"] != "none", trm["num_latents"])
     times = time_steps(model, batch, args.steps, warmup=args.warmup)
     step = median(times)
-    row = {"arm": name, "compile": compile_mode or "eager", "step_s": step, "steps_per_s": 1 / step,
+    row = {"arm": name, "compile": compile_mode or "eager", "cudnn_attention": cudnn, "step_s": step, "steps_per_s": 1 / step,
            "peak_mem_gib": peak_memory_gib(), "step_times_s": times}
     if compile_mode is None:
         row.update(count_operations(model, batch))
@@ -150,18 +155,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     shape, trm = depth_config()
-    arms = [(name, settings, None) for name, settings in ARMS.items()]
-    arms += [(name, ARMS["trm_tokens_feedback3"], mode) for name, mode in COMPILED.items()]
+    arms = [(name, settings, None, True) for name, settings in ARMS.items()]
+    arms += [(name, ARMS["trm_tokens_feedback3"], mode, True) for name, mode in COMPILED.items()]
+    arms += [(name, ARMS[arm], mode, False) for name, (arm, mode) in WITHOUT_CUDNN.items()]
     if args.arms:
         wanted = args.arms.split(",")
-        unknown = sorted(set(wanted) - {name for name, _, _ in arms})
+        unknown = sorted(set(wanted) - {arm[0] for arm in arms})
         if unknown:
-            parser.error(f"unknown arms {unknown}; the arms are {[name for name, _, _ in arms]}")
+            parser.error(f"unknown arms {unknown}; the arms are {[arm[0] for arm in arms]}")
         arms = [arm for arm in arms if arm[0] in wanted]
     rows = []
-    for name, settings, mode in arms:
+    for name, settings, mode, cudnn in arms:
         try:
-            rows.append(run_arm(name, settings, mode, args, shape, trm))
+            rows.append(run_arm(name, settings, mode, cudnn, args, shape, trm))
         except Exception as error:  # one arm's failure (a compiler's, say) must not cost the others
             log(f"{name} failed: {type(error).__name__}: {error}")
     eager = next((row["step_s"] for row in rows if row["arm"] == "trm_tokens_feedback3"), None)
@@ -169,7 +175,7 @@ def main() -> None:
         if eager and row["arm"].startswith("trm"):
             row["speedup_vs_eager"] = eager / row["step_s"]
     path = write_results("depth_step", rows, {"batch": args.batch, "backbone": shape, "trm": trm}, args.out)
-    print(markdown_table(rows, ["arm", "compile", "step_s", "steps_per_s", "speedup_vs_eager", "forward_ops",
+    print(markdown_table(rows, ["arm", "compile", "cudnn_attention", "step_s", "steps_per_s", "speedup_vs_eager", "forward_ops",
                                 "trm_network_op_share", "peak_mem_gib"]))
     print(f"wrote {path}")
 

@@ -33,6 +33,7 @@ from eval.answers import answers_match, extract_answer
 from eval.diagnostics import DONOR_ABLATIONS, ablated, applies, donor, follows_donor
 from eval.tasks import Task
 from modeling_smollm_trm import THINK_TOKENS, Depth
+from smollm_trm.attention import skip_cudnn_attention
 from smollm_trm.chat import chat_prompt, describe_thoughts
 from smollm_trm.hub import is_hub_id
 from smollm_trm.loading import check_think_token, load_causal_lm
@@ -157,6 +158,7 @@ def load_model(name: str, gguf_file: str | None = None, trust_remote_code: bool 
     import torch
     from transformers import AutoTokenizer  # deferred: slow to import
 
+    skip_cudnn_attention()
     source, gguf = resolve_source(name, gguf_file)
     # Explicit either way: left unset, transformers asks on the terminal whether to run a folder's auto_map code.
     tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, source, name, gguf_file=gguf,

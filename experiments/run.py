@@ -26,6 +26,7 @@ from typing import Any
 
 from experiments.settings import TASKS, Arm, ExperimentSettings
 from smollm_trm import arith, gsm8k
+from smollm_trm.checkpoints import write_atomically
 from smollm_trm.export import finished_model
 from smollm_trm.model_sources import embedded_smollm2
 from smollm_trm.rows import read_rows, write_jsonl
@@ -215,7 +216,8 @@ def write_train_config(train: dict[str, Any], path: Path, steps: int | None) -> 
     if steps is not None:
         train = {**{k: v for k, v in train.items() if k != "num_train_epochs"}, "max_steps": steps}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(train, sort_keys=False))
+    # Atomic: --jobs workers each write the same file while another worker's train_sft.py may be reading it.
+    write_atomically(path, yaml.safe_dump(train, sort_keys=False))
     return path
 
 

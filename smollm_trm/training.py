@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 
+from smollm_trm.attention import skip_cudnn_attention
 from smollm_trm.callbacks import CurriculumStages, StopAtTimeLimit, StopOnNonFiniteLoss
 from smollm_trm.loading import apply_lora, load_model, thought_model
 from smollm_trm.named_datasets import resolve_dataset
@@ -68,6 +69,7 @@ def build_trainer(data_args, training_args, model_args, trm_args):
 
     check_training_args(training_args)
     configure_reporting(training_args.report_to)
+    skip_cudnn_attention()
     callbacks = [StopOnNonFiniteLoss()]
     if trm_args.time_limit_s is not None:  # first: the limit counts loading and preparing the data too
         callbacks.append(StopAtTimeLimit(trm_args.time_limit_s))

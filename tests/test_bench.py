@@ -6,8 +6,9 @@ import math
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
-from test_train_sft import ENV
+from test_train_sft import ENV, backbone, cli, write_data  # noqa: F401 (backbone is a fixture)
 
 
 def run_bench(script: str, *args: str, env: dict | None = None) -> str:
@@ -19,9 +20,10 @@ def run_bench(script: str, *args: str, env: dict | None = None) -> str:
 
 def test_depth_step_counts_where_the_depth_recipes_operations_run(tmp_path):
     out = run_bench("depth_step.py", "--batch", "2", "--steps", "1", "--warmup", "1", "--out", str(tmp_path),
-                    "--arms", "none,pause_tokens,trm_tokens_feedback3")
+                    "--arms", "none,pause_tokens,trm_tokens_feedback3,none (no cuDNN)")
     rows = {row["arm"]: row for row in json.loads((tmp_path / "depth_step.json").read_text())["rows"]}
-    assert set(rows) == {"none", "pause_tokens", "trm_tokens_feedback3"}, out
+    assert set(rows) == {"none", "pause_tokens", "trm_tokens_feedback3", "none (no cuDNN)"}, out
+    assert rows["none"]["cudnn_attention"] and not rows["none (no cuDNN)"]["cudnn_attention"]
     assert rows["none"]["forward_ops"] < rows["pause_tokens"]["forward_ops"] < rows["trm_tokens_feedback3"]["forward_ops"]
     assert rows["trm_tokens_feedback3"]["trm_network_op_share"] > 0.5
     assert rows["pause_tokens"]["trm_network_op_share"] == 0
@@ -46,3 +48,19 @@ def test_train_step_runs_every_manual_loop_arm(tmp_path):
     thinking = {row["arm"]: row for row in rows if row["K"]}
     assert thinking["trm K=64 x4 <think>"]["positions_per_s"] > thinking["trm K=64 x4 <think>"]["tokens_per_s"]
     assert "trm_share" in thinking["trm K=256"]
+
+
+def test_profile_train_sft_times_every_step_and_profiles_the_one_asked(backbone, tmp_path):  # noqa: F811
+    flags = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "run", "--max_steps", "3")
+    out = run_bench("profile_train_sft.py", "--profile_step", "1", "--out", str(tmp_path / "out"), "--", *flags)
+    result = json.loads((tmp_path / "out" / "profile_train_sft.json").read_text())
+    assert len(result["step_times_s"]) == 3 and result["profile_step"] == 1, out
+    (row,) = result["rows"]
+    assert row["aten_ops"] > 100 and row["host_s"] > 0 and row["cudnn_attention"] is False
+    assert "aten::" in (tmp_path / "out" / "profile_train_sft.txt").read_text()
+
+
+def test_profile_train_sft_refuses_a_step_the_run_never_reaches(backbone, tmp_path):  # noqa: F811
+    flags = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "run", "--max_steps", "3")
+    with pytest.raises(AssertionError, match="never reached"):
+        run_bench("profile_train_sft.py", "--profile_step", "3", "--", *flags)
