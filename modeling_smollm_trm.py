@@ -158,14 +158,19 @@ class TinyRecursiveNetwork(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.trm_num_layers))
         self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.graphed = False  # the compiled code replays CUDA graphs
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.compiled is not None:
             try:
-                return self.compiled(h)
+                out = self.compiled(h)
             except compiler_errors() as error:
                 logger.warning(f"Compiling the TRM's network failed ({type(error).__name__}); running it eagerly.")
                 self.compiled = None
+            else:
+                # A CUDA graph returns its static output buffer, which its next replay overwrites: the recursion
+                # keeps y while z = f(x + y + z) runs the same graph n times, so each output is copied out.
+                return out.clone() if self.graphed else out
         return self.run_layers(h)
 
     def run_layers(self, h: torch.Tensor) -> torch.Tensor:
@@ -176,6 +181,7 @@ class TinyRecursiveNetwork(nn.Module):
     def compile_layers(self, mode: str | None = None) -> None:
         """Run the layers through `torch.compile(mode=mode)` from now on (the weights stay this module's own)."""
         self.compiled = torch.compile(self.run_layers, mode=mode)
+        self.graphed = mode in ("reduce-overhead", "max-autotune")  # torch.compile's modes that use CUDA graphs
 
     def __getstate__(self) -> dict:
         return {**super().__getstate__(), "compiled": None}  # a copy holds the weights, not the compiled code

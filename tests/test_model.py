@@ -728,6 +728,31 @@ def test_a_trm_whose_compilation_fails_runs_eagerly_with_a_warning(monkeypatch, 
     assert model.model.thoughts.net.compiled is None and "running it eagerly" in caplog.text
 
 
+def test_a_trm_compiled_with_cuda_graphs_keeps_each_output_of_its_network(monkeypatch):
+    """CUDA graphs (`compile_thoughts("reduce-overhead")`) return one static buffer per graph, overwritten by the next
+    replay, while the recursion keeps y across n calls for z: simulated on the CPU by a compiled network whose every
+    call returns the same tensor, the logits must still equal the eager model's."""
+    import modeling_smollm_trm
+
+    def static_output_compile(function, mode=None):
+        buffers = {}
+
+        def call(h):
+            out = function(h)
+            buffer = buffers.setdefault(out.shape, torch.empty_like(out))
+            return buffer.copy_(out)  # what a graph replay does: the same storage every call
+        return call
+
+    model = tiny_model(**VIVID, n_latent_steps=3, n_cycles=2)
+    ids = torch.tensor([[7, 8, THINK, 9]])
+    with torch.no_grad():
+        eager = model(input_ids=ids).logits
+        monkeypatch.setattr(modeling_smollm_trm.torch, "compile", static_output_compile)
+        model.compile_thoughts("reduce-overhead")
+        graphed = model(input_ids=ids).logits
+    torch.testing.assert_close(graphed, eager, atol=0, rtol=0)
+
+
 def test_only_the_last_cycle_carries_gradient():
     model = tiny_model(n_latent_steps=3, n_cycles=4).train()
     calls = []
