@@ -138,8 +138,8 @@ def run_arm(name: str, settings: dict, compile_mode: str | None, cudnn: bool, ar
     batch = make_batch(args.batch, settings["thought_mode"] != "none", trm["num_latents"])
     times = time_steps(model, batch, args.steps, warmup=args.warmup)
     step = median(times)
-    row = {"arm": name, "compile": compile_mode or "eager", "cudnn_attention": cudnn, "step_s": step, "steps_per_s": 1 / step,
-           "peak_mem_gib": peak_memory_gib(), "step_times_s": times}
+    row = {"arm": name, "compile": compile_mode or "eager", "cudnn_attention": cudnn, "step_s": step,
+           "steps_per_s": 1 / step, "peak_mem_gib": peak_memory_gib(), "step_times_s": times}
     if compile_mode is None:
         row.update(count_operations(model, batch))
     log(f"{name}: {step:.3f} s/step")
@@ -175,8 +175,8 @@ def main() -> None:
         if eager and row["arm"].startswith("trm"):
             row["speedup_vs_eager"] = eager / row["step_s"]
     path = write_results("depth_step", rows, {"batch": args.batch, "backbone": shape, "trm": trm}, args.out)
-    print(markdown_table(rows, ["arm", "compile", "cudnn_attention", "step_s", "steps_per_s", "speedup_vs_eager", "forward_ops",
-                                "trm_network_op_share", "peak_mem_gib"]))
+    print(markdown_table(rows, ["arm", "compile", "cudnn_attention", "step_s", "steps_per_s", "speedup_vs_eager",
+                                "forward_ops", "trm_network_op_share", "peak_mem_gib"]))
     print(f"wrote {path}")
 
 

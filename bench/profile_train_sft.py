@@ -2,8 +2,9 @@
 
     python bench/profile_train_sft.py [--profile_step 8] [--cudnn_attention] -- TRAIN_SFT_FLAGS...
     # the depth recipe's last stage, its flags as `python -m experiments depth` prints them for the arm:
-    python bench/profile_train_sft.py --out bench/results -- --config RUN/train_config.yaml --dataset_name RUN/data/seed0 \
-        --model_name_or_path RUN/backbones/seed0 --output_dir /tmp/profile-run --start_over true ... \
+    python bench/profile_train_sft.py --out bench/results -- --config RUN/train_config.yaml \
+        --dataset_name RUN/data/seed0 --model_name_or_path RUN/backbones/seed0 --output_dir /tmp/profile-run \
+        --start_over true ... \
         --curriculum_first_stage 4 --max_steps 10 --save_strategy no --eval_strategy no --compile_thoughts default
 
 The trainer is built by `smollm_trm.training.build_trainer` from the same flags, so the step is the one a user's run
@@ -32,7 +33,8 @@ class ProfileOneStep(TrainerCallback):
     """Times every optimizer step and profiles one of them."""
 
     def __init__(self, profile_step: int):
-        self.profile_step, self.step_times, self.started, self.profiler, self.profile = profile_step, [], 0.0, None, None
+        self.profile_step, self.step_times, self.started = profile_step, [], 0.0
+        self.profiler, self.profile = None, None
 
     def on_step_begin(self, args, state, control, **kwargs):
         synchronize()
