@@ -78,6 +78,7 @@ THINK_TOKENS = ("<think>", "</think>")
 HALT_BIAS_INIT = -5.0  # as in the TRM reference: the halting head starts by never halting
 IGNORE_INDEX = -100
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the ones whose compiled code replays CUDA graphs
 # Scored columns per LM-head chunk of the training loss: at most (chunk, V) float32 logits exist at a time.
 LOSS_CHUNK_TOKENS = 4096
 
@@ -181,10 +182,10 @@ class TinyRecursiveNetwork(nn.Module):
     def compile_layers(self, mode: str | None = None) -> None:
         """Run the layers through `torch.compile(mode=mode)` from now on (the weights stay this module's own)."""
         self.compiled = torch.compile(self.run_layers, mode=mode)
-        self.graphed = mode in ("reduce-overhead", "max-autotune")  # torch.compile's modes that use CUDA graphs
+        self.graphed = mode in CUDA_GRAPH_MODES
 
     def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "compiled": None}  # a copy holds the weights, not the compiled code
+        return {**super().__getstate__(), "compiled": None, "graphed": False}  # the weights, not the compiled code
 
 
 class LatentAttentionCompressor(nn.Module):

@@ -110,6 +110,13 @@ def cuda_time(fn, warmup: int = 0) -> float:
     return start.elapsed_time(end) / 1e3
 
 
+def synchronized_now() -> float:
+    """The host clock once the GPU has finished what was queued (for timing steps the caller does not launch)."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def reset_peak_memory() -> None:
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -131,6 +131,8 @@ def time_steps(model, batch: dict, steps: int, warmup: int) -> list[float]:
 def run_arm(name: str, settings: dict, compile_mode: str | None, cudnn: bool, args, shape: dict, trm: dict) -> dict:
     release_memory()
     reset_peak_memory()
+    # sdpa's kernel is chosen when a graph is traced, and a new model would reuse the last arm's compiled graph
+    torch._dynamo.reset()
     torch.backends.cuda.enable_cudnn_sdp(cudnn)
     model = build(settings, shape, trm)
     if compile_mode is not None:

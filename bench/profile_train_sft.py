@@ -8,21 +8,23 @@
         --curriculum_first_stage 4 --max_steps 10 --save_strategy no --eval_strategy no --compile_thoughts default
 
 The trainer is built by `smollm_trm.training.build_trainer` from the same flags, so the step is the one a user's run
-takes (the data collator, the curriculum, `TRMSFTTrainer`'s loss, the optimizer). Every step is timed (synchronised);
+takes (the curriculum's rows, `TRMSFTTrainer`'s loss, the backward, clipping, the optimizer; the batch is collated
+before the step begins, so collation is outside it). Every step is timed (synchronised);
 step `--profile_step` (after the compiler's warm-up) is profiled. `--cudnn_attention` puts cuDNN back among sdpa's
 kernels, which training leaves out (smollm_trm.attention): run both to compare them.
-Reported for the profiled step: its time, the host time of each operation, the GPU's kernel time (its share of the
-step is how busy the GPU was), the number of kernel launches, and the tables of the operations costing the host and
+Reported for the profiled step: its time, the host's CPU time (every thread's, summed), the GPU's time in kernels,
+copies and memsets (its share of the step is how busy the GPU was), the kernel launch calls (CUDA graph replays
+not counted), and the tables of the operations costing the host and
 the GPU most. This is a profiler, not a comparison: it has no plain-backbone arm (bench/depth_step.py and
 bench/train_step.py have).
 """
 
 import argparse
-import time
+import sys
 from pathlib import Path
 
 import torch
-from common import log, markdown_table, write_results
+from common import log, markdown_table, synchronized_now, write_results
 from transformers import TrainerCallback
 
 from smollm_trm.arguments import make_parser
@@ -37,28 +39,23 @@ class ProfileOneStep(TrainerCallback):
         self.profiler, self.profile = None, None
 
     def on_step_begin(self, args, state, control, **kwargs):
-        synchronize()
+        started = synchronized_now()
         if state.global_step == self.profile_step:
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             self.profiler = torch.profiler.profile(activities=activities)
             self.profiler.__enter__()
-        self.started = time.perf_counter()
+            started = synchronized_now()
+        self.started = started
 
     def on_step_end(self, args, state, control, **kwargs):
-        synchronize()
-        self.step_times.append(time.perf_counter() - self.started)
+        self.step_times.append(synchronized_now() - self.started)
         log(f"step {state.global_step}: {self.step_times[-1]:.3f} s")
         if self.profiler is not None:
             self.profiler.__exit__(None, None, None)
             self.profile = summarize(self.profiler.key_averages(), self.step_times[-1])
             self.profiler = None
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def summarize(events, step_s: float, rows: int = 30) -> dict:
@@ -79,14 +76,21 @@ def summarize(events, step_s: float, rows: int = 30) -> dict:
     }
 
 
+def split_at_double_dash(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(this script's flags, train_sft.py's): everything after `--` is train_sft.py's."""
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile_step", type=int, default=8, help="the optimizer step profiled (0-based)")
     parser.add_argument("--cudnn_attention", action="store_true", help="let sdpa choose cuDNN again")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("train_sft_flags", nargs=argparse.REMAINDER, help="after --: train_sft.py's flags")
-    args = parser.parse_args()
-    flags = args.train_sft_flags[1:] if args.train_sft_flags[:1] == ["--"] else args.train_sft_flags
+    ours, flags = split_at_double_dash(sys.argv[1:])
+    args = parser.parse_args(ours)
     data_args, training_args, model_args, trm_args = make_parser().parse_args_and_config(flags)
     if training_args.max_steps <= args.profile_step:
         parser.error(f"--profile_step {args.profile_step} is never reached: set train_sft.py's --max_steps above it")
@@ -96,6 +100,9 @@ def main() -> None:
     trainer.add_callback(profiler)
     trainer.train()
     profile = profiler.profile
+    if profile is None:
+        raise SystemExit(f"training stopped at step {trainer.state.global_step}, before step {args.profile_step} "
+                         "could be profiled (a time limit, a non-finite loss?): see its log above")
     name = f"profile_train_sft{'_cudnn' if args.cudnn_attention else ''}"
     row = {"cudnn_attention": args.cudnn_attention, **{k: v for k, v in profile.items() if not k.startswith("top_")}}
     path = write_results(name, [row], {"step_times_s": profiler.step_times, "profile_step": args.profile_step},
@@ -104,6 +111,7 @@ def main() -> None:
                                           f"{profile['top_gpu']}")
     print(markdown_table([row], list(row)))
     print(f"wrote {path}")
+
 
 if __name__ == "__main__":
     main()

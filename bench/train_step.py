@@ -22,7 +22,6 @@ position, causal); MFU is that over the matrix-product rate measured at the star
 """
 
 import argparse
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +40,7 @@ from common import (
     peak_memory_gib,
     release_memory,
     reset_peak_memory,
+    synchronized_now,
     training_step,
     write_results,
 )
@@ -124,12 +124,6 @@ def kernel_seconds(profile) -> float:
     """Seconds of GPU kernels in a finished profile."""
     kernels = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     return sum(e.time_range.elapsed_us() for e in kernels) / 1e6
-
-
-def synchronized_now() -> float:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
 
 
 def time_manual_steps(model, batch: dict, steps: int) -> tuple[list[float], float]:

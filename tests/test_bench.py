@@ -63,4 +63,4 @@ def test_profile_train_sft_times_every_step_and_profiles_the_one_asked(backbone,
 def test_profile_train_sft_refuses_a_step_the_run_never_reaches(backbone, tmp_path):  # noqa: F811
     flags = cli(backbone, write_data(tmp_path, "qa"), tmp_path / "run", "--max_steps", "3")
     with pytest.raises(AssertionError, match="never reached"):
-        run_bench("profile_train_sft.py", "--profile_step", "3", "--", *flags)
+        run_bench("profile_train_sft.py", "--profile_step", "3", "--out", str(tmp_path / "out"), "--", *flags)

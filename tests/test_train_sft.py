@@ -121,9 +121,12 @@ def test_training_lowers_the_loss_and_trains_exactly_the_trainable_weights(backb
 
 def test_trainer_optimises_the_models_own_loss_with_thoughts(backbone, tmp_path):
     torch.backends.cuda.enable_cudnn_sdp(True)
-    trainer, _ = trainer_for(cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out"))
-    # cuDNN's attention costs the host more per call than the thoughts' many small calls can pay (smollm_trm.attention)
-    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        trainer, _ = trainer_for(cli(backbone, write_data(tmp_path, "qa"), tmp_path / "out"))
+        # cuDNN's attention cost a profiled step's host most of its time (smollm_trm.attention)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)  # torch's default, for the tests that follow
     model = trainer.model.eval()
     batch = first_batch(trainer)
     assert "forward" not in model.get_base_model().__dict__, "TRL's fused LM head (backbone only) is still patched"

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# On the device: bash tools/device/bring_back.sh MODEL_DIR NAME -> $OUT/model_NAME, the folder with bfloat16 weights
-# (about 35 MB for the depth task's 17M model: one model per call fits what a call returns).
+# On the device: bash tools/device/bring_back.sh MODEL_DIR NAME
+# The model's config, tokenizer and bfloat16 weights (about 38 MB for the depth task's 17M model) as a tarball split
+# into parts of 15 MB, $OUT/NAME.tar.part-aa, -ab, ...: a call returns at most 8 files of at most 16 MiB. Its code is
+# not sent (the checkout has it): unpack here with tools/device/unpack_model.sh.
 set -eu
-mkdir -p "$OUT/model_$2" && cp "$1"/*.json "$1"/*.jinja "$1"/*.py "$OUT/model_$2/"
-python3 - "$1/model.safetensors" "$OUT/model_$2/model.safetensors" <<'PY'
+staging=/tmp/bring_back/$2
+rm -rf "$staging" && mkdir -p "$staging"
+cp "$1"/*.json "$1"/*.jinja "$staging"/
+python3 - "$1/model.safetensors" "$staging/model.safetensors" <<'PY'
 import sys
+
 import torch
 from safetensors.torch import load_file, save_file
+
 weights = load_file(sys.argv[1])
 save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()}, sys.argv[2],
           metadata={"format": "pt"})
 PY
-du -sh "$OUT/model_$2"
+tar cf - -C "$staging" . | split -b 15M - "${OUT:?}/$2.tar.part-"
+ls -la "$OUT"/"$2".tar.part-*

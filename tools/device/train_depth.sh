@@ -7,8 +7,10 @@ end=$1 steps=$2 out=$3 arms=$4 seeds=$5
 jobs=$(( $(tr ',' '\n' <<< "$arms" | wc -l) * $(tr ',' '\n' <<< "$seeds" | wc -l) ))
 python3 -m experiments depth --config experiments/configs/depth_800.yaml --steps "$steps" --train_only \
   --tokenizer .gpu/smollm2-tokenizer --compile_thoughts default --time_limit_s $(( end - $(date +%s) )) \
-  --arms "$arms" --seeds "$seeds" --jobs "$jobs" --output_dir "$out" > "$OUT/driver_$(basename "$out").log" 2>&1
+  --arms "$arms" --seeds "$seeds" --jobs "$jobs" --output_dir "$out" > "${OUT:?}/driver_$(basename "$out").log" 2>&1
 cp "$out"/logs/*.log "$OUT"/ 2>/dev/null
 for log in "$out"/logs/*.log; do
-  echo "== $log"; grep -o "{'loss'[^}]*}" "$log" | tail -1 | cut -c1-300; grep -E "stopped at step|Error" "$log" | tail -2
+  echo "== $log"
+  grep -o "{'loss'[^}]*}" "$log" | tail -1 | cut -c1-300
+  grep -E "stopped at step|Error" "$log" | tail -2
 done
