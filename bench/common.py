@@ -117,6 +117,20 @@ def synchronized_now() -> float:
     return time.perf_counter()
 
 
+def kernel_profiler():
+    """A torch profiler of the host's operations and, on the GPU, of its kernels."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if DEVICE == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=activities)
+
+
+def kernel_seconds(profile) -> float:
+    """Seconds of GPU kernels in a finished profile."""
+    kernels = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(e.time_range.elapsed_us() for e in kernels) / 1e6
+
+
 def reset_peak_memory() -> None:
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
-from common import log, markdown_table, synchronized_now, write_results
+from common import kernel_profiler, kernel_seconds, log, markdown_table, synchronized_now, write_results
 from transformers import TrainerCallback
 
 from smollm_trm.arguments import make_parser
@@ -41,10 +41,7 @@ class ProfileOneStep(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         started = synchronized_now()
         if state.global_step == self.profile_step:
-            activities = [torch.profiler.ProfilerActivity.CPU]
-            if torch.cuda.is_available():
-                activities.append(torch.profiler.ProfilerActivity.CUDA)
-            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler = kernel_profiler()
             self.profiler.__enter__()
             started = synchronized_now()
         self.started = started
@@ -54,15 +51,13 @@ class ProfileOneStep(TrainerCallback):
         log(f"step {state.global_step}: {self.step_times[-1]:.3f} s")
         if self.profiler is not None:
             self.profiler.__exit__(None, None, None)
-            self.profile = summarize(self.profiler.key_averages(), self.step_times[-1])
+            self.profile = summarize(self.profiler, self.step_times[-1])
             self.profiler = None
 
 
-def summarize(events, step_s: float, rows: int = 30) -> dict:
-    device = torch.autograd.DeviceType.CUDA
-    kernels = [event for event in events if event.device_type == device]
-    kernel_s = sum(event.self_device_time_total for event in kernels) / 1e6
-    host = [event for event in events if event.device_type != device]
+def summarize(profiler, step_s: float, rows: int = 30) -> dict:
+    events, kernel_s = profiler.key_averages(), kernel_seconds(profiler)
+    host = [event for event in events if event.device_type != torch.autograd.DeviceType.CUDA]
     return {
         "profiled_step_s": step_s,
         "host_s": sum(event.self_cpu_time_total for event in host) / 1e6,
@@ -72,7 +67,7 @@ def summarize(events, step_s: float, rows: int = 30) -> dict:
         "aten_ops": sum(event.count for event in events if event.key.startswith("aten::")),
         "top_host": events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60),
         "top_gpu": (events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=60)
-                    if kernels else ""),
+                    if kernel_s else ""),
     }
 
 

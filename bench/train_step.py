@@ -33,6 +33,8 @@ from common import (
     backbone_params,
     build_model,
     cuda_time,
+    kernel_profiler,
+    kernel_seconds,
     log,
     markdown_table,
     matmul_tflops,
@@ -113,17 +115,6 @@ def thought_tokenizer():
 def flops_per_position(model, context: int) -> float:
     text = model.config.text_config
     return 4 * backbone_params(model) + 4 * text.num_hidden_layers * text.hidden_size * context
-
-
-def kernel_profiler():
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    return torch.profiler.profile(activities=activities)
-
-
-def kernel_seconds(profile) -> float:
-    """Seconds of GPU kernels in a finished profile."""
-    kernels = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return sum(e.time_range.elapsed_us() for e in kernels) / 1e6
 
 
 def time_manual_steps(model, batch: dict, steps: int) -> tuple[list[float], float]:

@@ -7,15 +7,6 @@ set -eu
 staging=/tmp/bring_back/$2
 rm -rf "$staging" && mkdir -p "$staging"
 cp "$1"/*.json "$1"/*.jinja "$staging"/
-python3 - "$1/model.safetensors" "$staging/model.safetensors" <<'PY'
-import sys
-
-import torch
-from safetensors.torch import load_file, save_file
-
-weights = load_file(sys.argv[1])
-save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()}, sys.argv[2],
-          metadata={"format": "pt"})
-PY
+python3 "$(dirname "$0")/cast_weights.py" "$1/model.safetensors" "$staging/model.safetensors" bfloat16
 tar cf - -C "$staging" . | split -b 15M - "${OUT:?}/$2.tar.part-"
 ls -la "$OUT"/"$2".tar.part-*

@@ -5,15 +5,6 @@
 set -eu
 mkdir -p "$3"
 cat "$1/$2".tar.part-* | tar xf - -C "$3"
-python - "$3/model.safetensors" <<'PY'
-import sys
-
-import torch
-from safetensors.torch import load_file, save_file
-
-weights = load_file(sys.argv[1])
-save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, sys.argv[1],
-          metadata={"format": "pt"})
-PY
+python3 "$(dirname "$0")/cast_weights.py" "$3/model.safetensors" "$3/model.safetensors" float32
 cp configuration_smollm_trm.py modeling_smollm_trm.py "$3"/
 ls "$3"
