@@ -9,7 +9,9 @@ python3 -m experiments depth --config experiments/configs/depth_800.yaml --steps
   --tokenizer .gpu/smollm2-tokenizer --compile_thoughts default --time_limit_s $(( end - $(date +%s) )) \
   --arms "$arms" --seeds "$seeds" --jobs "$jobs" --output_dir "$out" > "${OUT:?}/driver_$(basename "$out").log" 2>&1
 cp "$out"/logs/*.log "$OUT"/ 2>/dev/null
-for log in "$out"/logs/*.log; do
+# With one run there is no worker: its training logs into the driver's log.
+for log in "$out"/logs/*.log "$OUT/driver_$(basename "$out").log"; do
+  [ -f "$log" ] || continue
   echo "== $log"
   grep -o "{'loss'[^}]*}" "$log" | tail -1 | cut -c1-300
   grep -E "stopped at step|Error" "$log" | tail -2
