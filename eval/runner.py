@@ -36,7 +36,7 @@ from modeling_smollm_trm import THINK_TOKENS, Depth
 from smollm_trm.attention import skip_cudnn_attention
 from smollm_trm.chat import chat_prompt, describe_thoughts
 from smollm_trm.hub import is_hub_id
-from smollm_trm.loading import check_think_token, load_causal_lm
+from smollm_trm.loading import check_think_token, load_causal_lm, load_tokenizer
 from smollm_trm.model_sources import TRM_MODEL_TYPE, embedded_smollm2
 
 logger = logging.getLogger(__name__)
@@ -156,13 +156,11 @@ def load_model(name: str, gguf_file: str | None = None, trust_remote_code: bool 
     folder runs); another model's own code runs only with `trust_remote_code`. `compile_thoughts` ("default" or a
     torch.compile mode) compiles a TRM model's networks (`SmolLMTRMForCausalLM.compile_thoughts`)."""
     import torch
-    from transformers import AutoTokenizer  # deferred: slow to import
 
     skip_cudnn_attention()
     source, gguf = resolve_source(name, gguf_file)
     # Explicit either way: left unset, transformers asks on the terminal whether to run a folder's auto_map code.
-    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, source, name, gguf_file=gguf,
-                                 trust_remote_code=trust_remote_code)
+    tokenizer = _from_pretrained(load_tokenizer, source, name, gguf_file=gguf, trust_remote_code=trust_remote_code)
     # One device, not "auto": auto would spread a small model over every visible GPU and slow each decoding step.
     placement = {"device_map": {"": torch.cuda.current_device()}} if torch.cuda.is_available() else {}
     model = _from_pretrained(load_causal_lm, source, name, gguf_file=gguf, trust_remote_code=trust_remote_code,

@@ -38,7 +38,9 @@ every supervision step at inference), `trm_jacobi_last` (and only the last super
 `trm_jacobi_steps` (and one `<think>` per written step, unpadded), `trm_jacobi_own` / `pause_forced_lm_own` (and the
 forced-step loss on the model's own thoughts too), `trm_jacobi_own_padded` (padded, the padding steps empty) and
 `trm_jacobi_own_cycles` (each training batch at an n_cycles drawn from 1 to 6), `trm_jacobi_own_snap` /
-`pause_forced_lm_own_snap` (and thoughts snapped to their heaviest token in training too, `--snap_thoughts`).
+`pause_forced_lm_own_snap` (and thoughts snapped to their heaviest token in training too, `--snap_thoughts`),
+`trm_jacobi_own_decay` / `pause_forced_lm_own_decay` (and the learning rate decayed to 0 over the second half of the
+last stage, `--curriculum_last_stage_decay 0.5`).
 
 `cot` is "written CoT, no TRM": with `thought_mode none`, `<think>` is an ordinary token (no positions inserted)
 and the reasoning is the GSM8K solution text (calculator notes removed) between the tags, which the model writes

@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokenizer", required=True, help="The models' tokenizer folder (the step probe's tokens).")
     parser.add_argument("--output", type=Path, help="Write the summaries here as JSON.")
     args = parser.parse_args(argv)
-    from transformers import AutoTokenizer
+    from smollm_trm.loading import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)  # a model folder's, too
+    tokenizer = load_tokenizer(args.tokenizer)  # a model folder's, too
 
     def pieces_of(line: str) -> list[str]:
         return [tokenizer.decode([token]) for token in tokenizer(line, add_special_tokens=False)["input_ids"]]

@@ -114,6 +114,9 @@ class CurriculumStages(TrainerCallback):
         if self.warmup_steps > self.steps_per_stage:
             raise ValueError(f"curriculum_stage_warmup_steps={self.warmup_steps} is longer than a stage "
                              f"({self.steps_per_stage} steps).")
+        last_stage_steps = max_steps - stages_before_last * self.steps_per_stage
+        self.decay_steps = round(curriculum.curriculum_last_stage_decay * last_stage_steps)
+        self.decay_start = max_steps - self.decay_steps
         self.stage: int | None = None
 
     def stage_of(self, step: int) -> int:
@@ -121,12 +124,26 @@ class CurriculumStages(TrainerCallback):
 
     def lr_factor(self, step: int) -> float:
         """The factor on the schedule's learning rate at optimizer step `step` (0-based): a linear ramp over the
-        first `warmup_steps` of each latent stage, 1 elsewhere (stage 0 has the schedule's own warm-up)."""
+        first `warmup_steps` of each latent stage (stage 0 has the schedule's own warm-up), times a cosine from 1
+        towards 0 over the last `decay_steps` of training; 1 elsewhere."""
+        return self.stage_ramp(step) * self.final_decay(step)
+
+    def stage_ramp(self, step: int) -> float:
         stage = self.stage_of(step)
         if stage == 0 or not self.warmup_steps:
             return 1.0
         stage_start = (stage - self.first_stage) * self.steps_per_stage
         return min(1.0, (step - stage_start + 1) / self.warmup_steps)
+
+    def final_decay(self, step: int) -> float:
+        if not self.decay_steps or step < self.decay_start:
+            return 1.0
+        # the scheduler also asks for the step after the last one: 0 there, not beyond the cosine's trough
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - self.decay_start) / self.decay_steps)))
+
+    @property
+    def adjusts_rate(self) -> bool:
+        return bool(self.warmup_steps or self.decay_steps)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.stage = self.stage_of(state.global_step)  # a resumed run restored its stage's optimizer state

@@ -53,6 +53,10 @@ class CurriculumArguments:
         default=0, metadata={"help": "Optimizer steps over which the learning rate ramps up again at the start of each "
                                      "latent stage: after the optimizer reset, AdamW's first updates are full-size "
                                      "steps in the direction of sign(gradient) for every weight."})
+    curriculum_last_stage_decay: float = field(
+        default=0.0, metadata={"help": "Share of the last stage, at its end, over which the learning rate decays to 0 "
+                                       "(a cosine), so that training ends annealed instead of at the full rate of the "
+                                       "earlier stages; 0 keeps the schedule's own rate to the end."})
     curriculum_pad_latent_steps: bool = field(
         default=False, metadata={"help": "A row whose steps are all latent gets one <think> per stage reached, so the "
                                          "last stage has the same number of latent steps for every row."})
@@ -76,6 +80,8 @@ class CurriculumArguments:
             raise ValueError(f"curriculum_steps_per_stage must be >= 1, got {self.curriculum_steps_per_stage}.")
         if self.curriculum_stage_warmup_steps < 0:
             raise ValueError(f"curriculum_stage_warmup_steps must be >= 0, got {self.curriculum_stage_warmup_steps}.")
+        if not 0.0 <= self.curriculum_last_stage_decay <= 1.0:
+            raise ValueError(f"curriculum_last_stage_decay must lie in [0, 1], got {self.curriculum_last_stage_decay}.")
         if not 0.0 <= self.curriculum_mix < 1.0:
             raise ValueError(f"curriculum_mix must lie in [0, 1), got {self.curriculum_mix}.")
 

@@ -22,12 +22,10 @@ TITLE = "SmolLM+TRM: latent reasoning with a Tiny Recursive Model"
 
 def load_demo_model(source: str, trust_remote_code: bool = False):
     """(model, tokenizer) of a SmolLM+TRM folder or Hub id, on the GPU when there is one, in eval mode."""
-    from transformers import AutoTokenizer
-
-    from smollm_trm.loading import check_think_token, load_causal_lm
+    from smollm_trm.loading import check_think_token, load_causal_lm, load_tokenizer
 
     model = load_causal_lm(source, trust_remote_code=trust_remote_code).eval()
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     check_think_token(model.config, tokenizer)
     if torch.cuda.is_available():
         model = model.cuda()

@@ -82,12 +82,23 @@ def load_causal_lm(source: str, trust_remote_code: bool = False, **loading):
     return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, **loading)
 
 
+def load_tokenizer(source: str, trust_remote_code: bool = False, **loading):
+    """`AutoTokenizer.from_pretrained(source, ...)`. For a SmolLM+TRM folder or Hub id it is handed the model's config,
+    built with this project's class: left to find it, AutoTokenizer tries `AutoConfig` without remote code, fails on
+    the custom model type and falls back to a generic config with a misleading warning ("a model of type smollm_trm
+    to instantiate a model of type ''") on every load."""
+    from transformers import AutoTokenizer
+
+    if is_smollm_trm_source(source, loading.get("revision")):
+        config = configuration_smollm_trm.SmolLMTRMConfig.from_pretrained(source, revision=loading.get("revision"))
+        loading = {**loading, "config": config}
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **loading)
+
+
 def load_model(model_args, trm_args, trust_remote_code: bool = False):
     """(model, tokenizer, think tokens added to the tokenizer): a saved SmolLM+TRM, or a backbone wrapped.
     `trust_remote_code` (SFTConfig's `--trust_remote_code`) lets a backbone's own code run; a SmolLM+TRM folder needs
     none."""
-    from transformers import AutoTokenizer
-
     source, gguf_file = resolve_model_source(model_args.model_name_or_path, trm_args.gguf_file)
     loading = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
                "revision": model_args.model_revision}
@@ -95,13 +106,12 @@ def load_model(model_args, trm_args, trust_remote_code: bool = False):
     # Explicit either way: left unset, transformers asks on the terminal whether to run a folder's auto_map code.
     consent = {"trust_remote_code": trust_remote_code}
     if is_smollm_trm_source(source, model_args.model_revision):
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=model_args.model_revision, **consent)
+        tokenizer = load_tokenizer(source, revision=model_args.model_revision, **consent)
         make_template_think(tokenizer)  # a folder saved before templates thought
         model = load_causal_lm(source, trust_remote_code=trust_remote_code, **loading, **trm_args.trm_settings())
         check_think_token(model.config, tokenizer)
         return model, tokenizer, []
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, revision=model_args.model_revision,
-                                              **consent)
+    tokenizer = load_tokenizer(source, gguf_file=gguf_file, revision=model_args.model_revision, **consent)
     # Added here rather than in from_base, so that we know which rows are new and must train.
     added = add_think_tokens(tokenizer)
     make_template_think(tokenizer)

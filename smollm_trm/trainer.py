@@ -249,19 +249,20 @@ class TRMSFTTrainer(SFTTrainer):
                                  schedule.num_stages, schedule.mix, args.seed, schedule.first_stage)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """The Trainer's schedule, times the curriculum's ramp at the start of each latent stage
-        (`--curriculum_stage_warmup_steps`), so that the logged learning rate is the one used."""
+        """The Trainer's schedule, times the curriculum's factor: its ramp at the start of each latent stage
+        (`--curriculum_stage_warmup_steps`) and its final decay (`--curriculum_last_stage_decay`), so that the
+        logged learning rate is the one used."""
         scheduler = super().create_scheduler(num_training_steps, optimizer)
-        if self.curriculum is None or not self.curriculum.warmup_steps:
+        if self.curriculum is None or not self.curriculum.adjusts_rate:
             return scheduler
         if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-            raise ValueError(f"--curriculum_stage_warmup_steps scales the schedule by a factor per step, which needs "
-                             f"a LambdaLR schedule; lr_scheduler_type={self.args.lr_scheduler_type!r} gives "
-                             f"{type(scheduler).__name__}.")
-        ramp = self.curriculum.lr_factor
-        scheduler.lr_lambdas = [lambda step, scheduled=scheduled: scheduled(step) * ramp(step)
+            raise ValueError(f"--curriculum_stage_warmup_steps and --curriculum_last_stage_decay scale the schedule "
+                             f"by a factor per step, which needs a LambdaLR schedule; "
+                             f"lr_scheduler_type={self.args.lr_scheduler_type!r} gives {type(scheduler).__name__}.")
+        factor = self.curriculum.lr_factor
+        scheduler.lr_lambdas = [lambda step, scheduled=scheduled: scheduled(step) * factor(step)
                                 for scheduled in scheduler.lr_lambdas]
-        # LambdaLR set the current rates when it was built, before the ramp: a run that starts inside one
+        # LambdaLR set the current rates when it was built, before the factor: a run that starts inside a ramp
         # (`--curriculum_first_stage`) must take its first step at the ramped rate.
         for group, base_rate, rate in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base_rate * rate(scheduler.last_epoch)

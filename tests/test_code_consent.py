@@ -107,7 +107,8 @@ def test_a_plain_folder_with_an_auto_map_runs_its_code_only_with_consent(tmp_pat
 
 def test_loading_our_folder_never_leaves_transformers_to_ask_on_the_terminal(tmp_path, monkeypatch):
     """transformers asks interactively whether to run a folder's auto_map code when `trust_remote_code` is left
-    unset; training and eval always say it, so a run never stops at that question."""
+    unset; training and eval always say it, so a run never stops at that question (since the tokenizer is handed the
+    model's config, nothing asks for our folder; whatever asks must get an answer)."""
     import transformers.models.auto.configuration_auto as configuration_auto
     import transformers.models.auto.tokenization_auto as tokenization_auto
 
@@ -124,4 +125,20 @@ def test_loading_our_folder_never_leaves_transformers_to_ask_on_the_terminal(tmp
     eval_load_model(str(folder))
     _, training_args, model_args, trm_args = train_args(folder, tmp_path)
     train_load_model(model_args, trm_args, training_args.trust_remote_code)
-    assert asked and None not in asked, asked
+    assert None not in asked, asked
+
+
+def test_loading_our_folders_tokenizer_builds_no_generic_config(tmp_path, monkeypatch):
+    """AutoTokenizer, left to find a SmolLM+TRM folder's config, cannot build it without remote code and falls back
+    to a generic one with a warning on every load ("a model of type smollm_trm to instantiate a model of type ''");
+    training and eval hand it the model's config."""
+    from transformers.utils import logging as hf_logging
+
+    warned = []
+    logger = hf_logging.get_logger("transformers.configuration_utils")
+    monkeypatch.setattr(logger, "warning", lambda message, *args, **kwargs: warned.append(str(message)))
+    folder, _ = saved_trm_folder(tmp_path)
+    eval_load_model(str(folder))
+    _, training_args, model_args, trm_args = train_args(folder, tmp_path)
+    train_load_model(model_args, trm_args, training_args.trust_remote_code)
+    assert not [message for message in warned if "to instantiate a model of type" in message], warned

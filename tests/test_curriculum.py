@@ -107,6 +107,31 @@ def test_each_latent_stage_ramps_the_learning_rate_up_again(backbone, tmp_path):
     assert logged == pytest.approx(used), "each step logs the rate it used, ramp included"
 
 
+def test_the_last_stage_can_end_with_the_learning_rate_decayed(backbone, tmp_path):
+    """`--curriculum_last_stage_decay 1`: a cosine from the full rate over the whole last stage, on top of its ramp,
+    and the earlier stages keep the full rate; a share outside [0, 1] is refused."""
+    from transformers import TrainerCallback
+
+    trainer, _ = trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(12)), tmp_path / "out",
+                                 "--reasoning", "curriculum", "--curriculum_stages", "2",
+                                 "--curriculum_steps_per_stage", "3", "--max_steps", "9",
+                                 "--curriculum_stage_warmup_steps", "2", "--curriculum_last_stage_decay", "1",
+                                 "--lr_scheduler_type", "constant", "--learning_rate", "1e-3"))
+    used = []
+
+    class UsedRate(TrainerCallback):
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            used.append(optimizer.param_groups[0]["lr"])
+
+    trainer.add_callback(UsedRate())
+    trainer.train()
+    # the last stage is steps 6-8: ramp x cosine = 0.5 x 1, 1 x 0.75, 1 x 0.25
+    assert used == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 1e-3, 1e-3, 5e-4, 7.5e-4, 2.5e-4])
+    with pytest.raises(ValueError, match="curriculum_last_stage_decay must lie in"):
+        trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(8)), tmp_path / "out2", "--reasoning",
+                        "curriculum", "--curriculum_last_stage_decay", "1.5"))
+
+
 def test_a_curriculum_can_start_at_a_later_stage(backbone, tmp_path):
     """`--curriculum_first_stage 1`: the schedule starts at stage 1 (its rows only, the ramp from the first step, a
     fresh optimizer at stage 2), as a model trained through stage 0 would continue; a first stage beyond the last is
