@@ -125,7 +125,8 @@ class CurriculumStages(TrainerCallback):
     def lr_factor(self, step: int) -> float:
         """The factor on the schedule's learning rate at optimizer step `step` (0-based): a linear ramp over the
         first `warmup_steps` of each latent stage (stage 0 has the schedule's own warm-up), times a cosine from 1
-        towards 0 over the last `decay_steps` of training; 1 elsewhere."""
+        towards 0 over the last `decay_steps` of training (the first of them still at 1, as in transformers' cosine
+        schedule); 1 elsewhere."""
         return self.stage_ramp(step) * self.final_decay(step)
 
     def stage_ramp(self, step: int) -> float:

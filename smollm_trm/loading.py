@@ -83,14 +83,16 @@ def load_causal_lm(source: str, trust_remote_code: bool = False, **loading):
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False, **loading):
-    """`AutoTokenizer.from_pretrained(source, ...)`. For a SmolLM+TRM folder or Hub id it is handed the model's config,
-    built with this project's class: left to find it, AutoTokenizer tries `AutoConfig` without remote code, fails on
-    the custom model type and falls back to a generic config with a misleading warning ("a model of type smollm_trm
-    to instantiate a model of type ''") on every load."""
+    """`AutoTokenizer.from_pretrained(source, ...)`. For a SmolLM+TRM folder or Hub id whose code is this project's it
+    is handed the model's config, built with this project's class: left to find it, AutoTokenizer tries `AutoConfig`
+    without remote code, fails on the custom model type and falls back to a generic config with a misleading warning
+    ("a model of type smollm_trm to instantiate a model of type ''") on every load. A folder with other code keeps
+    transformers' own path: its config is foreign, and our class might refuse it before consent is asked."""
     from transformers import AutoTokenizer
 
-    if is_smollm_trm_source(source, loading.get("revision")):
-        config = configuration_smollm_trm.SmolLMTRMConfig.from_pretrained(source, revision=loading.get("revision"))
+    revision = loading.get("revision")
+    if is_smollm_trm_source(source, revision) and not differing_code_files(source, revision):
+        config = configuration_smollm_trm.SmolLMTRMConfig.from_pretrained(source, revision=revision)
         loading = {**loading, "config": config}
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **loading)
 

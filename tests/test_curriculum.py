@@ -8,8 +8,9 @@ import torch
 from test_train_sft import backbone, cli, trainer_for  # noqa: F401  (backbone is a fixture)
 
 from conftest import THINK
-from smollm_trm.curriculum import (STAGE_COLUMN, CurriculumSampler, latent_steps, stage_at, staged_completion,
-                                   staged_thought_labels)
+from smollm_trm.callbacks import CurriculumStages
+from smollm_trm.curriculum import (STAGE_COLUMN, CurriculumArguments, CurriculumSampler, latent_steps, stage_at,
+                                   staged_completion, staged_thought_labels)
 from smollm_trm.trainer import hidden_state_distillation, last_position
 
 STEPS, ANSWER = ["7+5=12", "12*3=36"], "36"
@@ -108,15 +109,16 @@ def test_each_latent_stage_ramps_the_learning_rate_up_again(backbone, tmp_path):
 
 
 def test_the_last_stage_can_end_with_the_learning_rate_decayed(backbone, tmp_path):
-    """`--curriculum_last_stage_decay 1`: a cosine from the full rate over the whole last stage, on top of its ramp,
-    and the earlier stages keep the full rate; a share outside [0, 1] is refused."""
+    """`--curriculum_last_stage_decay 0.75`: a cosine over the last three of the last stage's four steps, times the
+    stage's warm-up ramp; the earlier stages are untouched, each step logs the rate it used, and a share outside
+    [0, 1] is refused."""
     from transformers import TrainerCallback
 
     trainer, _ = trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(12)), tmp_path / "out",
                                  "--reasoning", "curriculum", "--curriculum_stages", "2",
-                                 "--curriculum_steps_per_stage", "3", "--max_steps", "9",
-                                 "--curriculum_stage_warmup_steps", "2", "--curriculum_last_stage_decay", "1",
-                                 "--lr_scheduler_type", "constant", "--learning_rate", "1e-3"))
+                                 "--curriculum_steps_per_stage", "4", "--max_steps", "12",
+                                 "--curriculum_stage_warmup_steps", "4", "--curriculum_last_stage_decay", "0.75",
+                                 "--lr_scheduler_type", "constant", "--learning_rate", "1e-3", "--logging_steps", "1"))
     used = []
 
     class UsedRate(TrainerCallback):
@@ -125,11 +127,27 @@ def test_the_last_stage_can_end_with_the_learning_rate_decayed(backbone, tmp_pat
 
     trainer.add_callback(UsedRate())
     trainer.train()
-    # the last stage is steps 6-8: ramp x cosine = 0.5 x 1, 1 x 0.75, 1 x 0.25
-    assert used == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 1e-3, 1e-3, 5e-4, 7.5e-4, 2.5e-4])
+    ramp = [0.25, 0.5, 0.75, 1.0]
+    decay = [1.0, 1.0, 0.75, 0.25]  # steps 8-11: from step 9 the cosine 1, 0.75, 0.25
+    expected = [1.0] * 4 + ramp + [r * d for r, d in zip(ramp, decay)]
+    assert used == pytest.approx([1e-3 * factor for factor in expected])
+    logged = [log["learning_rate"] for log in trainer.state.log_history if "learning_rate" in log]
+    assert logged == pytest.approx(used)
     with pytest.raises(ValueError, match="curriculum_last_stage_decay must lie in"):
         trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(8)), tmp_path / "out2", "--reasoning",
                         "curriculum", "--curriculum_last_stage_decay", "1.5"))
+
+
+def test_the_decay_spans_the_last_stage_of_a_run_started_at_a_later_stage():
+    """With `--curriculum_first_stage`, the last stage is what is left after the stages trained: a run continued at
+    stage 4 for 560 steps decays over its last 280, as the 1200-step run it continues does over steps 920-1199."""
+    continued = CurriculumStages(CurriculumArguments(curriculum_first_stage=4, curriculum_last_stage_decay=0.5), 560)
+    whole = CurriculumStages(CurriculumArguments(curriculum_steps_per_stage=160, curriculum_last_stage_decay=0.5),
+                             1200)
+    assert (continued.decay_start, continued.decay_steps) == (280, 280)
+    assert (whole.decay_start, whole.decay_steps) == (920, 280)
+    assert [continued.lr_factor(step) for step in (279, 280, 420, 559)] == pytest.approx(
+        [whole.lr_factor(step) for step in (919, 920, 1060, 1199)])
 
 
 def test_a_curriculum_can_start_at_a_later_stage(backbone, tmp_path):

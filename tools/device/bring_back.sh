@@ -4,7 +4,7 @@
 # gzip where xz is missing) as a compressed tarball split into parts of 15 MiB, $OUT/NAME.tar.xz.part-aa, -ab, ...: a
 # call returns at most 8 files of at most 16 MiB, 64 MiB in all, so two such models per call with xz. Its code is not
 # sent (the checkout has it): unpack here with tools/device/unpack_model.sh.
-set -eu
+set -euo pipefail
 staging=/tmp/bring_back/$2
 rm -rf "$staging" && mkdir -p "$staging"
 cp "$1"/*.json "$1"/*.jinja "$staging"/

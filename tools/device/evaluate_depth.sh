@@ -7,8 +7,8 @@ set -u
 model=$1 dir=/tmp/evals/$2
 mkdir -p "$dir"
 models=("$model")
-if [ "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["thought_mode"])' "$model/config.json")" = trm ]
-then
+mode=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("thought_mode"))' "$model/config.json")
+if [ "$mode" = trm ]; then
   rm -rf "/tmp/snap_$2" && cp -r "$model" "/tmp/snap_$2"
   python3 - "/tmp/snap_$2/config.json" <<'PY'
 import json, sys
