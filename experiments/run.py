@@ -4,7 +4,8 @@ eval's in-process API, and hand the collected results to `experiments.report`.
 Layout of `output_dir` (a rerun keeps what is finished: a model folder with its card, an eval with results.json):
 
     train_config.yaml                         the train_sft.py settings every arm ran with
-    data/seed<S>/train.jsonl                  arith: generated per seed; gsm8k: data/gsm8k/train.jsonl, shared
+    data/seed<S>/train.jsonl                  arith: generated per seed (data/seed<S>-named/: arms whose steps name
+                                              their instruction); gsm8k: data/gsm8k/train.jsonl, shared
     backbones/seed<S>/                        from-scratch SmolLM3 + SmolLM2 tokenizer (one init per seed)
     models/<arm>/seed<S>/final/               the trained SmolLM+TRM folder (checkpoints beside it)
     evals/<arm>/seed<S>/<test>/results.json   eval's outputs; <test> is depth<D> (arith) or test (gsm8k)
@@ -81,11 +82,12 @@ def build_backbone(shape: dict[str, Any], folder: Path, seed: int, tokenizer_fol
 # ---------------------------------------------------------------------------------------------------------- data
 
 
-def arith_train_data(settings: ExperimentSettings, folder: Path, seed: int) -> Path:
-    """`train.jsonl` of generated problems (qa rows with written reasoning, dropped by `--reasoning latent`)."""
+def arith_train_data(settings: ExperimentSettings, folder: Path, seed: int, steps: str) -> Path:
+    """`train.jsonl` of generated problems (qa rows with written reasoning in the style `steps`, dropped by
+    `--reasoning latent`)."""
     if not (folder / "train.jsonl").is_file():
-        write_jsonl(folder / "train.jsonl",
-                    arith.make_arith(settings.train_size or arith.DEFAULT_SIZE, settings.train_depth, seed, "train"))
+        write_jsonl(folder / "train.jsonl", arith.make_arith(settings.train_size or arith.DEFAULT_SIZE,
+                                                             settings.train_depth, seed, "train", steps))
     return folder
 
 
@@ -221,17 +223,22 @@ def write_train_config(train: dict[str, Any], path: Path, steps: int | None) -> 
     return path
 
 
-def prepare_seed(experiment: str, settings: ExperimentSettings, output_dir: Path, seed: int
-                 ) -> tuple[Path, Path | None]:
-    """(training data folder, backbone folder or None) of one seed, written once and shared by its arms."""
-    if TASKS[experiment] == "arith":
-        data = arith_train_data(settings, output_dir / "data" / f"seed{seed}", seed)
-    else:
-        data = gsm8k_train_data(settings, output_dir / "data" / "gsm8k")
-    backbone = (None if settings.backbone is None
-                else build_backbone(settings.backbone, output_dir / "backbones" / f"seed{seed}", seed,
-                                    settings.tokenizer))
-    return data, backbone
+def train_data(experiment: str, settings: ExperimentSettings, output_dir: Path, seed: int, steps: str) -> Path:
+    """The training data folder of one seed whose reasoning lines have the style `steps` (arith), written once and
+    shared by the arms that read it."""
+    if TASKS[experiment] != "arith":
+        if steps != "worked":
+            raise ValueError(f"step style {steps!r} is arith's; {experiment} trains on its own reasoning.")
+        return gsm8k_train_data(settings, output_dir / "data" / "gsm8k")
+    name = f"seed{seed}" if steps == "worked" else f"seed{seed}-{steps}"
+    return arith_train_data(settings, output_dir / "data" / name, seed, steps)
+
+
+def seed_backbone(settings: ExperimentSettings, output_dir: Path, seed: int) -> Path | None:
+    """The from-scratch backbone folder of one seed (None: the embedded SmolLM2), built once and shared by its arms."""
+    if settings.backbone is None:
+        return None
+    return build_backbone(settings.backbone, output_dir / "backbones" / f"seed{seed}", seed, settings.tokenizer)
 
 
 def trained_model(output_dir: Path, arm: str, seed: int) -> Path:
@@ -259,19 +266,19 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
     tasks = test_tasks(experiment, settings)
     extra_args = list(extra_args or [])
     compile_mode = flag_value(extra_args, "--compile_thoughts")  # a training flag that the evaluation follows
-    prepared = {seed: prepare_seed(experiment, settings, output_dir, seed) for seed in seeds}
     runs = [(arm, seed) for seed in seeds for arm in arms]
+    # Before any worker starts, so that workers read what is written here and never write it at the same time.
+    data = {(seed, arm.steps): train_data(experiment, settings, output_dir, seed, arm.steps) for arm, seed in runs}
+    backbones = {seed: seed_backbone(settings, output_dir, seed) for seed in seeds}
     if jobs > 1:
         run_workers(runs, worker_command, output_dir / "logs", jobs)
     entries = []
     for arm, seed in runs:
-        data, backbone = prepared[seed]
-        if continue_from is not None:
-            backbone = trained_model(continue_from, arm.name, seed)
+        backbone = backbones[seed] if continue_from is None else trained_model(continue_from, arm.name, seed)
         run_dir = output_dir / "models" / arm.name / f"seed{seed}"
         eval_dir = output_dir / "evals" / arm.name / f"seed{seed}"
         if not evaluate:
-            train_arm(arm, seed, run_dir, train_config, backbone, data, extra_args, deadline)
+            train_arm(arm, seed, run_dir, train_config, backbone, data[seed, arm.steps], extra_args, deadline)
             continue
         tests = arm_tests(arm, tasks, settings)
         if all((eval_dir / name / "results.json").is_file() for name, _, _ in tests):
@@ -279,7 +286,8 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
             found = {name: json.loads((eval_dir / name / "results.json").read_text()) for name, _, _ in tests}
             trained = configured_depth(train_config, [*arm.train_flags, *extra_args])
         else:
-            model_dir = train_arm(arm, seed, run_dir, train_config, backbone, data, extra_args, deadline)
+            model_dir = train_arm(arm, seed, run_dir, train_config, backbone, data[seed, arm.steps], extra_args,
+                                  deadline)
             if model_dir is None:
                 logger.warning("%s seed %d stopped unfinished (--time_limit_s): not evaluated; rerun to resume it",
                                arm.name, seed)

@@ -25,6 +25,7 @@ class Arm:
     thought_mode: str  # SmolLMTRMConfig.thought_mode
     reasoning: str  # smollm_trm.sft_data.SFTDataArguments.reasoning
     train_flags: tuple[str, ...] = ()
+    steps: str = "worked"  # arith: the style of its rows' reasoning lines (smollm_trm.arith.STEP_STYLES)
 
 
 DISTILL = ("--distill_weight", "1.0")  # CODI's weights: distillation 1, teacher CE 1 (the default)
@@ -121,7 +122,17 @@ ARMS = {
                   PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN + SNAPPED),
               Arm("trm_jacobi_own_decay", "trm", "curriculum", JACOBI_FILL + UNPADDED + OWN + DECAY),
               Arm("pause_forced_lm_own_decay", "pause", "curriculum",
-                  PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN + DECAY)),
+                  PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN + DECAY),
+              # Session 17's trm_jacobi_own_snap with the decayed last stage: a continuation of its seed-0 model
+              # (--continue_from) beside the same continuation without decay tells the decay from the extra steps.
+              Arm("trm_jacobi_own_snap_decay", "trm", "curriculum", JACOBI_FILL + UNPADDED + OWN + SNAPPED + DECAY),
+              # Each step first repeats the instruction it carries out (session 13: given a fifth step, the model read
+              # the fourth instruction at step three, placing steps from the end of the question); written reasoning
+              # in the same style is its control beyond the training depths.
+              Arm("cot_named", "none", "latent+text", steps="named"),
+              Arm("trm_jacobi_own_named", "trm", "curriculum", JACOBI_FILL + UNPADDED + OWN, steps="named"),
+              Arm("pause_forced_lm_own_named", "pause", "curriculum",
+                  PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN, steps="named")),
     "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text")),
 }

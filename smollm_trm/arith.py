@@ -3,6 +3,11 @@
 a question's split comes from a hash of its text, so train and test never share one whatever the seed and depth.
 
     make_arith(500, (1, 4), seed=0, split="train")   # [{"id", "question", "answer", "reasoning"}, ...]
+
+With `steps="named"` each worked line first repeats the instruction it carries out ("Add 5. 7+5=12"): the next step
+is then found by what the last one copied, which holds at every depth, where a step's place in a depth-4 training
+problem can also be found from the end of the question (session 13's model, given a fifth step, read the fourth
+instruction at step three). The questions and answers are the same in both styles.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ MAX_VALUE = 999  # no intermediate value goes above this (nor below 0)
 OPERATIONS = {"Add": "+", "Subtract": "-", "Multiply by": "*", "Divide by": "/"}  # an instruction's words, its sign
 INSTRUCTION = re.compile(rf"({'|'.join(OPERATIONS)}) (\d+)\.")  # one operation of a question: its words, operand
 TRIES_PER_EXAMPLE = 100  # before giving up on finding n distinct questions
+STEP_STYLES = ("worked", "named")  # a reasoning line: "7+5=12", or the instruction first: "Add 5. 7+5=12"
 
 
 def parse_depth(depth: int | tuple[int, int] | str) -> tuple[int, int]:
@@ -59,13 +65,13 @@ def instructions(question: str) -> list[tuple[str, int]]:
     return [(OPERATIONS[words], int(operand)) for words, operand in INSTRUCTION.findall(question)]
 
 
-def _problem(rng: random.Random, depth: int) -> dict:
+def _problem(rng: random.Random, depth: int, steps: str) -> dict:
     value = rng.randint(*START)
     instructions, lines = [f"Start with {value}."], []
     for _ in range(depth):
         instruction, line, value = _step(rng, value)
         instructions.append(instruction)
-        lines.append(line)
+        lines.append(f"{instruction} {line}" if steps == "named" else line)
     question = " ".join(instructions + ["What is the result?"])
     return {"question": question, "answer": str(value), "reasoning": "\n".join(lines)}
 
@@ -76,17 +82,20 @@ def split_of(question: str) -> str:
     return "test" if bucket < TEST_PERCENT else "train"
 
 
-def make_arith(n: int, depth: int | tuple[int, int], seed: int, split: str) -> list[dict]:
-    """`n` distinct multi-step arithmetic problems of `split`, each `depth` operations long (or a range of depths)."""
+def make_arith(n: int, depth: int | tuple[int, int], seed: int, split: str, steps: str = "worked") -> list[dict]:
+    """`n` distinct multi-step arithmetic problems of `split`, each `depth` operations long (or a range of depths),
+    their reasoning lines in the style `steps` (`STEP_STYLES`)."""
     if split not in SPLITS:
         raise ValueError(f"arith split must be one of {SPLITS}, got {split!r}")
+    if steps not in STEP_STYLES:
+        raise ValueError(f"arith steps must be one of {STEP_STYLES}, got {steps!r}")
     if n < 1:
         raise ValueError(f"arith needs n >= 1 examples, got n={n}")
     low, high = parse_depth(depth)
     rng = random.Random(seed)
     examples, seen = [], set()
     for _ in range(TRIES_PER_EXAMPLE * n):
-        problem = _problem(rng, rng.randint(low, high))
+        problem = _problem(rng, rng.randint(low, high), steps)
         if problem["question"] in seen or split_of(problem["question"]) != split:
             continue
         seen.add(problem["question"])

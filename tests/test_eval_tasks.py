@@ -149,6 +149,19 @@ def test_arith_gold_answers_and_reasoning_are_correct(split):
             assert _OPERATORS[symbol](int(a), int(b)) == int(c), line
 
 
+def test_arith_named_steps_repeat_each_instruction_before_its_worked_line():
+    """`steps="named"`: the same questions and answers, each reasoning line the question's instruction, then the
+    worked line of the default style."""
+    worked, named = (make_arith(200, (1, 6), seed=0, split="train", steps=style) for style in ("worked", "named"))
+    assert [(w["question"], w["answer"]) for w in worked] == [(n["question"], n["answer"]) for n in named]
+    for w, n in zip(worked, named):
+        asked = re.findall(r"(?:Add|Subtract|Multiply by|Divide by) \d+\.", n["question"])
+        expected = [f"{instruction} {line}" for instruction, line in zip(asked, w["reasoning"].split("\n"))]
+        assert n["reasoning"].split("\n") == expected
+    with pytest.raises(ValueError, match="steps must be one of"):
+        make_arith(5, 2, seed=0, split="train", steps="numbered")
+
+
 def test_arith_splits_are_disjoint_across_seeds_and_depths():
     train = {ex["question"] for seed in range(3) for ex in make_arith(300, (1, 3), seed, "train")}
     test = {ex["question"] for seed in range(3) for ex in make_arith(100, (1, 3), seed, "test")}

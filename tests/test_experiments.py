@@ -111,7 +111,24 @@ def test_configs_load_and_arms_differ_only_in_thoughts():
         settings, train = load_config(path)
         assert "thought_mode" not in train and "reasoning" not in train, f"{path.name}: set per arm, not shared"
     for experiment, arms in ARMS.items():
-        assert len({(arm.thought_mode, arm.reasoning, arm.train_flags) for arm in arms}) == len(arms), experiment
+        assert len({(arm.thought_mode, arm.reasoning, arm.train_flags, arm.steps) for arm in arms}) == len(arms)
+    assert {arm.steps for arm in ARMS["gsm8k"]} == {"worked"}, "named steps are arith's"
+
+
+def test_arms_with_named_steps_train_on_their_own_copy_of_the_seeds_problems(tmp_path):
+    """Each step style gets its own training file of one seed: the same problems, the lines in that style."""
+    from experiments.run import train_data
+
+    settings, _ = load_config(CONFIG_DIR / "depth_smoke.yaml")
+    worked, named = (train_data("depth", settings, tmp_path, 0, style) for style in ("worked", "named"))
+    assert (worked, named) == (tmp_path / "data" / "seed0", tmp_path / "data" / "seed0-named")
+    rows = {style: [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
+            for style, folder in (("worked", worked), ("named", named))}
+    assert [r["question"] for r in rows["worked"]] == [r["question"] for r in rows["named"]]
+    assert rows["named"][0]["reasoning"].split("\n")[0].endswith(rows["worked"][0]["reasoning"].split("\n")[0])
+    assert rows["named"][0]["reasoning"] != rows["worked"][0]["reasoning"]
+    with pytest.raises(ValueError, match="arith's"):
+        train_data("gsm8k", settings, tmp_path, 0, "named")
 
 
 def test_config_errors(tmp_path):
