@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# On the device: bash tools/device/evaluate_depth.sh MODEL_DIR NAME
+# On the device: bash tools/device/evaluate_depth.sh MODEL_DIR NAME [MAX_NEW_TOKENS]
 # A TRM: inference settings compared on validation (depth 4, 300 problems: soft and snapped thoughts at N_sup 5 and
 # 8), then the test set at depths 1-6 in each of those settings. Any other model (a pause control): the test set at
-# depths 1-6. Into /tmp/evals/NAME.
+# depths 1-6. Into /tmp/evals/NAME. MAX_NEW_TOKENS (default 16, an answer after thoughts) must hold written reasoning
+# where the model writes it: 120 for named steps at depth 6.
 set -u
-model=$1 dir=/tmp/evals/$2
+model=$1 dir=/tmp/evals/$2 max_new_tokens=${3:-16}
 mkdir -p "$dir"
 models=("$model")
 mode=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("thought_mode"))' "$model/config.json")
@@ -24,6 +25,6 @@ fi
 for depth in 1 2 3 4 5 6; do
   limit=300; [ "$depth" = 1 ] && limit=162  # depth 1 has 162 distinct held-out problems
   python3 -m eval "${models[@]/#/--model=}" --task arith --depth "$depth" --limit "$limit" --seed 0 \
-    --batch_size 300 --max_new_tokens 16 --n_supervision_steps 5,8 --compile_thoughts default \
+    --batch_size 300 --max_new_tokens "$max_new_tokens" --n_supervision_steps 5,8 --compile_thoughts default \
     --output_dir "$dir/test/depth$depth" > "$dir/test_depth$depth.log" 2>&1
 done
