@@ -40,7 +40,10 @@ forced-step loss on the model's own thoughts too), `trm_jacobi_own_padded` (padd
 `trm_jacobi_own_cycles` (each training batch at an n_cycles drawn from 1 to 6), `trm_jacobi_own_snap` /
 `pause_forced_lm_own_snap` (and thoughts snapped to their heaviest token in training too, `--snap_thoughts`),
 `trm_jacobi_own_decay` / `pause_forced_lm_own_decay` (and the learning rate decayed to 0 over the second half of the
-last stage, `--curriculum_last_stage_decay 0.5`).
+last stage, `--curriculum_last_stage_decay 0.5`), `trm_jacobi_own_snap_decay` (both), and `cot_named` /
+`trm_jacobi_own_named` / `pause_forced_lm_own_named`: written reasoning and `trm_jacobi_own` / `pause_forced_lm_own`
+on the same problems whose reasoning lines first repeat the instruction they carry out ("Add 5. 7+5=12",
+`make_arith(steps="named")`, `Arm.steps`; each step style has its own `data/seed<S>*` folder).
 
 `cot` is "written CoT, no TRM": with `thought_mode none`, `<think>` is an ordinary token (no positions inserted)
 and the reasoning is the GSM8K solution text (calculator notes removed) between the tags, which the model writes

@@ -3,11 +3,13 @@
 the question's operator and operand) and the result it computes (`36`), and whether the answer is the result that
 the last step's thoughts decode.
 
-    python -m experiments.thought_reading EVAL_DIR [EVAL_DIR ...] --tokenizer FOLDER [--output reading.json]
+    python -m experiments.thought_reading EVAL_DIR [EVAL_DIR ...] --tokenizer FOLDER [--output reading.json] \
+        [--steps named]
 
 An EVAL_DIR is one test's folder of `python -m eval` (its results.json names the arith test set, regenerated here
-to get each problem's worked lines); every JSONL in it without an ablation is read. A step is scored against the
-written line the curriculum's probe trained it on, thought i against the line's token i.
+to get each problem's worked lines, in the style the model was trained on: `--steps`); every JSONL in it without an
+ablation is read. A step is scored against the written line the curriculum's probe trained it on, thought i against
+the line's token i.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from smollm_trm import arith
 from smollm_trm.arith import instructions
 
 EQUALS = "="
@@ -43,7 +46,7 @@ def instruction_read(tokens: list[str], asked: list[tuple[str, int]]) -> str:
     """Which of the question's instructions (`smollm_trm.arith.instructions`) a latent step carries out, by the sign
     and operand its thoughts decode to: "1", "2", ... (1-based), "ambiguous" (several have them), "none", or
     "unparsed" (no `a op b=` to read)."""
-    match = re.match(r"\d+([-+*/])(\d+)=", "".join(tokens))
+    match = re.search(r"\d+([-+*/])(\d+)=", "".join(tokens))  # after the instruction, in a named step
     if match is None:
         return "unparsed"
     hits = [str(i) for i, (sign, operand) in enumerate(asked, start=1) if (sign, operand) == (match[1], int(match[2]))]
@@ -94,17 +97,18 @@ def shares(labels: list[str]) -> dict[str, float]:
     return {label: count / len(labels) for label, count in sorted(Counter(labels).items())}
 
 
-def read_eval_dir(folder: Path, pieces_of) -> dict[str, dict]:
-    """{JSONL name: summary} of one test's folder."""
-    from eval.tasks import load_task
+def read_eval_dir(folder: Path, pieces_of, steps: str = "worked") -> dict[str, dict]:
+    """{JSONL name: summary} of one test's folder, its problems' lines written in the style `steps`."""
     from smollm_trm.rows import read_rows
 
     task = json.loads((folder / "results.json").read_text())["task"]
     if task["name"] != "arith":
         raise ValueError(f"{folder}: thought reading needs the arith task (written lines to compare), got "
                          f"{task['name']!r}.")
-    spec = {key: task[key] for key in ("name", "split", "seed", "depth", "limit")}
-    lines = {ex["id"]: ex["reasoning"].splitlines() for ex in load_task(**spec).examples}
+    # eval's arith test set (eval.tasks), regenerated with the model's style of lines: the same problems and ids
+    examples = arith.make_arith(task["limit"] or arith.DEFAULT_SIZE, task["depth"] or arith.DEFAULT_DEPTH,
+                                task["seed"], task["split"], steps)
+    lines = {ex["id"]: ex["reasoning"].splitlines() for ex in examples}
     summaries = {}
     for path in sorted(folder.glob("*.jsonl")):
         records = read_rows(path)
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("eval_dirs", nargs="+", type=Path)
     parser.add_argument("--tokenizer", required=True, help="The models' tokenizer folder (the step probe's tokens).")
     parser.add_argument("--output", type=Path, help="Write the summaries here as JSON.")
+    parser.add_argument("--steps", choices=arith.STEP_STYLES, default="worked",
+                        help="The style of the written lines the model's thoughts were trained on.")
     args = parser.parse_args(argv)
     from smollm_trm.loading import load_tokenizer
 
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     def pieces_of(line: str) -> list[str]:
         return [tokenizer.decode([token]) for token in tokenizer(line, add_special_tokens=False)["input_ids"]]
 
-    results = {str(folder): read_eval_dir(folder, pieces_of) for folder in args.eval_dirs}
+    results = {str(folder): read_eval_dir(folder, pieces_of, args.steps) for folder in args.eval_dirs}
     print(markdown(results))
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")

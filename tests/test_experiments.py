@@ -231,6 +231,7 @@ def test_a_failed_worker_fails_the_experiment_and_names_its_log(tmp_path):
 def test_thought_reading_splits_copied_tokens_from_computed_results(tmp_path):
     from eval.tasks import load_task
     from experiments.thought_reading import read_eval_dir, record_reading, step_reading
+    from smollm_trm.arith import make_arith
 
     def pieces_of(line):  # one token per character
         return list(line)
@@ -269,6 +270,15 @@ def test_thought_reading_splits_copied_tokens_from_computed_results(tmp_path):
         "2", "ambiguous", "none", "unparsed"]
     assert record_reading({**records[0], "thoughts": records[0]["thoughts"][:1]},
                           examples[0]["reasoning"].splitlines(), pieces_of) is None  # fewer steps than lines
+    # a model trained on named steps ("Add 5. 7+5=12") is read against lines of that style
+    named = make_arith(2, 2, 0, "test", steps="named")
+    (tmp_path / "final.jsonl").write_text("\n".join(json.dumps(
+        {**record, "thoughts": [{"tokens": list(line)} for line in example["reasoning"].splitlines()]})
+        for record, example in zip(records, named)))
+    assert read_eval_dir(tmp_path, pieces_of)["final.jsonl"]["copied_token_accuracy"] < 0.5  # read as worked lines
+    got = read_eval_dir(tmp_path, pieces_of, "named")["final.jsonl"]
+    assert got["copied_token_accuracy"] == 1.0 and got["steps_right_from_start"] == [1.0, 1.0]
+    assert got["instruction_read"] == [{"1": 1.0}, {"2": 1.0}]
 
 
 def test_mcnemar_matches_the_exact_binomial_test():
