@@ -80,10 +80,12 @@ def _load_sample(split: str) -> list[dict]:
 
 
 def _examples(
-    name: str, split: str, limit: int | None, path: str | Path | None, seed: int, depth: int | tuple[int, int] | str | None
+    name: str, split: str, limit: int | None, path: str | Path | None, seed: int, depth: int | tuple[int, int] | str | None,
+    steps: str,
 ) -> list[dict]:
     if name == "arith":
-        return arith.make_arith(limit or arith.DEFAULT_SIZE, arith.DEFAULT_DEPTH if depth is None else depth, seed, split)
+        return arith.make_arith(limit or arith.DEFAULT_SIZE, arith.DEFAULT_DEPTH if depth is None else depth, seed, split,
+                                steps)
     if name == "sample":
         return _load_sample(split)
     if name == "gsm8k":
@@ -102,11 +104,13 @@ def load_task(
     path: str | Path | None = None,
     seed: int = 0,
     depth: int | tuple[int, int] | str | None = None,
+    steps: str = "worked",
 ) -> Task:
     """Examples of task `name` (see `TASK_KINDS`), the first `limit` of them if given.
 
     `path` (gsm8k, math) is a local JSON/JSONL file, a folder holding `{split}.jsonl`, or a Hub dataset name.
-    `seed` and `depth` (an int, `(low, high)` or `"low-high"`) shape the generated arith task.
+    `seed` and `depth` (an int, `(low, high)` or `"low-high"`) shape the generated arith task, `steps` the style of
+    its reasoning lines (`smollm_trm.arith.STEP_STYLES`; the questions and answers are the same in each).
     """
     if name not in TASK_KINDS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_KINDS)}")
@@ -114,9 +118,11 @@ def load_task(
         raise ValueError(f"limit must be a positive number of examples or None, got {limit}")
     if depth is not None and name != "arith":
         raise ValueError(f"depth only applies to the arith task, got depth={depth!r} for {name!r}")
+    if steps != "worked" and name != "arith":
+        raise ValueError(f"steps only applies to the arith task, got steps={steps!r} for {name!r}")
     if path is not None and name not in ("gsm8k", "math"):
         raise ValueError(f"path only applies to the gsm8k and math tasks, got path={str(path)!r} for {name!r}")
-    examples = _examples(name, split, limit, path, seed, depth)[:limit]
+    examples = _examples(name, split, limit, path, seed, depth, steps)[:limit]
     if not examples:
         raise ValueError(f"task {name!r} has no examples in split {split!r} (path={str(path)!r}); check the data file")
     return Task(name=name, kind=TASK_KINDS[name], examples=examples)

@@ -82,6 +82,9 @@ SNAPPED = ("--snap_thoughts", "true")
 # full rate of 1e-3 that the curriculum's stages each need, and 400 more last-stage steps at that rate had lifted
 # session 13's model from 69.3 to 79.0% at depth 4).
 DECAY = ("--curriculum_last_stage_decay", "0.5")
+# A named step is up to 17 tokens ("Subtract 19. 136-19=117"), a worked one up to 10: K = 18 thoughts hold every
+# named step and the fill after it (a step longer than K is a bad row, which training skips).
+NAMED_K = ("--num_latents", "18")
 # Session 12's trm_jacobi_last with the step fill: the recipe every session-13 TRM arm builds on.
 JACOBI_FILL = PROBE + TOKENS + FEEDBACK5 + FORCED + PRIOR + WRITES + ALL_STEPS + LAST_ANSWER + STEP_FILL
 ARMS = {
@@ -130,9 +133,9 @@ ARMS = {
               # the fourth instruction at step three, placing steps from the end of the question); written reasoning
               # in the same style is its control beyond the training depths.
               Arm("cot_named", "none", "latent+text", steps="named"),
-              Arm("trm_jacobi_own_named", "trm", "curriculum", JACOBI_FILL + UNPADDED + OWN, steps="named"),
+              Arm("trm_jacobi_own_named", "trm", "curriculum", JACOBI_FILL + UNPADDED + OWN + NAMED_K, steps="named"),
               Arm("pause_forced_lm_own_named", "pause", "curriculum",
-                  PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN, steps="named")),
+                  PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN + NAMED_K, steps="named")),
     "gsm8k": (Arm("answer", "none", "latent"), Arm("pause", "pause", "latent"), Arm("trm", "trm", "latent"),
               Arm("cot", "none", "latent+text")),
 }

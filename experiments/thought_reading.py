@@ -21,9 +21,11 @@ from collections import Counter
 from pathlib import Path
 
 from smollm_trm import arith
-from smollm_trm.arith import instructions
+from smollm_trm.arith import OPERATIONS, instructions
 
 EQUALS = "="
+# A step's worked line `a op b=`, after the instruction that a named step repeats first ("Add 5. 7+5=")
+WORKED = re.compile(rf"(?:(?:{'|'.join(OPERATIONS)}) \d+\.\s*)?\d+([-+*/])(\d+)=")
 
 
 def result_start(line_pieces: list[str]) -> int:
@@ -46,7 +48,7 @@ def instruction_read(tokens: list[str], asked: list[tuple[str, int]]) -> str:
     """Which of the question's instructions (`smollm_trm.arith.instructions`) a latent step carries out, by the sign
     and operand its thoughts decode to: "1", "2", ... (1-based), "ambiguous" (several have them), "none", or
     "unparsed" (no `a op b=` to read)."""
-    match = re.search(r"\d+([-+*/])(\d+)=", "".join(tokens))  # after the instruction, in a named step
+    match = WORKED.match("".join(tokens))
     if match is None:
         return "unparsed"
     hits = [str(i) for i, (sign, operand) in enumerate(asked, start=1) if (sign, operand) == (match[1], int(match[2]))]
@@ -99,16 +101,15 @@ def shares(labels: list[str]) -> dict[str, float]:
 
 def read_eval_dir(folder: Path, pieces_of, steps: str = "worked") -> dict[str, dict]:
     """{JSONL name: summary} of one test's folder, its problems' lines written in the style `steps`."""
+    from eval.tasks import load_task
     from smollm_trm.rows import read_rows
 
     task = json.loads((folder / "results.json").read_text())["task"]
     if task["name"] != "arith":
         raise ValueError(f"{folder}: thought reading needs the arith task (written lines to compare), got "
                          f"{task['name']!r}.")
-    # eval's arith test set (eval.tasks), regenerated with the model's style of lines: the same problems and ids
-    examples = arith.make_arith(task["limit"] or arith.DEFAULT_SIZE, task["depth"] or arith.DEFAULT_DEPTH,
-                                task["seed"], task["split"], steps)
-    lines = {ex["id"]: ex["reasoning"].splitlines() for ex in examples}
+    spec = {key: task[key] for key in ("name", "split", "seed", "depth", "limit")}
+    lines = {ex["id"]: ex["reasoning"].splitlines() for ex in load_task(**spec, steps=steps).examples}
     summaries = {}
     for path in sorted(folder.glob("*.jsonl")):
         records = read_rows(path)

@@ -4,6 +4,7 @@ stage changes."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -13,6 +14,8 @@ from transformers import TrainerCallback
 
 from smollm_trm.curriculum import CurriculumArguments, stage_at
 from smollm_trm.loading import is_thought_parameter
+
+logger = logging.getLogger(__name__)
 
 EMA_FILE = "trm_ema.safetensors"
 
@@ -106,9 +109,13 @@ class CurriculumStages(TrainerCallback):
         self.num_stages, self.first_stage = curriculum.curriculum_stages, curriculum.curriculum_first_stage
         stages_before_last = self.num_stages - self.first_stage
         self.steps_per_stage = curriculum.curriculum_steps_per_stage or max(1, max_steps // (stages_before_last + 1))
-        if self.steps_per_stage * stages_before_last >= max_steps:
+        if self.steps_per_stage * stages_before_last > max_steps:
             raise ValueError(f"curriculum_steps_per_stage={self.steps_per_stage} x {stages_before_last} stages leaves "
                              f"no step of max_steps={max_steps} for the last stage.")
+        if self.steps_per_stage * stages_before_last == max_steps:  # a run cut in two, where no optimizer state is lost
+            logger.warning("max_steps=%d ends where the last stage begins: this run trains stages %d-%d only; continue "
+                           "it with --curriculum_first_stage %d.", max_steps, self.first_stage, self.num_stages - 1,
+                           self.num_stages)
         self.mix, self.reset_optimizer = curriculum.curriculum_mix, curriculum.curriculum_reset_optimizer
         self.warmup_steps = curriculum.curriculum_stage_warmup_steps
         if self.warmup_steps > self.steps_per_stage:

@@ -2,6 +2,7 @@
 order, the optimizer reset at each stage, and the teacher's terms in the trainer's loss (tiny models, CPU)."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -202,7 +203,20 @@ def test_a_curriculum_needs_max_steps_and_room_for_its_last_stage(backbone, tmp_
     data = write_rows(tmp_path, reasoning_rows(8))
     with pytest.raises(ValueError, match="leaves no step"):
         trainer_for(cli(backbone, data, tmp_path / "out", "--reasoning", "curriculum", "--curriculum_stages", "3",
-                        "--curriculum_steps_per_stage", "2", "--max_steps", "6"))
+                        "--curriculum_steps_per_stage", "2", "--max_steps", "5"))
+
+
+def test_a_run_may_end_where_the_last_stage_begins_to_be_continued_there(caplog):
+    """A schedule cut where the last stage begins (a budget too short for the whole run) trains every earlier stage
+    and says how to continue; the continuation trains the last stage alone."""
+    with caplog.at_level(logging.WARNING, logger="smollm_trm.callbacks"):
+        first = CurriculumStages(CurriculumArguments(curriculum_stages=4, curriculum_steps_per_stage=160), 640)
+    assert [first.stage_of(step) for step in (0, 159, 160, 479, 480, 639)] == [0, 0, 1, 2, 3, 3]
+    assert "--curriculum_first_stage 4" in caplog.text
+    rest = CurriculumStages(CurriculumArguments(curriculum_stages=4, curriculum_steps_per_stage=160,
+                                                curriculum_first_stage=4, curriculum_last_stage_decay=0.5), 560)
+    assert {rest.stage_of(step) for step in range(560)} == {4}
+    assert rest.final_decay(279) == 1.0 and rest.final_decay(559) < 1e-4  # the decay has the whole last stage
 
 
 def test_distillation_matches_a_manual_computation():

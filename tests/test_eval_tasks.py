@@ -7,6 +7,7 @@ import re
 import pytest
 
 from eval.tasks import TASK_KINDS, load_task
+from smollm_trm.arith import INSTRUCTION
 from smollm_trm.arith import MAX_VALUE as ARITH_MAX_VALUE
 from smollm_trm.arith import instructions as arith_instructions
 from smollm_trm.arith import make_arith, parse_depth
@@ -155,11 +156,14 @@ def test_arith_named_steps_repeat_each_instruction_before_its_worked_line():
     worked, named = (make_arith(200, (1, 6), seed=0, split="train", steps=style) for style in ("worked", "named"))
     assert [(w["question"], w["answer"]) for w in worked] == [(n["question"], n["answer"]) for n in named]
     for w, n in zip(worked, named):
-        asked = re.findall(r"(?:Add|Subtract|Multiply by|Divide by) \d+\.", n["question"])
+        asked = [match.group(0) for match in INSTRUCTION.finditer(n["question"])]
         expected = [f"{instruction} {line}" for instruction, line in zip(asked, w["reasoning"].split("\n"))]
         assert n["reasoning"].split("\n") == expected
     with pytest.raises(ValueError, match="steps must be one of"):
         make_arith(5, 2, seed=0, split="train", steps="numbered")
+    assert load_task("arith", limit=5, depth="3", steps="named").examples == make_arith(5, 3, 0, "test", "named")
+    with pytest.raises(ValueError, match="steps only applies to the arith task"):
+        load_task("sample", steps="named")
 
 
 def test_arith_splits_are_disjoint_across_seeds_and_depths():

@@ -111,7 +111,8 @@ def test_configs_load_and_arms_differ_only_in_thoughts():
         settings, train = load_config(path)
         assert "thought_mode" not in train and "reasoning" not in train, f"{path.name}: set per arm, not shared"
     for experiment, arms in ARMS.items():
-        assert len({(arm.thought_mode, arm.reasoning, arm.train_flags, arm.steps) for arm in arms}) == len(arms)
+        assert len({(arm.thought_mode, arm.reasoning, arm.train_flags, arm.steps) for arm in arms}) == len(arms), \
+            experiment
     assert {arm.steps for arm in ARMS["gsm8k"]} == {"worked"}, "named steps are arith's"
 
 

@@ -5,10 +5,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from experiments.run import prepare_seed, write_train_config
+from experiments.run import seed_backbone, train_data, write_train_config
 from experiments.settings import load_config
 
 config, output_dir, tokenizer = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 settings, train = load_config(config)
 write_train_config(train, output_dir / "train_config.yaml", None)
-print(prepare_seed("depth", dataclasses.replace(settings, tokenizer=tokenizer), output_dir, 0))
+settings = dataclasses.replace(settings, tokenizer=tokenizer)
+print(train_data("depth", settings, output_dir, 0, "worked"), seed_backbone(settings, output_dir, 0))
