@@ -5,6 +5,9 @@
 set -u
 end=$(( $(date +%s) + $1 ))
 arms=${ARMS:-cot_named,pause_forced_lm_own_named}
+# the named TRM beside the continuations only where memory holds it (two stage-4 continuations take about 62 GB)
+[ -z "${ARMS:-}" ] && [ "$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)" -gt 100000 ] \
+  && arms=$arms,trm_jacobi_own_named
 echo "named arms: $arms"
 bash tools/device/train_depth.sh $end 800 /tmp/named $arms 0 > "$OUT/named.txt" 2>&1 &
 evaluate_when_done() {  # ARM NAME MAX_NEW_TOKENS
@@ -12,7 +15,7 @@ evaluate_when_done() {  # ARM NAME MAX_NEW_TOKENS
   while [ ! -f $model/README.md ] && [ $(date +%s) -lt $end ]; do sleep 10; done
   [ -f $model/README.md ] && timeout $(( end - $(date +%s) )) bash tools/device/evaluate_depth.sh $model $2 $3
 }
-evaluate_when_done cot_named cot_named 120 &
+evaluate_when_done cot_named cot_named 128 &
 evaluate_when_done pause_forced_lm_own_named pause_named 16 &
 [ "${CONT_STEPS:-240}" -gt 0 ] && bash .gpu/s18_cont.sh $(( end - $(date +%s) - 60 )) ${CONT_STEPS:-240}
 wait
