@@ -268,7 +268,8 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
     compile_mode = flag_value(extra_args, "--compile_thoughts")  # a training flag that the evaluation follows
     runs = [(arm, seed) for seed in seeds for arm in arms]
     # Before any worker starts, so that workers read what is written here and never write it at the same time.
-    data = {(seed, arm.steps): train_data(experiment, settings, output_dir, seed, arm.steps) for arm, seed in runs}
+    data = {(seed, steps): train_data(experiment, settings, output_dir, seed, steps)
+            for seed, steps in {(seed, arm.steps) for arm, seed in runs}}
     backbones = {seed: seed_backbone(settings, output_dir, seed) for seed in seeds}
     if jobs > 1:
         run_workers(runs, worker_command, output_dir / "logs", jobs)

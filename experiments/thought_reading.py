@@ -20,8 +20,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from smollm_trm import arith
-from smollm_trm.arith import OPERATIONS, instructions
+from smollm_trm.arith import OPERATIONS, STEP_STYLES, instructions
 
 EQUALS = "="
 # A step's worked line `a op b=`, after the instruction that a named step repeats first ("Add 5. 7+5=")
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("eval_dirs", nargs="+", type=Path)
     parser.add_argument("--tokenizer", required=True, help="The models' tokenizer folder (the step probe's tokens).")
     parser.add_argument("--output", type=Path, help="Write the summaries here as JSON.")
-    parser.add_argument("--steps", choices=arith.STEP_STYLES, default="worked",
+    parser.add_argument("--steps", choices=STEP_STYLES, default="worked",
                         help="The style of the written lines the model's thoughts were trained on.")
     args = parser.parse_args(argv)
     from smollm_trm.loading import load_tokenizer

@@ -109,20 +109,17 @@ class CurriculumStages(TrainerCallback):
         self.num_stages, self.first_stage = curriculum.curriculum_stages, curriculum.curriculum_first_stage
         stages_before_last = self.num_stages - self.first_stage
         self.steps_per_stage = curriculum.curriculum_steps_per_stage or max(1, max_steps // (stages_before_last + 1))
-        if self.steps_per_stage * stages_before_last > max_steps:
+        # 0 is a run cut where the last stage begins, to be continued there (no optimizer state is lost at a stage)
+        self.last_stage_steps = max_steps - stages_before_last * self.steps_per_stage
+        if self.last_stage_steps < 0:
             raise ValueError(f"curriculum_steps_per_stage={self.steps_per_stage} x {stages_before_last} stages leaves "
                              f"no step of max_steps={max_steps} for the last stage.")
-        if self.steps_per_stage * stages_before_last == max_steps:  # a run cut in two, where no optimizer state is lost
-            logger.warning("max_steps=%d ends where the last stage begins: this run trains stages %d-%d only; continue "
-                           "it with --curriculum_first_stage %d.", max_steps, self.first_stage, self.num_stages - 1,
-                           self.num_stages)
         self.mix, self.reset_optimizer = curriculum.curriculum_mix, curriculum.curriculum_reset_optimizer
         self.warmup_steps = curriculum.curriculum_stage_warmup_steps
         if self.warmup_steps > self.steps_per_stage:
             raise ValueError(f"curriculum_stage_warmup_steps={self.warmup_steps} is longer than a stage "
                              f"({self.steps_per_stage} steps).")
-        last_stage_steps = max_steps - stages_before_last * self.steps_per_stage
-        self.decay_steps = round(curriculum.curriculum_last_stage_decay * last_stage_steps)
+        self.decay_steps = round(curriculum.curriculum_last_stage_decay * self.last_stage_steps)
         self.decay_start = max_steps - self.decay_steps
         self.stage: int | None = None
 
@@ -155,6 +152,10 @@ class CurriculumStages(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.stage = self.stage_of(state.global_step)  # a resumed run restored its stage's optimizer state
+        if not self.last_stage_steps:
+            logger.warning("max_steps=%d ends where the last stage begins: this run trains stages %d-%d only; continue "
+                           "it with --curriculum_first_stage %d.", state.max_steps, self.first_stage,
+                           self.num_stages - 1, self.num_stages)
 
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
         stage = self.stage_of(state.global_step)

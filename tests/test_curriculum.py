@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from transformers import TrainerState
 from test_train_sft import backbone, cli, trainer_for  # noqa: F401  (backbone is a fixture)
 
 from conftest import THINK
@@ -209,8 +210,9 @@ def test_a_curriculum_needs_max_steps_and_room_for_its_last_stage(backbone, tmp_
 def test_a_run_may_end_where_the_last_stage_begins_to_be_continued_there(caplog):
     """A schedule cut where the last stage begins (a budget too short for the whole run) trains every earlier stage
     and says how to continue; the continuation trains the last stage alone."""
+    first = CurriculumStages(CurriculumArguments(curriculum_stages=4, curriculum_steps_per_stage=160), 640)
     with caplog.at_level(logging.WARNING, logger="smollm_trm.callbacks"):
-        first = CurriculumStages(CurriculumArguments(curriculum_stages=4, curriculum_steps_per_stage=160), 640)
+        first.on_train_begin(None, TrainerState(max_steps=640), None)
     assert [first.stage_of(step) for step in (0, 159, 160, 479, 480, 639)] == [0, 0, 1, 2, 3, 3]
     assert "--curriculum_first_stage 4" in caplog.text
     rest = CurriculumStages(CurriculumArguments(curriculum_stages=4, curriculum_steps_per_stage=160,
