@@ -127,8 +127,11 @@ ARMS = {
               Arm("pause_forced_lm_own_decay", "pause", "curriculum",
                   PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN + DECAY),
               # Session 17's trm_jacobi_own_snap with the decayed last stage: a continuation of its seed-0 model
-              # (--continue_from) beside the same continuation without decay tells the decay from the extra steps.
+              # (--continue_from) beside the same continuation without decay tells the decay from the extra steps
+              # (session 19: 97.7 against 92.3% at depth 4). Its pause control is continued the same way.
               Arm("trm_jacobi_own_snap_decay", "trm", "curriculum", JACOBI_FILL + UNPADDED + OWN + SNAPPED + DECAY),
+              Arm("pause_forced_lm_own_snap_decay", "pause", "curriculum",
+                  PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN + SNAPPED + DECAY),
               # Each step first repeats the instruction it carries out (session 13: given a fifth step, the model read
               # the fourth instruction at step three, placing steps from the end of the question); written reasoning
               # in the same style is its control beyond the training depths.

@@ -8,16 +8,20 @@ set -u
 model=$1 dir=/tmp/evals/$2 max_new_tokens=${3:-16}
 mkdir -p "$dir"
 models=("$model")
-mode=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("thought_mode"))' "$model/config.json")
+read -r mode snapped < <(python3 -c 'import json, sys; config = json.load(open(sys.argv[1]))
+print(config.get("thought_mode"), config.get("snap_thoughts", False))' "$model/config.json")
 if [ "$mode" = trm ]; then
-  rm -rf "/tmp/snap_$2" && cp -r "$model" "/tmp/snap_$2"
-  python3 - "/tmp/snap_$2/config.json" <<'PY'
+  # A model trained with snapped thoughts already tests snapped; another gets a snapped copy tested beside it.
+  if [ "$snapped" != True ]; then
+    rm -rf "/tmp/snap_$2" && cp -r "$model" "/tmp/snap_$2"
+    python3 - "/tmp/snap_$2/config.json" <<'PY'
 import json, sys
 config = json.load(open(sys.argv[1]))
 config["snap_thoughts"] = True
 json.dump(config, open(sys.argv[1], "w"), indent=2)
 PY
-  models=("/tmp/snap_$2" "$model")
+    models=("/tmp/snap_$2" "$model")
+  fi
   python3 -m experiments.inference_sweep "$model" --depths 4 --size 300 --n_supervision_steps 5,8 \
     --thoughts soft,snap_thoughts --output "$dir/sweep.json" > "$dir/sweep.log" 2>&1
   tail -6 "$dir/sweep.log"
