@@ -86,7 +86,7 @@ for log in "$OUT"/*-seed*.log; do
 done
 grep -h "accuracy %" -A5 /tmp/evals/*/sweep.log 2>/dev/null | grep "| 4 |"
 [ -d /tmp/evals ] && tar czf "$OUT/evals.tgz" -C /tmp evals
-(cd "$OUT" && tar czf logs.tgz ./*.log && rm -f ./*.log)
+(cd "$OUT" && compgen -G "*.log" > /dev/null && tar czf logs.tgz ./*.log && rm -f ./*.log)
 ls /tmp/evals/*/test/depth6/results.json 2>/dev/null | wc -l | xargs echo "models evaluated at every depth:"
 [ "$(ls /tmp/evals/*/test/depth6/results.json 2>/dev/null | wc -l)" -ge $(( 2 + $(tr ',' '\n' <<< "${SEEDS_PAUSE:-0,1,2}" | wc -l) )) ] \
   && echo "all done"
