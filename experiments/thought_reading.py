@@ -9,7 +9,8 @@ the last step's thoughts decode.
 An EVAL_DIR is one test's folder of `python -m eval` (its results.json names the arith test set, regenerated here
 to get each problem's worked lines, in the style the model was trained on: `--steps`); every JSONL in it without an
 ablation is read. A step is scored against the written line the curriculum's probe trained it on, thought i against
-the line's token i.
+the line's token i. A second table reads every problem, also one that took fewer latent steps than it has written
+steps (beyond the trained depth): how many it took, and which of the question's instructions each step carries out.
 """
 
 from __future__ import annotations
@@ -94,6 +95,17 @@ def summarize(readings: list[dict]) -> dict[str, float]:
     }
 
 
+def steps_taken(records: list[dict]) -> dict[str, object]:
+    """Over every problem, also one that stopped before its last written step (beyond the trained depth): how many
+    latent steps it took, and which instruction its step k carries out."""
+    read = [[instruction_read(think["tokens"], instructions(record["question"])) for think in record["thoughts"]]
+            for record in records]
+    longest = max(map(len, read))
+    return {"latent_steps": shares([str(len(steps)) for steps in read]),
+            "instruction_read_every_problem": [shares([steps[k] for steps in read if len(steps) > k])
+                                               for k in range(longest)]}
+
+
 def shares(labels: list[str]) -> dict[str, float]:
     return {label: count / len(labels) for label, count in sorted(Counter(labels).items())}
 
@@ -115,8 +127,7 @@ def read_eval_dir(folder: Path, pieces_of, steps: str = "worked") -> dict[str, d
         if not records or "ablation" in records[0] or "thoughts" not in records[0]:
             continue
         readings = [r for r in (record_reading(rec, lines[rec["id"]], pieces_of) for rec in records) if r]
-        if readings:
-            summaries[path.name] = summarize(readings)
+        summaries[path.name] = {**(summarize(readings) if readings else {"problems": 0}), **steps_taken(records)}
     return summaries
 
 
@@ -133,8 +144,18 @@ def markdown(results: dict[str, dict[str, dict]]) -> str:
     rows = ["| eval | file | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
     for folder, files in results.items():
         for name, summary in files.items():
-            cells = [cell(summary[c]) for c in columns]
-            rows.append(f"| {folder} | {name} | " + " | ".join(cells) + " |")
+            if summary["problems"]:  # some problem took all its written steps as latent steps
+                rows.append(f"| {folder} | {name} | " + " | ".join(cell(summary[c]) for c in columns) + " |")
+    rows += ["", "Every problem: the latent steps it took, and the instruction step k carries out (the two most "
+             "common, with their shares).", "", "| eval | file | latent steps | instruction read at step 1, 2, ... |",
+             "|---|---|---|---|"]
+    for folder, files in results.items():
+        for name, summary in files.items():
+            read = ["; ".join(f"{label} {share:.2f}" for label, share in
+                              sorted(step.items(), key=lambda item: -item[1])[:2])
+                    for step in summary["instruction_read_every_problem"]]
+            taken = ", ".join(f"{n}: {share:.2f}" for n, share in summary["latent_steps"].items())
+            rows.append(f"| {folder} | {name} | {taken} | " + " / ".join(read) + " |")
     return "\n".join(rows)
 
 

@@ -231,7 +231,7 @@ def test_a_failed_worker_fails_the_experiment_and_names_its_log(tmp_path):
 
 def test_thought_reading_splits_copied_tokens_from_computed_results(tmp_path):
     from eval.tasks import load_task
-    from experiments.thought_reading import read_eval_dir, record_reading, step_reading
+    from experiments.thought_reading import markdown, read_eval_dir, record_reading, step_reading
     from smollm_trm.arith import make_arith
 
     def pieces_of(line):  # one token per character
@@ -271,6 +271,14 @@ def test_thought_reading_splits_copied_tokens_from_computed_results(tmp_path):
         "2", "ambiguous", "none", "unparsed"]
     assert record_reading({**records[0], "thoughts": records[0]["thoughts"][:1]},
                           examples[0]["reasoning"].splitlines(), pieces_of) is None  # fewer steps than lines
+    assert got["latent_steps"] == {"3": 1.0}  # every problem, with its padding step
+    assert got["instruction_read_every_problem"] == [{"1": 1.0}, {"2": 1.0}, {"unparsed": 1.0}]
+    # problems that stopped after their first step (as beyond the trained depth) are read by the second table only
+    (tmp_path / "final.jsonl").write_text("\n".join(json.dumps({**r, "thoughts": r["thoughts"][:1]}) for r in records))
+    got = read_eval_dir(tmp_path, pieces_of)["final.jsonl"]
+    assert got["problems"] == 0 and got["latent_steps"] == {"1": 1.0}
+    assert got["instruction_read_every_problem"] == [{"1": 1.0}]
+    assert "| 1: 1.00 | 1 1.00 |" in markdown({"dir": {"final.jsonl": got}})
     # a model trained on named steps ("Add 5. 7+5=12") is read against lines of that style
     named = make_arith(2, 2, 0, "test", steps="named")
     (tmp_path / "final.jsonl").write_text("\n".join(json.dumps(
