@@ -7,7 +7,9 @@
 set -euo pipefail
 staging=/tmp/bring_back/$2
 rm -rf "$staging" && mkdir -p "$staging"
-cp "$1"/*.json "$1"/*.jinja "$1"/README.md "$staging"/  # the card marks a finished model (`--continue_from`)
+cp "$1"/*.json "$1"/*.jinja "$staging"/
+# A final folder's card: `--continue_from` takes a model as finished by it (a checkpoint has none).
+if [ -f "$1/README.md" ]; then cp "$1/README.md" "$staging"/; fi
 python3 "$(dirname "$0")/cast_weights.py" "$1/model.safetensors" "$staging/model.safetensors" bfloat16
 if command -v xz > /dev/null; then compress="xz -T0 -6" suffix=xz; else compress="gzip -6" suffix=gz; fi
 tar cf - -C "$staging" . | $compress | split -b 15M - "${OUT:?}/$2.tar.$suffix.part-"
