@@ -1,6 +1,8 @@
 # Session 20's calls, one script: bash .gpu/s20.sh SECONDS (after `source tools/device/setup.sh`; .gpu/prev holds
-# decay_s1 and decay_s2, the 640-step models of session 19's call 3). Send it again, at once, until it prints
+# the parts of decay_s1 or decay_s2, the 640-step models of session 19's call 3). Send it again, at once, until it prints
 # "all done": each call goes on from what the warm machine holds (a machine that went cold starts over).
+# A call carries at most 64 MiB and .whl takes 25 of them: the first call carries [".whl", ".gpu"] with decay_s1's
+# parts in .gpu/prev, the second only [".gpu"] with decay_s2's (.whl stays on the warm machine), then either.
 #
 # Seeds 1 and 2 follow seed 0's path exactly (session 17's trm_jacobi_own_snap to 1200 steps, then session 19's 240
 # last-stage steps with the decayed rate from a fresh optimizer):
@@ -31,12 +33,21 @@ depth() {  # OUTPUT_DIR LOG_NAME ARGS...: train only, side by side, until the ca
   cp "$out"/logs/*.log "$OUT"/ 2>/dev/null
 }
 
-trm_seeds() {
-  if [ ! -d /tmp/p640 ]; then
-    for seed in 1 2; do
+unpack_640() {  # the 640-step models from .gpu/prev: one per call where a call cannot carry both (above)
+  local seed
+  for seed in 1 2; do
+    if ! finished /tmp/p640 trm_jacobi_own_snap $seed && [ -e .gpu/prev/decay_s$seed.tar.xz.part-aa ]; then
       bash tools/device/unpack_model.sh .gpu/prev decay_s$seed /tmp/p640/models/trm_jacobi_own_snap/seed$seed/final \
         > /dev/null
-    done
+    fi
+  done
+  finished /tmp/p640 trm_jacobi_own_snap 1,2
+}
+
+trm_seeds() {
+  if ! unpack_640; then
+    echo "one 640-step model unpacked: send the other's parts in .gpu/prev (carry [\".gpu\"]), at once"
+    return
   fi
   finished /tmp/s4 trm_jacobi_own_snap 1,2 || depth /tmp/s4 phase1 --arms trm_jacobi_own_snap --seeds 1,2 --jobs 2 \
     --continue_from /tmp/p640 --curriculum_first_stage 4 --steps $(( full - first )) --warmup_steps 0
