@@ -32,6 +32,22 @@ depth() {  # OUTPUT_DIR LOG_NAME ARGS...: train only, side by side, until the ca
     --output_dir "$out" --time_limit_s "$(left 60)" "$@" >> "$OUT/driver_$log.log" 2>&1
   cp "$out"/logs/*.log "$OUT"/ 2>/dev/null
 }
+trained() {  # OUTPUT_DIR ARM SEEDS LOG_NAME ARGS...: true once every seed's final model is there (trains the rest)
+  local out=$1 arm=$2 seeds=$3 log=$4; shift 4
+  finished "$out" "$arm" "$seeds" || depth "$out" "$log" --arms "$arm" --seeds "$seeds" \
+    --jobs "$(tr ',' '\n' <<< "$seeds" | wc -l)" "$@"
+  finished "$out" "$arm" "$seeds"
+}
+decayed() {  # FROM_DIR FROM_ARM OUTPUT_DIR ARM SEEDS LOG_NAME: STEPS_DECAY more last-stage steps, fresh optimizer
+  link_finals "$1" "$2" "$3_link" "$4" "$5"
+  trained "$3" "$4" "$5" "$6" --continue_from "$3_link" --curriculum_first_stage 4 --steps "$decay" --warmup_steps 0
+}
+evaluated() {  # OUTPUT_DIR ARM SEEDS NAME: each seed's model evaluated once, into /tmp/evals/NAME_s<SEED>
+  local seed; for seed in ${3//,/ }; do
+    [ -f "/tmp/evals/$4_s$seed/test/depth6/results.json" ] || timeout "$(left 30)" \
+      bash tools/device/evaluate_depth.sh "$1/models/$2/seed$seed/final" "$4_s$seed"
+  done
+}
 
 unpack_640() {  # the 640-step models from .gpu/prev: one per call where a call cannot carry both (above)
   local seed
@@ -49,40 +65,23 @@ trm_seeds() {
     echo "one 640-step model unpacked: send the other's parts in .gpu/prev (carry [\".gpu\"]), at once"
     return
   fi
-  finished /tmp/s4 trm_jacobi_own_snap 1,2 || depth /tmp/s4 phase1 --arms trm_jacobi_own_snap --seeds 1,2 --jobs 2 \
-    --continue_from /tmp/p640 --curriculum_first_stage 4 --steps $(( full - first )) --warmup_steps 0
-  finished /tmp/s4 trm_jacobi_own_snap 1,2 || return
-  link_finals /tmp/s4 trm_jacobi_own_snap /tmp/s4_link trm_jacobi_own_snap_decay 1,2
-  finished /tmp/s5 trm_jacobi_own_snap_decay 1,2 || depth /tmp/s5 phase2 --arms trm_jacobi_own_snap_decay \
-    --seeds 1,2 --jobs 2 --continue_from /tmp/s4_link --curriculum_first_stage 4 --steps "$decay" --warmup_steps 0
-  finished /tmp/s5 trm_jacobi_own_snap_decay 1,2 || return
+  trained /tmp/s4 trm_jacobi_own_snap 1,2 phase1 --continue_from /tmp/p640 --curriculum_first_stage 4 \
+    --steps $(( full - first )) --warmup_steps 0 || return
+  decayed /tmp/s4 trm_jacobi_own_snap /tmp/s5 trm_jacobi_own_snap_decay 1,2 phase2 || return
   if [ ! -f /tmp/s5/brought_back ]; then
     for seed in 1 2; do
       bash tools/device/bring_back.sh /tmp/s5/models/trm_jacobi_own_snap_decay/seed$seed/final snap_decay_s$seed
     done
     touch /tmp/s5/brought_back
   fi
-  for seed in 1 2; do
-    [ -f /tmp/evals/snap_decay_s$seed/test/depth6/results.json ] || timeout "$(left 30)" \
-      bash tools/device/evaluate_depth.sh /tmp/s5/models/trm_jacobi_own_snap_decay/seed$seed/final snap_decay_s$seed
-  done
+  evaluated /tmp/s5 trm_jacobi_own_snap_decay 1,2 snap_decay
 }
 
 pause_seeds() {
   local seeds=${SEEDS_PAUSE:-0,1,2}
-  finished /tmp/pause pause_forced_lm_own_snap "$seeds" || depth /tmp/pause pause1 --arms pause_forced_lm_own_snap \
-    --seeds "$seeds" --jobs 3 --steps "$full"
-  finished /tmp/pause pause_forced_lm_own_snap "$seeds" || return
-  link_finals /tmp/pause pause_forced_lm_own_snap /tmp/pause_link pause_forced_lm_own_snap_decay "$seeds"
-  finished /tmp/pause2 pause_forced_lm_own_snap_decay "$seeds" || depth /tmp/pause2 pause2 \
-    --arms pause_forced_lm_own_snap_decay --seeds "$seeds" --jobs 3 --continue_from /tmp/pause_link \
-    --curriculum_first_stage 4 --steps "$decay" --warmup_steps 0
-  finished /tmp/pause2 pause_forced_lm_own_snap_decay "$seeds" || return
-  for seed in ${seeds//,/ }; do
-    [ -f /tmp/evals/pause_snap_decay_s$seed/test/depth6/results.json ] || timeout "$(left 30)" bash \
-      tools/device/evaluate_depth.sh /tmp/pause2/models/pause_forced_lm_own_snap_decay/seed$seed/final \
-      pause_snap_decay_s$seed
-  done
+  trained /tmp/pause pause_forced_lm_own_snap "$seeds" pause1 --steps "$full" || return
+  decayed /tmp/pause pause_forced_lm_own_snap /tmp/pause2 pause_forced_lm_own_snap_decay "$seeds" pause2 || return
+  evaluated /tmp/pause2 pause_forced_lm_own_snap_decay "$seeds" pause_snap_decay
 }
 
 memory=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
