@@ -43,7 +43,11 @@ forced-step loss on the model's own thoughts too), `trm_jacobi_own_padded` (padd
 last stage, `--curriculum_last_stage_decay 0.5`), `trm_jacobi_own_snap_decay` (both), and `cot_named` /
 `trm_jacobi_own_named` / `pause_forced_lm_own_named`: written reasoning and `trm_jacobi_own` / `pause_forced_lm_own`
 on the same problems whose reasoning lines first repeat the instruction they carry out ("Add 5. 7+5=12",
-`make_arith(steps="named")`, `Arm.steps`; each step style has its own `data/seed<S>*` folder).
+`make_arith(steps="named")`, `Arm.steps`; each step style has its own `data/seed<S>*` folder),
+`trm_jacobi_own_snap_decay_padded` (the padded last stage, its padding steps empty), and `cot_partial` /
+`trm_jacobi_own_snap_decay_partial` / `pause_forced_lm_own_snap_decay_partial`: the same recipes on training data
+where half the questions ask for the result after their first k operations (`make_arith(questions="partial")`,
+`Arm.questions`, its own `data/seed<S>-partial` folder; the test questions are complete).
 
 `cot` is "written CoT, no TRM": with `thought_mode none`, `<think>` is an ordinary token (no positions inserted)
 and the reasoning is the GSM8K solution text (calculator notes removed) between the tags, which the model writes

@@ -5,7 +5,8 @@ Layout of `output_dir` (a rerun keeps what is finished: a model folder with its 
 
     train_config.yaml                         the train_sft.py settings every arm ran with
     data/seed<S>/train.jsonl                  arith: generated per seed (data/seed<S>-named/: arms whose steps name
-                                              their instruction); gsm8k: data/gsm8k/train.jsonl, shared
+                                              their instruction; data/seed<S>-partial/: arms trained on partial
+                                              questions too); gsm8k: data/gsm8k/train.jsonl, shared
     backbones/seed<S>/                        from-scratch SmolLM3 + SmolLM2 tokenizer (one init per seed)
     models/<arm>/seed<S>/final/               the trained SmolLM+TRM folder (checkpoints beside it)
     evals/<arm>/seed<S>/<test>/results.json   eval's outputs; <test> is depth<D> (arith) or test (gsm8k)
@@ -82,12 +83,12 @@ def build_backbone(shape: dict[str, Any], folder: Path, seed: int, tokenizer_fol
 # ---------------------------------------------------------------------------------------------------------- data
 
 
-def arith_train_data(settings: ExperimentSettings, folder: Path, seed: int, steps: str) -> Path:
+def arith_train_data(settings: ExperimentSettings, folder: Path, seed: int, steps: str, questions: str) -> Path:
     """`train.jsonl` of generated problems (qa rows with written reasoning in the style `steps`, dropped by
-    `--reasoning latent`)."""
+    `--reasoning latent`; questions of the form `questions`, `arith.QUESTION_FORMS`)."""
     if not (folder / "train.jsonl").is_file():
         write_jsonl(folder / "train.jsonl", arith.make_arith(settings.train_size or arith.DEFAULT_SIZE,
-                                                             settings.train_depth, seed, "train", steps))
+                                                             settings.train_depth, seed, "train", steps, questions))
     return folder
 
 
@@ -223,15 +224,17 @@ def write_train_config(train: dict[str, Any], path: Path, steps: int | None) -> 
     return path
 
 
-def train_data(experiment: str, settings: ExperimentSettings, output_dir: Path, seed: int, steps: str) -> Path:
-    """The training data folder of one seed whose reasoning lines have the style `steps` (arith), written once and
-    shared by the arms that read it."""
+def train_data(experiment: str, settings: ExperimentSettings, output_dir: Path, seed: int, steps: str,
+               questions: str = "complete") -> Path:
+    """The training data folder of one seed whose reasoning lines have the style `steps` and whose questions the
+    form `questions` (arith), written once and shared by the arms that read it."""
     if TASKS[experiment] != "arith":
-        if steps != "worked":
-            raise ValueError(f"step style {steps!r} is arith's; {experiment} trains on its own reasoning.")
+        if (steps, questions) != ("worked", "complete"):
+            raise ValueError(f"step style {steps!r} and question form {questions!r} are arith's; {experiment} trains "
+                             "on its own questions and reasoning.")
         return gsm8k_train_data(settings, output_dir / "data" / "gsm8k")
-    name = f"seed{seed}" if steps == "worked" else f"seed{seed}-{steps}"
-    return arith_train_data(settings, output_dir / "data" / name, seed, steps)
+    name = "-".join([f"seed{seed}"] + [steps] * (steps != "worked") + [questions] * (questions != "complete"))
+    return arith_train_data(settings, output_dir / "data" / name, seed, steps, questions)
 
 
 def seed_backbone(settings: ExperimentSettings, output_dir: Path, seed: int) -> Path | None:
@@ -268,8 +271,8 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
     compile_mode = flag_value(extra_args, "--compile_thoughts")  # a training flag that the evaluation follows
     runs = [(arm, seed) for seed in seeds for arm in arms]
     # Before any worker starts, so that workers read what is written here and never write it at the same time.
-    data = {(seed, steps): train_data(experiment, settings, output_dir, seed, steps)
-            for seed, steps in {(seed, arm.steps) for arm, seed in runs}}
+    data = {(seed, form): train_data(experiment, settings, output_dir, seed, *form)
+            for seed, form in {(seed, arm.data_form) for arm, seed in runs}}
     backbones = {seed: seed_backbone(settings, output_dir, seed) for seed in seeds}
     if jobs > 1:
         run_workers(runs, worker_command, output_dir / "logs", jobs)
@@ -279,7 +282,7 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
         run_dir = output_dir / "models" / arm.name / f"seed{seed}"
         eval_dir = output_dir / "evals" / arm.name / f"seed{seed}"
         if not evaluate:
-            train_arm(arm, seed, run_dir, train_config, backbone, data[seed, arm.steps], extra_args, deadline)
+            train_arm(arm, seed, run_dir, train_config, backbone, data[seed, arm.data_form], extra_args, deadline)
             continue
         tests = arm_tests(arm, tasks, settings)
         if all((eval_dir / name / "results.json").is_file() for name, _, _ in tests):
@@ -287,7 +290,7 @@ def run_experiment(experiment: str, settings: ExperimentSettings, train: dict[st
             found = {name: json.loads((eval_dir / name / "results.json").read_text()) for name, _, _ in tests}
             trained = configured_depth(train_config, [*arm.train_flags, *extra_args])
         else:
-            model_dir = train_arm(arm, seed, run_dir, train_config, backbone, data[seed, arm.steps], extra_args,
+            model_dir = train_arm(arm, seed, run_dir, train_config, backbone, data[seed, arm.data_form], extra_args,
                                   deadline)
             if model_dir is None:
                 logger.warning("%s seed %d stopped unfinished (--time_limit_s): not evaluated; rerun to resume it",

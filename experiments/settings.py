@@ -26,6 +26,12 @@ class Arm:
     reasoning: str  # smollm_trm.sft_data.SFTDataArguments.reasoning
     train_flags: tuple[str, ...] = ()
     steps: str = "worked"  # arith: the style of its rows' reasoning lines (smollm_trm.arith.STEP_STYLES)
+    questions: str = "complete"  # arith: the form of its training questions (smollm_trm.arith.QUESTION_FORMS)
+
+    @property
+    def data_form(self) -> tuple[str, str]:
+        """(steps, questions): the arms of a seed with the same form share its training data."""
+        return self.steps, self.questions
 
 
 DISTILL = ("--distill_weight", "1.0")  # CODI's weights: distillation 1, teacher CE 1 (the default)
@@ -132,6 +138,18 @@ ARMS = {
               Arm("trm_jacobi_own_snap_decay", "trm", "curriculum", JACOBI_FILL + UNPADDED + OWN + SNAPPED + DECAY),
               Arm("pause_forced_lm_own_snap_decay", "pause", "curriculum",
                   PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN + SNAPPED + DECAY),
+              # The same recipe with the padded last stage (session 20: given more <think> than a problem's steps,
+              # the unpadded model answered 3-10%; padding steps are trained as empty ones, at no extra time, as the
+              # batch's depth-4 rows set its number of latent steps anyway).
+              Arm("trm_jacobi_own_snap_decay_padded", "trm", "curriculum", JACOBI_FILL + OWN + SNAPPED + DECAY),
+              # Half the training questions ask for the result after their first k operations (session 20: trained on
+              # complete questions, where the last step always carries out the last instruction, the model did so at
+              # its fourth step at depth 5 and stopped); written reasoning and pause get the same questions.
+              Arm("cot_partial", "none", "latent+text", questions="partial"),
+              Arm("trm_jacobi_own_snap_decay_partial", "trm", "curriculum",
+                  JACOBI_FILL + UNPADDED + OWN + SNAPPED + DECAY, questions="partial"),
+              Arm("pause_forced_lm_own_snap_decay_partial", "pause", "curriculum",
+                  PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN + SNAPPED + DECAY, questions="partial"),
               # Each step first repeats the instruction it carries out (session 13: given a fifth step, the model read
               # the fourth instruction at step three, placing steps from the end of the question); written reasoning
               # in the same style is its control beyond the training depths.

@@ -8,6 +8,13 @@ With `steps="named"` each worked line first repeats the instruction it carries o
 is then found by what the last one copied, which holds at every depth, where a step's place in a depth-4 training
 problem can also be found from the end of the question (session 13's model, given a fifth step, read the fourth
 instruction at step three). The questions and answers are the same in both styles.
+
+With `questions="partial"` half the problems of depth 2 or more ask for the result after their first k operations
+("... What is the result after the first 2 operations?", 1 <= k < depth), with the first k worked lines as reasoning:
+their last step is then not the question's last instruction, which in complete questions it always is (session 20: a
+model trained on complete questions alone carried out the last instruction at its fourth step at depth 5, and
+stopped). A partial question belongs to the split of its complete form, so no test problem's instructions are
+trained on.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ OPERATIONS = {"Add": "+", "Subtract": "-", "Multiply by": "*", "Divide by": "/"}
 INSTRUCTION = re.compile(rf"({'|'.join(OPERATIONS)}) (\d+)\.")  # one operation of a question: its words, operand
 TRIES_PER_EXAMPLE = 100  # before giving up on finding n distinct questions
 STEP_STYLES = ("worked", "named")  # a reasoning line: "7+5=12", or the instruction first: "Add 5. 7+5=12"
+QUESTION_FORMS = ("complete", "partial")  # every question asks for the result, or half of them for an earlier one
+PARTIAL_SHARE = 0.5  # of the problems of depth >= 2, with questions="partial"
 
 
 def parse_depth(depth: int | tuple[int, int] | str) -> tuple[int, int]:
@@ -76,27 +85,44 @@ def _problem(rng: random.Random, depth: int, steps: str) -> dict:
     return {"question": question, "answer": str(value), "reasoning": "\n".join(lines)}
 
 
+def _partial(problem: dict, operations: int) -> dict:
+    """The problem asking for its result after its first `operations` operations: the first worked lines."""
+    lines = problem["reasoning"].split("\n")[:operations]
+    asked = f"What is the result after the first {f'{operations} operations' if operations > 1 else 'operation'}?"
+    return {"question": problem["question"].replace("What is the result?", asked),
+            "answer": lines[-1].rsplit("=", 1)[1], "reasoning": "\n".join(lines)}
+
+
 def split_of(question: str) -> str:
     """The split a question belongs to, from a hash of its text: the same for every seed and depth, so never both."""
     bucket = int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big") % 100
     return "test" if bucket < TEST_PERCENT else "train"
 
 
-def make_arith(n: int, depth: int | tuple[int, int], seed: int, split: str, steps: str = "worked") -> list[dict]:
+def make_arith(n: int, depth: int | tuple[int, int], seed: int, split: str, steps: str = "worked",
+               questions: str = "complete") -> list[dict]:
     """`n` distinct multi-step arithmetic problems of `split`, each `depth` operations long (or a range of depths),
-    their reasoning lines in the style `steps` (`STEP_STYLES`)."""
+    their reasoning lines in the style `steps` (`STEP_STYLES`), their questions of the form `questions`
+    (`QUESTION_FORMS`; a partial question's depth is its complete form's)."""
     if split not in SPLITS:
         raise ValueError(f"arith split must be one of {SPLITS}, got {split!r}")
     if steps not in STEP_STYLES:
         raise ValueError(f"arith steps must be one of {STEP_STYLES}, got {steps!r}")
+    if questions not in QUESTION_FORMS:
+        raise ValueError(f"arith questions must be one of {QUESTION_FORMS}, got {questions!r}")
     if n < 1:
         raise ValueError(f"arith needs n >= 1 examples, got n={n}")
     low, high = parse_depth(depth)
     rng = random.Random(seed)
     examples, seen = [], set()
     for _ in range(TRIES_PER_EXAMPLE * n):
-        problem = _problem(rng, rng.randint(low, high), steps)
-        if problem["question"] in seen or split_of(problem["question"]) != split:
+        operations = rng.randint(low, high)
+        problem = _problem(rng, operations, steps)
+        if split_of(problem["question"]) != split:
+            continue
+        if questions == "partial" and operations > 1 and rng.random() < PARTIAL_SHARE:
+            problem = _partial(problem, rng.randint(1, operations - 1))
+        if problem["question"] in seen:
             continue
         seen.add(problem["question"])
         examples.append({"id": f"arith-{split}-{seed}-{len(examples)}", **problem})

@@ -27,11 +27,12 @@ def write_jsonl(path, rows):
     return path
 
 
-def solve_arith(question: str) -> tuple[int, int]:
-    """Independent re-computation of an arith question: (result, number of operations)."""
+def solve_arith(question: str, operations: int | None = None) -> tuple[int, int]:
+    """Independent re-computation of an arith question: (result, number of operations); the value after the first
+    `operations` of them if given."""
     value = int(re.match(r"Start with (\d+)\.", question).group(1))
     steps = _STEP.findall(question)
-    for operation, operand in steps:
+    for operation, operand in steps[:operations]:
         operand = int(operand)
         if operation == "Divide by":
             assert value % operand == 0, f"{question!r} divides {value} by {operand} with a remainder"
@@ -164,6 +165,35 @@ def test_arith_named_steps_repeat_each_instruction_before_its_worked_line():
     assert load_task("arith", limit=5, depth="3", steps="named").examples == make_arith(5, 3, 0, "test", "named")
     with pytest.raises(ValueError, match="steps only applies to the arith task"):
         load_task("sample", steps="named")
+
+
+def test_arith_partial_questions_ask_for_an_earlier_result_of_a_problem_of_the_split():
+    """`questions="partial"`: about half the problems of depth >= 2 ask for the value after their first k < depth
+    operations, with exactly those worked lines; each belongs to its complete form's split; the complete problems are
+    the default generator's."""
+    partial = make_arith(600, (1, 4), seed=0, split="train", questions="partial")
+    asked = re.compile(r"What is the result after the first (?:(\d+) operations|operation)\?$")
+    shortened = 0
+    for ex in partial:
+        match = asked.search(ex["question"])
+        complete = asked.sub("What is the result?", ex["question"])
+        result, depth = solve_arith(complete)
+        assert arith_split_of(complete) == "train", ex
+        if match is None:
+            assert ex["answer"] == str(result), ex
+            continue
+        shortened += 1
+        operations = int(match.group(1) or 1)
+        assert 1 <= operations < depth, ex
+        assert ex["answer"] == str(solve_arith(complete, operations)[0]), ex
+        assert len(ex["reasoning"].split("\n")) == operations and ex["reasoning"].endswith(f"={ex['answer']}"), ex
+    deep = sum(solve_arith(asked.sub("What is the result?", ex["question"]))[1] > 1 for ex in partial)
+    assert 0.35 * deep < shortened < 0.65 * deep
+    assert any(asked.search(ex["question"]).group(1) is None for ex in partial if asked.search(ex["question"]))
+    complete = make_arith(600, (1, 4), seed=0, split="train")
+    assert all(asked.search(ex["question"]) is None for ex in complete)
+    with pytest.raises(ValueError, match="questions must be one of"):
+        make_arith(5, 2, seed=0, split="train", questions="some")
 
 
 def test_arith_splits_are_disjoint_across_seeds_and_depths():

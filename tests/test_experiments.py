@@ -111,9 +111,9 @@ def test_configs_load_and_arms_differ_only_in_thoughts():
         settings, train = load_config(path)
         assert "thought_mode" not in train and "reasoning" not in train, f"{path.name}: set per arm, not shared"
     for experiment, arms in ARMS.items():
-        assert len({(arm.thought_mode, arm.reasoning, arm.train_flags, arm.steps) for arm in arms}) == len(arms), \
+        assert len({(arm.thought_mode, arm.reasoning, arm.train_flags, arm.data_form) for arm in arms}) == len(arms), \
             experiment
-    assert {arm.steps for arm in ARMS["gsm8k"]} == {"worked"}, "named steps are arith's"
+    assert {arm.data_form for arm in ARMS["gsm8k"]} == {("worked", "complete")}, "step styles, question forms: arith's"
 
 
 def test_arms_with_named_steps_train_on_their_own_copy_of_the_seeds_problems(tmp_path):
@@ -130,6 +130,25 @@ def test_arms_with_named_steps_train_on_their_own_copy_of_the_seeds_problems(tmp
     assert rows["named"][0]["reasoning"] != rows["worked"][0]["reasoning"]
     with pytest.raises(ValueError, match="arith's"):
         train_data("gsm8k", settings, tmp_path, 0, "named")
+
+
+def test_arms_with_partial_questions_train_on_their_own_file_of_the_seeds_problems(tmp_path):
+    """The partial question form gets its own training file of one seed: the complete file's generator with some
+    questions asking for an earlier result; the arms that declare it read it."""
+    from experiments.run import train_data
+
+    settings, _ = load_config(CONFIG_DIR / "depth_smoke.yaml")
+    complete, partial = (train_data("depth", settings, tmp_path, 0, "worked", form) for form in ("complete", "partial"))
+    assert (complete, partial) == (tmp_path / "data" / "seed0", tmp_path / "data" / "seed0-partial")
+    assert train_data("depth", settings, tmp_path, 0, "named", "partial") == tmp_path / "data" / "seed0-named-partial"
+    questions = {form: [json.loads(line)["question"] for line in (folder / "train.jsonl").read_text().splitlines()]
+                 for form, folder in (("complete", complete), ("partial", partial))}
+    assert all(q.endswith("What is the result?") for q in questions["complete"])
+    assert any("after the first" in q for q in questions["partial"])
+    assert {arm.name for arm in ARMS["depth"] if arm.questions == "partial"} == {
+        "cot_partial", "trm_jacobi_own_snap_decay_partial", "pause_forced_lm_own_snap_decay_partial"}
+    with pytest.raises(ValueError, match="arith's"):
+        train_data("gsm8k", settings, tmp_path, 0, "worked", "partial")
 
 
 def test_config_errors(tmp_path):
