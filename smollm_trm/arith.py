@@ -13,8 +13,9 @@ With `questions="partial"` half the problems of depth 2 or more ask for the resu
 ("... What is the result after the first 2 operations?", 1 <= k < depth), with the first k worked lines as reasoning:
 their last step is then not the question's last instruction, which in complete questions it always is (session 20: a
 model trained on complete questions alone carried out the last instruction at its fourth step at depth 5, and
-stopped). A partial question belongs to the split of its complete form, so no test problem's instructions are
-trained on.
+stopped). A partial question is asked only where its complete form and the complete problem of its first k
+instructions (which asks for the same result) both belong to its split, and a problem is asked once, so no test
+problem is trained on.
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ def _problem(rng: random.Random, depth: int, steps: str) -> dict:
     return {"question": question, "answer": str(value), "reasoning": "\n".join(lines)}
 
 
+def _prefix(problem: dict, operations: int) -> str:
+    """The complete question made of the problem's first `operations` instructions: it asks what `_partial` does."""
+    sentences = re.findall(r"[^.]+\.", problem["question"].removesuffix(" What is the result?"))
+    return " ".join([sentence.strip() for sentence in sentences[: operations + 1]] + ["What is the result?"])
+
+
 def _partial(problem: dict, operations: int) -> dict:
     """The problem asking for its result after its first `operations` operations: the first worked lines."""
     lines = problem["reasoning"].split("\n")[:operations]
@@ -118,13 +125,15 @@ def make_arith(n: int, depth: int | tuple[int, int], seed: int, split: str, step
     for _ in range(TRIES_PER_EXAMPLE * n):
         operations = rng.randint(low, high)
         problem = _problem(rng, operations, steps)
-        if split_of(problem["question"]) != split:
+        complete = problem["question"]
+        if split_of(complete) != split or complete in seen:
             continue
+        seen.add(complete)
         if questions == "partial" and operations > 1 and rng.random() < PARTIAL_SHARE:
-            problem = _partial(problem, rng.randint(1, operations - 1))
-        if problem["question"] in seen:
-            continue
-        seen.add(problem["question"])
+            # Only where the same result, asked by the problem of the first k instructions, is also this split's.
+            shorter = [k for k in range(1, operations) if split_of(_prefix(problem, k)) == split]
+            if shorter:
+                problem = _partial(problem, rng.choice(shorter))
         examples.append({"id": f"arith-{split}-{seed}-{len(examples)}", **problem})
         if len(examples) == n:
             return examples

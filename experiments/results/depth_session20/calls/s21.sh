@@ -26,8 +26,9 @@ if [ "$extras" = 1 ]; then
 fi
 export OMP_NUM_THREADS=2  # several host-bound trainings share 16 cores
 left() { echo $(( end - $(date +%s) - $1 )); }
-harness() {  # SECONDS CONFIG OUTPUT_DIR LOG_NAME ARGS...
+harness() {  # SECONDS CONFIG OUTPUT_DIR LOG_NAME ARGS... (nothing once the time is up: `timeout 0` has no limit)
   local limit=$1 cfg=$2 out=$3 log=$4; shift 4
+  [ "$limit" -gt 0 ] || return 1
   timeout "$limit" python3 -m experiments depth --config "$cfg" --tokenizer "$tokenizer" --compile_thoughts default \
     --steps "$steps" --output_dir "$out" "$@" >> "$OUT/driver_$log.log" 2>&1
 }
@@ -53,7 +54,7 @@ evaluate() {  # ARM SEEDS CONFIG LAST_TEST: one harness process per finished mod
 for group in "${groups[@]}"; do train $group & done; wait
 for group in "${groups[@]}"; do evaluate $group & done; wait
 
-for log in "$OUT"/*-seed*.log; do
+for log in "$OUT"/*-seed*.log "$OUT"/driver_train_*.log; do  # a lone run logs into its driver's log
   [ -f "$log" ] && echo "== $log: $(grep -o "{'loss'[^}]*}" "$log" | tail -1 | cut -c1-150)"
 done
 done_count=0 wanted=0 folders=()
