@@ -46,7 +46,7 @@ on the same problems whose reasoning lines first repeat the instruction they car
 `make_arith(steps="named")`, `Arm.steps`; each step style has its own `data/seed<S>*` folder),
 `trm_jacobi_own_snap_decay_padded` (the padded last stage, its padding steps empty), and `cot_partial` /
 `trm_jacobi_own_snap_decay_partial` / `pause_forced_lm_own_snap_decay_partial`: the same recipes on training data
-where half the questions ask for the result after their first k operations (`make_arith(questions="partial")`,
+where about half the questions ask for the result after their first k operations (`make_arith(questions="partial")`,
 `Arm.questions`, its own `data/seed<S>-partial` folder; the test questions are complete).
 
 `cot` is "written CoT, no TRM": with `thought_mode none`, `<think>` is an ordinary token (no positions inserted)

@@ -9,7 +9,7 @@ is then found by what the last one copied, which holds at every depth, where a s
 problem can also be found from the end of the question (session 13's model, given a fifth step, read the fourth
 instruction at step three). The questions and answers are the same in both styles.
 
-With `questions="partial"` half the problems of depth 2 or more ask for the result after their first k operations
+With `questions="partial"` about half the problems of depth 2 or more ask for the result after their first k operations
 ("... What is the result after the first 2 operations?", 1 <= k < depth), with the first k worked lines as reasoning:
 their last step is then not the question's last instruction, which in complete questions it always is (session 20: a
 model trained on complete questions alone carried out the last instruction at its fourth step at depth 5, and
@@ -36,7 +36,7 @@ OPERATIONS = {"Add": "+", "Subtract": "-", "Multiply by": "*", "Divide by": "/"}
 INSTRUCTION = re.compile(rf"({'|'.join(OPERATIONS)}) (\d+)\.")  # one operation of a question: its words, operand
 TRIES_PER_EXAMPLE = 100  # before giving up on finding n distinct questions
 STEP_STYLES = ("worked", "named")  # a reasoning line: "7+5=12", or the instruction first: "Add 5. 7+5=12"
-QUESTION_FORMS = ("complete", "partial")  # every question asks for the result, or half of them for an earlier one
+QUESTION_FORMS = ("complete", "partial")  # every question asks for the result, or about half for an earlier one
 PARTIAL_SHARE = 0.5  # of the problems of depth >= 2, with questions="partial"
 
 
