@@ -15,7 +15,8 @@ their last step is then not the question's last instruction, which in complete q
 model trained on complete questions alone carried out the last instruction at its fourth step at depth 5, and
 stopped). A partial question is asked only where its complete form and the complete problem of its first k
 instructions (which asks for the same result) both belong to its split, and a problem is asked once, so no test
-problem is trained on.
+problem is asked in training (a test problem's result can still be a line of a longer problem's written reasoning,
+in either form: docs/RESULTS.md, Experiment 1p).
 """
 
 from __future__ import annotations
