@@ -87,10 +87,12 @@ def _problem(rng: random.Random, depth: int, steps: str) -> dict:
     return {"question": question, "answer": str(value), "reasoning": "\n".join(lines)}
 
 
-def _prefix(problem: dict, operations: int) -> str:
-    """The complete question made of the problem's first `operations` instructions: it asks what `_partial` does."""
-    sentences = re.findall(r"[^.]+\.", problem["question"].removesuffix(" What is the result?"))
-    return " ".join([sentence.strip() for sentence in sentences[: operations + 1]] + ["What is the result?"])
+def prefix_question(question: str, operations: int) -> str:
+    """The complete question made of a question's start and first `operations` instructions: what its written
+    reasoning's line `operations` answers, and what the partial form "after the first `operations`" asks."""
+    head = re.sub(r" What is the result[^?]*\?$", "", question)
+    sentences = [sentence.strip() for sentence in re.findall(r"[^.]+\.", head)]
+    return " ".join(sentences[: operations + 1] + ["What is the result?"])
 
 
 def _partial(problem: dict, operations: int) -> dict:
@@ -132,7 +134,7 @@ def make_arith(n: int, depth: int | tuple[int, int], seed: int, split: str, step
         seen.add(complete)
         if questions == "partial" and operations > 1 and rng.random() < PARTIAL_SHARE:
             # Only where the same result, asked by the problem of the first k instructions, is also this split's.
-            shorter = [k for k in range(1, operations) if split_of(_prefix(problem, k)) == split]
+            shorter = [k for k in range(1, operations) if split_of(prefix_question(complete, k)) == split]
             if shorter:
                 problem = _partial(problem, rng.choice(shorter))
         examples.append({"id": f"arith-{split}-{seed}-{len(examples)}", **problem})

@@ -344,3 +344,16 @@ def test_validation_problems_are_held_out_and_never_test_questions():
     assert all(arith.split_of(p["question"]) == "test" for p in problems)
     with pytest.raises(ValueError, match="validation problems outside the test set"):
         validation_problems(1, 50, seed=1, test_seed=0, test_size=arith_test_size(1, 0, 300))
+
+
+def test_prefix_overlap_counts_the_questions_a_rows_written_lines_answer():
+    """Line j of a row's written reasoning answers the complete question of its first j instructions, whatever the
+    form the row asks in; a test problem that is such a question has had its result written in training."""
+    from experiments.prefix_overlap import written_results
+
+    complete = {"question": "Start with 7. Add 5. Multiply by 3. What is the result?", "reasoning": "7+5=12\n12*3=36"}
+    partial = {"question": "Start with 2. Add 1. Add 4. What is the result after the first operation?",
+               "reasoning": "2+1=3"}
+    assert written_results([complete, partial]) == {
+        "Start with 7. Add 5. What is the result?", "Start with 7. Add 5. Multiply by 3. What is the result?",
+        "Start with 2. Add 1. What is the result?"}
