@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
-from experiments.run import arith_test_size
+from eval.tasks import load_task
+from experiments.run import test_tasks, train_data
 from experiments.settings import load_config
 from smollm_trm import arith
+from smollm_trm.rows import read_rows
 
 
 def written_results(rows: list[dict]) -> set[str]:
@@ -35,17 +38,17 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="a JSON file; a Markdown table is written beside")
     args = parser.parse_args()
     settings, _ = load_config(args.config)
-    tests = {depth: arith.make_arith(arith_test_size(depth, settings.test_seed, settings.test_size or 500), depth,
-                                     settings.test_seed, "test") for depth in settings.test_depths}
+    # The experiment's own test sets and training files: what its arms are evaluated and trained on.
+    tests = {spec["depth"]: load_task(**spec).examples for _, spec in test_tasks("depth", settings)}
     rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for form in args.questions.split(","):
-            train = arith.make_arith(settings.train_size or arith.DEFAULT_SIZE, settings.train_depth, seed, "train",
-                                     questions=form)
-            written = written_results(train)
-            rows.append({"seed": seed, "questions": form, **{
-                f"depth{depth}": [sum(test["question"] in written for test in problems), len(problems)]
-                for depth, problems in tests.items()}})
+    with tempfile.TemporaryDirectory() as scratch:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for form in args.questions.split(","):
+                folder = train_data("depth", settings, Path(scratch), seed, "worked", form)
+                written = written_results(read_rows(folder / "train.jsonl"))
+                rows.append({"seed": seed, "questions": form, **{
+                    f"depth{depth}": [sum(test["question"] in written for test in problems), len(problems)]
+                    for depth, problems in tests.items()}})
     args.output.write_text(json.dumps({"config": str(args.config), "rows": rows}, indent=1))
     depths = list(tests)
     table = ["| seed | questions | " + " | ".join(f"depth {d}" for d in depths) + " |",
