@@ -78,6 +78,12 @@ class SmolLMTRMConfig(PreTrainedConfig):
             step's thoughts on the context's cache, and the compressor reads those hidden states beside the context
             for the next step: the recursion sees what the language model computes from its thoughts (for a
             written step, the next token at every position), not only the context before them.
+        feedback_every_cycle (`bool`, *optional*, defaults to `False`):
+            With `thought_feedback`: the backbone also reads the thoughts after every cycle but a step's last, and the
+            next cycle's x is recomputed from that reading, so each cycle sees what the language model makes of the
+            last one's thoughts and `n_cycles` counts rounds of the language model in the loop, not only of the TRM.
+            The reads between cycles run without gradient, as the cycles before the last do. A forward of N_sup
+            steps of T cycles then computes what N_sup * T steps of one cycle compute (the state carried whole).
         thought_output (`str`, *optional*, defaults to `"vector"`):
             What the thought module's K outputs become before the backbone reads them. `"vector"`: thoughts in the
             embedding space, as they are. `"token_mixture"`: each output is read as tokens (the backbone's final norm
@@ -136,6 +142,7 @@ class SmolLMTRMConfig(PreTrainedConfig):
     forced_lm_scope: str = "forced"
     score_step_answers: bool = True
     thought_feedback: bool = False
+    feedback_every_cycle: bool = False
     thought_output: str = "vector"
     thought_next_token_prior: bool = False
     thought_prior_gain: float = 1.0
@@ -189,12 +196,16 @@ class SmolLMTRMConfig(PreTrainedConfig):
             raise ValueError(
                 f"trm_num_heads={self.trm_num_heads} must divide trm_hidden_size={self.trm_hidden_size}."
             )
-        if self.thought_feedback and (self.thought_mode != "trm" or self.n_supervision_steps < 2):
+        feedback_rounds = self.n_supervision_steps >= 2 or (self.feedback_every_cycle and self.n_cycles >= 2)
+        if self.thought_feedback and (self.thought_mode != "trm" or not feedback_rounds):
             raise ValueError(
                 f"thought_feedback feeds the backbone's reading of one supervision step's thoughts to the next: it "
-                f"needs thought_mode='trm' and n_supervision_steps >= 2, got thought_mode={self.thought_mode!r}, "
-                f"n_supervision_steps={self.n_supervision_steps}."
+                f"needs thought_mode='trm' and n_supervision_steps >= 2 (or n_cycles >= 2 with feedback_every_cycle), "
+                f"got thought_mode={self.thought_mode!r}, n_supervision_steps={self.n_supervision_steps}."
             )
+        if self.feedback_every_cycle and not self.thought_feedback:
+            raise ValueError("feedback_every_cycle feeds the backbone's reading of the thoughts to every cycle: it "
+                             "needs thought_feedback=True.")
         if self.thought_output not in THOUGHT_OUTPUTS:
             raise ValueError(f"thought_output must be one of {THOUGHT_OUTPUTS}, got {self.thought_output!r}.")
         if self.forced_lm_scope not in FORCED_LM_SCOPES:

@@ -253,8 +253,9 @@ class Depth:
         return self.n_supervision_steps * self.n_cycles * per_cycle
 
 
-# (thoughts (B, K, D)) -> (the backbone's last-layer hidden states over them (B, K, D), their mask (B, K))
-ReadThoughts = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (thoughts (B, K, D), whether they end a supervision step) -> (the backbone's last-layer hidden states over them
+# (B, K, D), their mask (B, K)); a supervision step's reading may be its scored answer pass, a cycle's never is
+ReadThoughts = Callable[[torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
 # (a thought module's outputs (B, K, D)) -> the thoughts the backbone reads (B, K, D): `thought_output`
 AsThoughts = Callable[[torch.Tensor], torch.Tensor]
 # (the feedback pass's hidden states over the last step's thoughts (B, K, D), or None before the first) -> the
@@ -357,24 +358,41 @@ class HiddenStateTRM(nn.Module):
         thoughts are scored by the caller. With it (inference), a row whose halting probability exceeds it keeps its
         thoughts, and the steps end once every row of `rows` has halted. `read_thoughts` (`thought_feedback`) gives
         the backbone's hidden states over a step's thoughts (without gradient), which the compressor reads beside
-        the context for the next step; `as_thoughts` (`thought_output`) maps each step's outputs to its thoughts;
-        `next_token_prior` (`thought_next_token_prior`) gives what is added to each step's outputs."""
+        the context for the next step (and, with `feedback_every_cycle`, for the next cycle); `as_thoughts`
+        (`thought_output`) maps each step's outputs to its thoughts; `next_token_prior` (`thought_next_token_prior`)
+        gives what is added to each step's outputs."""
         x = self.compressor(context, context_mask)  # (B, K, d)
         prior = None if next_token_prior is None else next_token_prior(None)
         carry = self.initial_carry(x)
         halted = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         steps_used = torch.zeros(x.shape[0], device=x.device)
         steps = []
+
+        def read_back(thoughts: torch.Tensor, ends_step: bool) -> None:
+            """x (and the prior) after the backbone reads `thoughts`: the feedback."""
+            nonlocal x, prior
+            read, read_mask = read_thoughts(thoughts, ends_step)
+            x = self.compressor(torch.cat([context, read.to(context.dtype)], dim=1),
+                                torch.cat([context_mask, read_mask], dim=1))
+            if next_token_prior is not None:  # a halted row keeps its thoughts: its prior too
+                prior = torch.where(halted[:, None, None], prior, next_token_prior(read))
+
+        def read_cycle(carry: TRMCarry) -> torch.Tensor:
+            """`feedback_every_cycle`: the next cycle's x, from the backbone's reading of this cycle's thoughts."""
+            with torch.no_grad():
+                outputs = self.thoughts(carry.y, prior)
+                thoughts = outputs if as_thoughts is None else as_thoughts(outputs)
+            read_back(thoughts, ends_step=False)  # a cycle's read has no gradient; the compressor has the caller's
+            return x
+
+        every_cycle = read_thoughts is not None and self.config.feedback_every_cycle
         for step in range(depth.n_supervision_steps):
             if step:
                 carry = carry.detach()
                 if read_thoughts is not None:
-                    read, read_mask = read_thoughts(steps[-1].thoughts)
-                    x = self.compressor(torch.cat([context, read.to(context.dtype)], dim=1),
-                                        torch.cat([context_mask, read_mask], dim=1))
-                    if next_token_prior is not None:  # a halted row keeps its thoughts: its prior too
-                        prior = torch.where(halted[:, None, None], prior, next_token_prior(read))
-            carry = carry.where(halted, self.deep_recursion(x, carry, depth.n_cycles))
+                    read_back(steps[-1].thoughts, ends_step=True)
+            carry = carry.where(halted, self.deep_recursion(x, carry, depth.n_cycles,
+                                                            read_cycle if every_cycle else None))
             steps_used += (~halted).float()
             halt_logit = self.halt_logit(carry.y)
             steps.append(ThoughtStep.of_outputs(self.thoughts(carry.y, prior), halt_logit, as_thoughts))
@@ -399,12 +417,18 @@ class HiddenStateTRM(nn.Module):
         y = self.net(y + z)
         return TRMCarry(y, z)
 
-    def deep_recursion(self, x: torch.Tensor, carry: TRMCarry, T: int) -> TRMCarry:
+    def deep_recursion(self, x: torch.Tensor, carry: TRMCarry, T: int,
+                       next_x: Callable[[TRMCarry], torch.Tensor] | None = None) -> TRMCarry:
+        """T cycles from `carry`; `next_x` (`feedback_every_cycle`) gives each cycle after the first its x from
+        the carry of the one before, the last cycle's with gradient (the compressor learns from it)."""
         # The first T-1 cycles only improve the starting point; backpropagating through all of them costs memory
         # for little gain, while the full gradient through the last cycle matters (the paper's ablation).
-        with torch.no_grad():
-            for _ in range(T - 1):
+        for cycle in range(T - 1):
+            with torch.no_grad():
                 carry = self.latent_recursion(x, carry)
+            if next_x is not None:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and cycle == T - 2):
+                    x = next_x(carry)
         return self.latent_recursion(x, carry)
 
     def thoughts(self, y: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
@@ -1067,10 +1091,10 @@ class SmolLMTRMModel(SmolLMTRMPreTrainedModel):
 
         scores_answers = supervise and self.config.score_step_answers
 
-        def read_thoughts(thoughts):
+        def read_thoughts(thoughts, ends_step):
             # What the feedback passes on carries no gradient: the next step learns to read it, while the
             # backbone's processing of the thoughts trains through the answers they are scored on.
-            if not scores_answers:
+            if not (scores_answers and ends_step):
                 with torch.no_grad():
                     return self._read_thoughts(cache, kinds, thoughts), kinds != PAD
             answer, thought_states = self._answer_pass(cache, layout, j, thoughts, prior_thinks)

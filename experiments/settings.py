@@ -88,6 +88,11 @@ SNAPPED = ("--snap_thoughts", "true")
 # full rate of 1e-3 that the curriculum's stages each need, and 400 more last-stage steps at that rate had lifted
 # session 13's model from 69.3 to 79.0% at depth 4).
 DECAY = ("--curriculum_last_stage_decay", "0.5")
+# The backbone reads the thoughts after every cycle too, so each cycle is a round of the language model in the loop
+# (session 20: n_cycles 1 to 6 gave identical answers, the rounds being the supervision steps alone): 3 steps of 2
+# cycles make 6 rounds against the recipe's 5, with fewer scored steps and 60 TRM block applications per <think>
+# against 150. Inference depth then has the issue's meaning: n_cycles 1 gives 3 rounds, 2 the trained 6, 4 twelve.
+EVERY_CYCLE = ("--n_supervision_steps", "3", "--n_cycles", "2", "--feedback_every_cycle", "true")
 # A named step is up to 17 tokens ("Subtract 19. 136-19=117"), a worked one up to 10: K = 18 thoughts hold every
 # named step and the fill after it (a step longer than K is a bad row, which training skips).
 NAMED_K = ("--num_latents", "18")
@@ -145,6 +150,8 @@ ARMS = {
               # Half the training questions ask for the result after their first k operations (session 20: trained on
               # complete questions, where the last step always carries out the last instruction, the model did so at
               # its fourth step at depth 5 and stopped); written reasoning and pause get the same questions.
+              Arm("trm_jacobi_own_snap_decay_cycles", "trm", "curriculum",
+                  JACOBI_FILL + UNPADDED + OWN + SNAPPED + DECAY + EVERY_CYCLE),
               Arm("cot_partial", "none", "latent+text", questions="partial"),
               Arm("trm_jacobi_own_snap_decay_partial", "trm", "curriculum",
                   JACOBI_FILL + UNPADDED + OWN + SNAPPED + DECAY, questions="partial"),

@@ -22,6 +22,8 @@ VIVID = dict(text_config=tiny_text_config(initializer_range=0.15))
 # Token-mixture thoughts with feedback, each supervision step's outputs adding the backbone's next-token reading
 PRIOR = {"thought_output": "token_mixture", "n_supervision_steps": 2, "thought_feedback": True,
          "thought_next_token_prior": True}
+# ... and the backbone's reading after every cycle too, snapped to tokens (the depth experiment's recipe)
+EVERY_CYCLE = {**PRIOR, "feedback_every_cycle": True, "snap_thoughts": True}
 
 
 def real_span(mask_row: torch.Tensor) -> torch.Tensor:
@@ -35,7 +37,7 @@ def real_span(mask_row: torch.Tensor) -> torch.Tensor:
                                       {"trm_qk_norm": True}, {"thought_output": "token_mixture"},
                                       {"thought_output": "token_mixture", "thought_mode": "pause"},
                                       {"thought_output": "token_mixture", "n_supervision_steps": 2,
-                                       "thought_feedback": True}, PRIOR])
+                                       "thought_feedback": True}, PRIOR, EVERY_CYCLE])
 def test_padded_batch_equals_rows_alone(settings):
     model = tiny_model(**VIVID, **settings)
     ids, mask = pad_batch(ROWS, SIDES)
@@ -412,6 +414,9 @@ def test_insert_thoughts_false_reads_think_as_an_ordinary_token(settings):
     ({"n_supervision_steps": 3}, 1 + 2),
     # with feedback each step reads the last one's pass: one [thoughts; answer] pass per earlier step and <think>
     ({"n_supervision_steps": 3, "thought_feedback": True}, 1 + 2 + 2 * 2),
+    # ... and every cycle but a step's last reads its thoughts too: N_sup (T - 1) more per <think>
+    ({"n_supervision_steps": 2, "n_cycles": 3, "thought_feedback": True, "feedback_every_cycle": True},
+     1 + 2 + 2 * (1 + 2 * 2)),
 ])
 def test_backbone_passes_per_forward(settings, calls):
     model = tiny_model(**settings)
@@ -497,7 +502,8 @@ PROMPTS = [[7, 8, 9, THINK], [11, THINK, 12, 13, 14], [15, 16], [17, THINK, 18, 
 @pytest.mark.parametrize("settings", [{}, {"thought_window": "slide"}, {"thought_mode": "pause"},
                                       {"n_supervision_steps": 2}, {"n_supervision_steps": 2, "thought_feedback": True},
                                       {"thought_output": "token_mixture", "n_supervision_steps": 2, "thought_feedback": True},
-                                      {"thought_output": "token_mixture", "thought_mode": "pause"}, PRIOR])
+                                      {"thought_output": "token_mixture", "thought_mode": "pause"}, PRIOR,
+                                      EVERY_CYCLE])
 @pytest.mark.parametrize("depth", [{}, {"n_cycles": 4}])
 def test_cached_greedy_generation_equals_recompute(settings, depth):
     model = tiny_model(**VIVID, **settings)
@@ -860,10 +866,48 @@ def test_qk_norm_makes_the_thoughts_blind_to_the_scale_of_queries_and_keys():
             assert (thoughts(model) - before).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("settings", [{"thought_mode": "pause"}, {"n_supervision_steps": 1}])
+@pytest.mark.parametrize("settings", [{"thought_mode": "pause"}, {"n_supervision_steps": 1},
+                                      {"n_supervision_steps": 1, "n_cycles": 1, "feedback_every_cycle": True}])
 def test_thought_feedback_without_trm_steps_to_feed_is_refused(settings):
     with pytest.raises(ValueError, match="thought_feedback"):
         tiny_config(thought_feedback=True, **{"n_supervision_steps": 2, **settings})
+
+
+def test_feedback_every_cycle_needs_the_feedback_and_feeds_cycles_of_one_step():
+    with pytest.raises(ValueError, match="feedback_every_cycle .* needs thought_feedback=True"):
+        tiny_config(feedback_every_cycle=True, n_supervision_steps=2)
+    tiny_config(thought_feedback=True, feedback_every_cycle=True, n_supervision_steps=1, n_cycles=2)
+
+
+@pytest.mark.parametrize("settings", [{"n_supervision_steps": 2, "thought_feedback": True}, EVERY_CYCLE])
+def test_feedback_every_cycle_computes_what_as_many_steps_of_one_cycle_compute(settings):
+    """Reference: with the backbone's reading between cycles, N_sup steps of T cycles are N_sup * T steps of one
+    cycle (the carry's detach between steps changes no value), in inference and in training's forward."""
+    ids = torch.tensor([[7, 8, 9, THINK, 10, 11], [12, THINK, 13, 14, THINK, 15]])
+    cycles = tiny_model(**VIVID, **{**settings, "feedback_every_cycle": True})
+    steps = tiny_model(**VIVID, **{**settings, "feedback_every_cycle": False})
+    steps.load_state_dict(cycles.state_dict())
+    reference = steps(input_ids=ids, n_cycles=1, n_supervision_steps=6).logits
+    torch.testing.assert_close(cycles(input_ids=ids, n_cycles=3, n_supervision_steps=2).logits, reference,
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(cycles(input_ids=ids, n_cycles=2, n_supervision_steps=3).logits, reference,
+                               atol=1e-5, rtol=0)
+    cycles.config.n_cycles, cycles.config.n_supervision_steps = 3, 2
+    torch.testing.assert_close(cycles(input_ids=ids, labels=ids).logits, reference, atol=1e-5, rtol=0)
+    # without the reading between cycles, T is not a number of steps
+    plain = steps(input_ids=ids, n_cycles=3, n_supervision_steps=2).logits
+    assert (plain - reference).abs().max() > 1e-3
+
+
+def test_feedback_every_cycle_trains_the_compressor_through_the_last_cycles_x():
+    """One supervision step of two cycles: the context's x feeds only the first cycle, which runs without gradient,
+    so the compressor learns only if the x recomputed from the reading keeps its gradient."""
+    model = tiny_model(**VIVID, thought_feedback=True, feedback_every_cycle=True, n_supervision_steps=1,
+                       n_cycles=2).train()
+    ids = torch.tensor([[7, 8, THINK, 9, 10]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    compressor = model.model.thoughts.compressor
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in compressor.parameters())
 
 
 def test_depth_changes_logits_at_and_after_think_only():
