@@ -41,19 +41,24 @@ def test_depth_smoke(tmp_path):
     # the padded last stage's 2 latent steps (as arm "<name>@2"), at the trained depth
     cells = {(e["arm"], e["test_depth"], e["n_cycles"], e["n_supervision_steps"]) for e in results["results"]}
 
-    def trained_n_sup(arm):
+    def trained(arm, flag):  # an arm's flags override the smoke config's 1; the last one given counts
         flags = list(arm.train_flags)
-        return int(flags[flags.index("--n_supervision_steps") + 1]) if "--n_supervision_steps" in flags else 1
+        return int(flags[len(flags) - 1 - flags[::-1].index(flag) + 1]) if flag in flags else 1
+
+    def depth(arm):
+        return trained(arm, "--n_cycles"), trained(arm, "--n_supervision_steps")
 
     trm = [arm for arm in ARMS["depth"] if arm.thought_mode == "trm"]
     expected = {(arm.name, d, None, None) for arm in ARMS["depth"] if arm.thought_mode != "trm" for d in range(1, 7)}
-    expected |= {(arm.name, d, t, n) for arm in trm for d in range(1, 7)
-                 for t, n in ((1, trained_n_sup(arm)), (2, trained_n_sup(arm)), (1, 2))}
-    expected |= {(f"{arm.name}@2", d, *((1, trained_n_sup(arm)) if arm.thought_mode == "trm" else (None, None)))
+    # n_cycles 1 to twice the trained value at the trained N_sup, and N_sup 2 at the trained n_cycles
+    expected |= {(arm.name, d, t, depth(arm)[1]) for arm in trm for d in range(1, 7)
+                 for t in range(1, 2 * depth(arm)[0] + 1)}
+    expected |= {(arm.name, d, depth(arm)[0], 2) for arm in trm for d in range(1, 7)}
+    expected |= {(f"{arm.name}@2", d, *(depth(arm) if arm.thought_mode == "trm" else (None, None)))
                  for arm in ARMS["depth"] for d in range(1, 7) if arm.reasoning == "curriculum"}
     assert cells == expected
     primary = {e["arm"]: (e["n_cycles"], e["n_supervision_steps"]) for e in results["results"] if e["primary"]}
-    assert all(primary[arm.name] == (1, trained_n_sup(arm)) for arm in trm)
+    assert all(primary[arm.name] == depth(arm) for arm in trm)
     assert "at inference supervision steps n_supervision_steps" in (tmp_path / "results.md").read_text()
     given = json.loads((tmp_path / "evals/trm_curriculum/seed0/depth3-given2/final__T1_N1.jsonl").read_text()
                        .splitlines()[0])["prompt"]
