@@ -589,8 +589,8 @@ def test_train_n_cycles_max_draws_each_training_steps_n_cycles_from_the_seed_and
     trainer, _ = trainer_for(args)
     seen = []
     recursion = HiddenStateTRM.deep_recursion
-    monkeypatch.setattr(HiddenStateTRM, "deep_recursion", lambda self, x, carry, T: (seen.append(T),
-                                                                                    recursion(self, x, carry, T))[1])
+    monkeypatch.setattr(HiddenStateTRM, "deep_recursion", lambda self, x, carry, T, next_x=None: (
+        seen.append(T), recursion(self, x, carry, T, next_x))[1])
     batch = first_batch(trainer)
 
     def cycles_at(step: int) -> set[int]:
