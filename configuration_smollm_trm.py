@@ -82,8 +82,9 @@ class SmolLMTRMConfig(PreTrainedConfig):
             With `thought_feedback`: the backbone also reads the thoughts after every cycle but a step's last, and the
             next cycle's x is recomputed from that reading, so each cycle sees what the language model makes of the
             last one's thoughts and `n_cycles` counts rounds of the language model in the loop, not only of the TRM.
-            The reads between cycles run without gradient, as the cycles before the last do. A forward of N_sup
-            steps of T cycles then computes what N_sup * T steps of one cycle compute (the state carried whole).
+            The reads between cycles run without gradient, as the cycles before the last do. Without halting
+            (`halt_threshold=1.0`, which checks only at a step's end), a forward of N_sup steps of T cycles then
+            computes what N_sup * T steps of one cycle compute (the detach between steps changes no value).
         thought_output (`str`, *optional*, defaults to `"vector"`):
             What the thought module's K outputs become before the backbone reads them. `"vector"`: thoughts in the
             embedding space, as they are. `"token_mixture"`: each output is read as tokens (the backbone's final norm
@@ -199,13 +200,17 @@ class SmolLMTRMConfig(PreTrainedConfig):
         feedback_rounds = self.n_supervision_steps >= 2 or (self.feedback_every_cycle and self.n_cycles >= 2)
         if self.thought_feedback and (self.thought_mode != "trm" or not feedback_rounds):
             raise ValueError(
-                f"thought_feedback feeds the backbone's reading of one supervision step's thoughts to the next: it "
-                f"needs thought_mode='trm' and n_supervision_steps >= 2 (or n_cycles >= 2 with feedback_every_cycle), "
-                f"got thought_mode={self.thought_mode!r}, n_supervision_steps={self.n_supervision_steps}."
+                f"thought_feedback feeds the backbone's reading of the thoughts to the next supervision step (with "
+                f"feedback_every_cycle, to the next cycle): it needs thought_mode='trm' and n_supervision_steps >= 2, "
+                f"or feedback_every_cycle with n_cycles >= 2; got thought_mode={self.thought_mode!r}, "
+                f"n_supervision_steps={self.n_supervision_steps}, n_cycles={self.n_cycles}, "
+                f"feedback_every_cycle={self.feedback_every_cycle}."
             )
         if self.feedback_every_cycle and not self.thought_feedback:
-            raise ValueError("feedback_every_cycle feeds the backbone's reading of the thoughts to every cycle: it "
-                             "needs thought_feedback=True.")
+            raise ValueError(
+                "feedback_every_cycle feeds the backbone's reading of the thoughts to every cycle after the first: it "
+                "needs thought_feedback=True."
+            )
         if self.thought_output not in THOUGHT_OUTPUTS:
             raise ValueError(f"thought_output must be one of {THOUGHT_OUTPUTS}, got {self.thought_output!r}.")
         if self.forced_lm_scope not in FORCED_LM_SCOPES:

@@ -382,7 +382,8 @@ class HiddenStateTRM(nn.Module):
             with torch.no_grad():
                 outputs = self.thoughts(carry.y, prior)
                 thoughts = outputs if as_thoughts is None else as_thoughts(outputs)
-            read_back(thoughts, ends_step=False)  # a cycle's read has no gradient; the compressor has the caller's
+            # a cycle's read has no gradient; the compressor runs in deep_recursion's grad mode (on for the last x)
+            read_back(thoughts, ends_step=False)
             return x
 
         every_cycle = read_thoughts is not None and self.config.feedback_every_cycle

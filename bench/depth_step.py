@@ -136,7 +136,7 @@ def run_arm(name: str, settings: dict, compile_mode: str | None, cudnn: bool, ar
     torch.backends.cuda.enable_cudnn_sdp(cudnn)
     model = build(settings, shape, trm)
     if compile_mode is not None:
-        model.compile_thoughts(mode=None if compile_mode == "default" else compile_mode)
+        model.compile_thoughts(mode=compile_mode)
     batch = make_batch(args.batch, settings["thought_mode"] != "none", trm["num_latents"])
     times = time_steps(model, batch, args.steps, warmup=args.warmup)
     step = median(times)

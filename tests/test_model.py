@@ -351,10 +351,11 @@ def test_snapped_thoughts_train_through_their_mixture():
     assert model.model.thoughts.out_proj.weight.grad.abs().sum() > 0
 
 
-def test_a_halted_row_keeps_its_thoughts_whatever_the_rows_beside_it():
+@pytest.mark.parametrize("settings", [PRIOR, EVERY_CYCLE])
+def test_a_halted_row_keeps_its_thoughts_whatever_the_rows_beside_it(settings):
     """With adaptive halting and the next-token prior, a row that halts after its first supervision step gets the
     thoughts it gets alone, while the row beside it runs on (its feedback reads must not reach the halted row)."""
-    model = tiny_model(**VIVID, **{**PRIOR, "n_supervision_steps": 3}, halt_threshold=0.5)
+    model = tiny_model(**VIVID, **{**settings, "n_supervision_steps": 3}, halt_threshold=0.5)
     halt_head = model.model.thoughts.halt_head
     rows = torch.tensor([[7, 8, 9, THINK], [20, 21, 22, THINK]])
     with torch.no_grad():
@@ -897,6 +898,46 @@ def test_feedback_every_cycle_computes_what_as_many_steps_of_one_cycle_compute(s
     # without the reading between cycles, T is not a number of steps
     plain = steps(input_ids=ids, n_cycles=3, n_supervision_steps=2).logits
     assert (plain - reference).abs().max() > 1e-3
+
+
+def test_feedback_every_cycle_scores_the_answer_after_each_step_never_after_a_cycle():
+    """Deep supervision's answer passes (which also give a step's feedback) run once per earlier supervision step, on
+    that step's thoughts; the reads between cycles are not answers."""
+    from modeling_smollm_trm import SmolLMTRMModel
+
+    model = tiny_model(**VIVID, **{**EVERY_CYCLE, "n_supervision_steps": 3, "n_cycles": 3}).train()
+    answered, steps = [], []
+    answer_pass = SmolLMTRMModel._answer_pass
+    ids = torch.tensor([[7, 8, THINK, 9, 10]])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SmolLMTRMModel, "_answer_pass", lambda self, cache, layout, j, thoughts, prior: (
+            answered.append(thoughts.detach()), answer_pass(self, cache, layout, j, thoughts, prior))[1])
+        handle = model.model.thoughts.register_forward_hook(lambda m, a, out: steps.extend(out.steps))
+        model(input_ids=ids, labels=ids)
+        handle.remove()
+    assert len(answered) == 2 and len(steps) == 3
+    for thoughts, step in zip(answered, steps[:-1]):
+        torch.testing.assert_close(thoughts, step.thoughts.detach(), atol=0, rtol=0)
+
+
+def test_feedback_every_cycle_runs_only_the_last_cycle_with_gradient():
+    """Three cycles: the TRM's network runs without gradient in the first two and with it in the last; the
+    compressor with it for the step's x (the first supervision step's, from the context alone), then without, then
+    with it for the last cycle's x."""
+    from modeling_smollm_trm import LatentAttentionCompressor, TinyRecursiveNetwork
+
+    model = tiny_model(**VIVID, thought_feedback=True, feedback_every_cycle=True, n_supervision_steps=1,
+                       n_cycles=3).train()
+    modes = {"net": [], "compressor": []}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, kind in (("net", TinyRecursiveNetwork), ("compressor", LatentAttentionCompressor)):
+            forward = kind.forward
+            patch.setattr(kind, "forward", lambda self, *args, forward=forward, name=name: (
+                modes[name].append(torch.is_grad_enabled()), forward(self, *args))[1])
+        model(input_ids=torch.tensor([[7, 8, THINK, 9]]))
+    per_cycle = model.config.n_latent_steps + 1
+    assert modes["net"] == [False] * 2 * per_cycle + [True] * per_cycle
+    assert modes["compressor"] == [True, False, True]
 
 
 def test_feedback_every_cycle_trains_the_compressor_through_the_last_cycles_x():
