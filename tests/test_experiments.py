@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from experiments.__main__ import main
+from experiments.run import flag_value
 from experiments.settings import ARMS, CONFIG_DIR, load_config, select_arms
 
 
@@ -42,8 +43,7 @@ def test_depth_smoke(tmp_path):
     cells = {(e["arm"], e["test_depth"], e["n_cycles"], e["n_supervision_steps"]) for e in results["results"]}
 
     def trained(arm, flag):  # an arm's flags override the smoke config's 1; the last one given counts
-        flags = list(arm.train_flags)
-        return int(flags[len(flags) - 1 - flags[::-1].index(flag) + 1]) if flag in flags else 1
+        return int(flag_value(list(arm.train_flags), flag) or 1)
 
     def depth(arm):
         return trained(arm, "--n_cycles"), trained(arm, "--n_supervision_steps")
