@@ -93,6 +93,12 @@ DECAY = ("--curriculum_last_stage_decay", "0.5")
 # cycles make 6 rounds against the recipe's 5, with fewer scored steps and 60 TRM block applications per <think>
 # against 150. Inference depth then has the issue's meaning: n_cycles 1 gives 3 rounds, 2 the trained 6, 4 twelve.
 EVERY_CYCLE = ("--n_supervision_steps", "3", "--n_cycles", "2", "--feedback_every_cycle", "true")
+# Fully latent rows of the last stage end with 0-2 spare <think>, empty steps whose <think> tokens are not scored
+# (session 22: given more <think> than a problem has steps, every model answered 3-14%; the padded last stage would
+# also fix every problem's count at four, and the model closes after its last step itself). A depth-4 row with two
+# spares is 173 positions (K = 16): past the configs' max_length of 160, which would skip a third of the depth-4
+# problems as too long.
+SPARE = ("--curriculum_spare_latent_steps", "2", "--max_length", "192")
 # A named step is up to 17 tokens ("Subtract 19. 136-19=117"), a worked one up to 10: K = 18 thoughts hold every
 # named step and the fill after it (a step longer than K is a bad row, which training skips).
 NAMED_K = ("--num_latents", "18")
@@ -147,16 +153,20 @@ ARMS = {
               # the unpadded model answered 3-10%; padding steps are trained as empty ones, at no extra time, as the
               # batch's depth-4 rows set its number of latent steps anyway).
               Arm("trm_jacobi_own_snap_decay_padded", "trm", "curriculum", JACOBI_FILL + OWN + SNAPPED + DECAY),
+              Arm("trm_jacobi_own_snap_decay_cycles", "trm", "curriculum",
+                  JACOBI_FILL + UNPADDED + OWN + SNAPPED + DECAY + EVERY_CYCLE),
+              Arm("trm_jacobi_own_snap_decay_cycles_spare", "trm", "curriculum",
+                  JACOBI_FILL + UNPADDED + OWN + SNAPPED + DECAY + EVERY_CYCLE + SPARE),
               # Half the training questions ask for the result after their first k operations (session 20: trained on
               # complete questions, where the last step always carries out the last instruction, the model did so at
               # its fourth step at depth 5 and stopped); written reasoning and pause get the same questions.
-              Arm("trm_jacobi_own_snap_decay_cycles", "trm", "curriculum",
-                  JACOBI_FILL + UNPADDED + OWN + SNAPPED + DECAY + EVERY_CYCLE),
               Arm("cot_partial", "none", "latent+text", questions="partial"),
               Arm("trm_jacobi_own_snap_decay_partial", "trm", "curriculum",
                   JACOBI_FILL + UNPADDED + OWN + SNAPPED + DECAY, questions="partial"),
               Arm("pause_forced_lm_own_snap_decay_partial", "pause", "curriculum",
                   PROBE + TOKENS + FORCED + WRITES + STEP_FILL + UNPADDED + OWN + SNAPPED + DECAY, questions="partial"),
+              Arm("trm_jacobi_own_snap_decay_cycles_partial", "trm", "curriculum",
+                  JACOBI_FILL + UNPADDED + OWN + SNAPPED + DECAY + EVERY_CYCLE, questions="partial"),
               # Each step first repeats the instruction it carries out (session 13: given a fifth step, the model read
               # the fourth instruction at step three, placing steps from the end of the question); written reasoning
               # in the same style is its control beyond the training depths.

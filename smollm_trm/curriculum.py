@@ -10,9 +10,13 @@ earlier thoughts included), and the remaining steps follow written, then `</thin
 
 With `pad_latent_steps`, a row whose steps are all latent gets one `<think>` per stage reached (Coconut's
 `pad_latent_to_max`), so that the last stage asks every row for the same number of latent steps, the number a prompt
-gives at inference. Every row is prepared at every stage; `CurriculumSampler` draws the rows of the current stage,
-and a share `mix` of them from an earlier stage, which keeps what those stages taught (forgetting is the known
-failure of stage-wise training).
+gives at inference. With `spare_latent_steps`, a fully latent row of the last stage instead gets up to that many
+spare `<think>` after its last step, empty steps whose `<think>` tokens are not scored: the model learns that a
+latent step after the last leaves the answer alone, and still learns to close after its last step.
+
+Every row is prepared at every stage; `CurriculumSampler` draws the rows of the current stage, and a share `mix` of
+them from an earlier stage, which keeps what those stages taught (forgetting is the known failure of stage-wise
+training).
 
 With the step probe (`probe_loss_weight`), each latent step's thoughts must also decode the written step they replace
 (`staged_thought_labels`), which gives the thoughts a target of their own besides the tokens that read them.
@@ -21,6 +25,7 @@ With the step probe (`probe_loss_weight`), each latent step's thoughts must also
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +34,7 @@ from modeling_smollm_trm import THINK_TOKENS
 
 THINK_TOKEN, END_THINK_TOKEN = THINK_TOKENS
 STAGE_COLUMN = "curriculum_stage"
+SPARE_COLUMN = "spare_latent_steps"  # a row's spare <think> (curriculum_spare_latent_steps), the last of its <think>
 
 
 @dataclass(kw_only=True)  # keyword-only: a dataclass with required fields (SFTDataArguments) can extend it
@@ -60,7 +66,13 @@ class CurriculumArguments:
     curriculum_pad_latent_steps: bool = field(
         default=False, metadata={"help": "A row whose steps are all latent gets one <think> per stage reached, so the "
                                          "last stage has the same number of latent steps for every row."})
-
+    curriculum_spare_latent_steps: int = field(
+        default=0, metadata={"help": "A row of the last stage whose steps are all latent gets 0 to this many spare "
+                                     "<think> after its last step (the number drawn from the row's text, so the same "
+                                     "data gives the same rows): empty steps (labelled with curriculum_step_fill) "
+                                     "whose <think> tokens are not scored, so that more latent steps than a problem "
+                                     "needs leave its answer alone while the model still learns to close after its "
+                                     "last step. A batch runs as many latent steps as its longest row."})
     curriculum_step_fill: str | None = field(
         default=None, metadata={"help": "With the step probe: a token, as text (e.g. a newline), that labels the "
                                         "thought positions after a latent step's own tokens, so that all K thoughts "
@@ -82,6 +94,11 @@ class CurriculumArguments:
             raise ValueError(f"curriculum_stage_warmup_steps must be >= 0, got {self.curriculum_stage_warmup_steps}.")
         if not 0.0 <= self.curriculum_last_stage_decay <= 1.0:
             raise ValueError(f"curriculum_last_stage_decay must lie in [0, 1], got {self.curriculum_last_stage_decay}.")
+        if self.curriculum_spare_latent_steps < 0:
+            raise ValueError(f"curriculum_spare_latent_steps must be >= 0, got {self.curriculum_spare_latent_steps}.")
+        if self.curriculum_spare_latent_steps and self.curriculum_pad_latent_steps:
+            raise ValueError("curriculum_spare_latent_steps and curriculum_pad_latent_steps both add <think> after a "
+                             "row's last step; set one of them.")
         if not 0.0 <= self.curriculum_mix < 1.0:
             raise ValueError(f"curriculum_mix must lie in [0, 1), got {self.curriculum_mix}.")
 
@@ -97,22 +114,34 @@ def latent_steps(num_steps: int, stage: int, pad: bool) -> int:
     return stage if pad and stage >= num_steps else min(stage, num_steps)
 
 
-def staged_completion(steps: list[str], answer: str, stage: int, pad: bool) -> str:
-    """The completion of a row at `stage`: one `<think>` per latent step (at least the opening one), the written rest,
-    `</think>`, the answer."""
+def spare_latent_steps(num_steps: int, stage: int, most: int, row_text: str) -> int:
+    """How many spare `<think>` a row of `num_steps` steps gets at `stage`: none unless every step is latent there,
+    else 0 to `most`, drawn from the row's text (a checksum, not Python's salted `hash`: preparing the data again,
+    in any process, gives the same rows)."""
+    if most == 0 or stage < num_steps:
+        return 0
+    return zlib.crc32(row_text.encode()) % (most + 1)
+
+
+def staged_completion(steps: list[str], answer: str, stage: int, pad: bool, spare: int = 0) -> str:
+    """The completion of a row at `stage`: one `<think>` per latent step (at least the opening one), `spare` more
+    after a fully latent row's last, the written rest, `</think>`, the answer."""
     latent = latent_steps(len(steps), stage, pad)
-    return THINK_TOKEN * max(1, latent) + "\n".join(steps[latent:]) + END_THINK_TOKEN + answer
+    if spare and latent < len(steps):
+        raise ValueError(f"Spare latent steps follow the last step; at stage {stage}, {len(steps) - latent} of the "
+                         "row's steps are still written.")
+    return THINK_TOKEN * (max(1, latent) + spare) + "\n".join(steps[latent:]) + END_THINK_TOKEN + answer
 
 
 def staged_thought_labels(step_ids: list[list[int]], stage: int, pad: bool,
-                          empty_step: list[int] | None = None) -> list[list[int]]:
+                          empty_step: list[int] | None = None, spare: int = 0) -> list[list[int]]:
     """For each `<think>` of the completion `staged_completion` writes at `stage`, the tokens of the written step its
     thoughts replace, for the step probe: the latent steps' own, none for the opening `<think>` of a fully written
-    row, and `empty_step` (none by default) for a padding one."""
+    row, and `empty_step` (none by default) for a padding or spare one."""
     latent = latent_steps(len(step_ids), stage, pad)
     if latent == 0:
         return [[]]
-    return [step_ids[j] if j < len(step_ids) else list(empty_step or []) for j in range(latent)]
+    return [step_ids[j] if j < len(step_ids) else list(empty_step or []) for j in range(latent + spare)]
 
 
 def stage_at(step: int, steps_per_stage: int, num_stages: int, first_stage: int = 0) -> int:

@@ -44,8 +44,8 @@ from transformers import PreTrainedTokenizerBase
 
 from modeling_smollm_trm import IGNORE_INDEX, THINK_TOKENS, add_think_tokens
 from smollm_trm import gsm8k
-from smollm_trm.curriculum import (STAGE_COLUMN, CurriculumArguments, split_steps, staged_completion,
-                                   staged_thought_labels)
+from smollm_trm.curriculum import (SPARE_COLUMN, STAGE_COLUMN, CurriculumArguments, spare_latent_steps, split_steps,
+                                   staged_completion, staged_thought_labels)
 from smollm_trm.checkpoints import write_atomically
 from smollm_trm.rows import load_rows
 
@@ -126,7 +126,9 @@ class PreparedData:
     With the curriculum every train row is there once per stage (column `curriculum_stage`) and the eval rows are at
     the last stage, as inference asks. With `teacher` rows, each also holds `teacher_input_ids` / `teacher_labels`:
     the same conversation with its written reasoning, for self-distillation. With `probe`, curriculum rows also
-    hold `thought_labels`: for each `<think>`, the token ids of the written step its thoughts replace."""
+    hold `thought_labels`: for each `<think>`, the token ids of the written step its thoughts replace. With
+    `curriculum_spare_latent_steps`, train rows hold `spare_latent_steps`: how many of their last `<think>` are
+    spare, which the trainer's collator leaves unscored."""
 
     train: datasets.Dataset
     eval: datasets.Dataset | None
@@ -231,14 +233,21 @@ def reasoning_steps(reasoning: str) -> list[str]:
 def training_rows(parts: tuple[list[dict[str, str]], str, str], args: SFTDataArguments, final_stage_only: bool
                   ) -> list[dict[str, Any]]:
     """The conversations a source row (its `row_parts`) trains on: one, or with the curriculum one per stage (the
-    last stage only when `final_stage_only`, as eval rows are)."""
+    last stage only when `final_stage_only`, as eval rows are), train rows with their spare latent steps."""
     if args.reasoning != "curriculum":
         return [_single_conversation(parts, args.reasoning)]
     prompt, reasoning, answer = parts
     steps = reasoning_steps(reasoning)
     stages = [args.curriculum_stages] if final_stage_only else range(args.curriculum_stages + 1)
-    return [{**conversation(prompt, staged_completion(steps, answer, stage, args.curriculum_pad_latent_steps)),
-             STAGE_COLUMN: stage} for stage in stages]
+    spares = 0 if final_stage_only else args.curriculum_spare_latent_steps  # eval rows: as a prompt asks
+    rows = []
+    for stage in stages:
+        most = spares if stage == args.curriculum_stages else 0
+        spare = spare_latent_steps(len(steps), stage, most, repr(prompt))
+        row = {**conversation(prompt, staged_completion(steps, answer, stage, args.curriculum_pad_latent_steps, spare)),
+               STAGE_COLUMN: stage}
+        rows.append({**row, SPARE_COLUMN: spare} if spares else row)
+    return rows
 
 
 def teacher_tokens(tokenizer: PreTrainedTokenizerBase, parts: tuple[list[dict[str, str]], str, str],
@@ -474,10 +483,11 @@ class RowConversion:
                 variants = [{**variant, **extra} for variant in variants]
             if self.probe:
                 step_ids = step_token_ids(self.tokenizer, parts, self.num_latents, self.step_fill_id)
-                # A padding <think> with the fill: an empty step, so that spare latent steps leave the answer alone.
+                # A padding or spare <think> with the fill: an empty step, so that spare steps leave the answer alone.
                 empty = None if self.step_fill_id is None else [self.step_fill_id] * self.num_latents
                 variants = [{**variant, THOUGHT_LABELS_COLUMN: staged_thought_labels(
-                    step_ids, variant[STAGE_COLUMN], args.curriculum_pad_latent_steps, empty)} for variant in variants]
+                    step_ids, variant[STAGE_COLUMN], args.curriculum_pad_latent_steps, empty,
+                    variant.get(SPARE_COLUMN, 0))} for variant in variants]
         except BadRowError as err:
             return [], str(err)
         return variants, None

@@ -17,7 +17,7 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from modeling_smollm_trm import IGNORE_INDEX, THINK_TOKENS
 from smollm_trm.callbacks import CurriculumStages, TRMWeightsEMA
-from smollm_trm.curriculum import STAGE_COLUMN, CurriculumArguments, CurriculumSampler
+from smollm_trm.curriculum import SPARE_COLUMN, STAGE_COLUMN, CurriculumArguments, CurriculumSampler
 from smollm_trm.checkpoints import (TRAINABLE_FILE, UNIVERSAL_LATEST_FILE, check_zero_world_size, rotate_checkpoints,
                                     write_manifest)
 from smollm_trm.export import export_model
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 END_THINK_TOKEN = THINK_TOKENS[1]
 TEACHER_COLUMNS = ("teacher_input_ids", "teacher_labels")  # smollm_trm.sft_data's teacher rows
 TEACHER_INPUTS = ("teacher_input_ids", "teacher_attention_mask", "teacher_labels")  # a collated batch's
-ROW_EXTRAS = (*TEACHER_COLUMNS, THOUGHT_LABELS_COLUMN)  # row columns that TRL's collator does not know
+ROW_EXTRAS = (*TEACHER_COLUMNS, THOUGHT_LABELS_COLUMN, SPARE_COLUMN)  # row columns that TRL's collator does not know
 VOCAB_TILE = 32768  # vocabulary columns per tile of the fused loss, as in TRL's own fused LM head
 
 
@@ -78,7 +78,8 @@ class TRMSFTTrainer(SFTTrainer):
         self.train_n_cycles_max = train_n_cycles_max
         self._last_batch_time: float | None = None
         if set(ROW_EXTRAS) & set(getattr(self.train_dataset, "column_names", None) or []):
-            self.data_collator = TRMDataCollator(self.data_collator, thought_model(self.model).config.num_latents)
+            config = thought_model(self.model).config
+            self.data_collator = TRMDataCollator(self.data_collator, config.num_latents, config.think_token_id)
         self.curriculum = None
         if curriculum is not None:
             if STAGE_COLUMN not in self.train_dataset.column_names:
@@ -397,11 +398,12 @@ class TRMSFTTrainer(SFTTrainer):
 
 class TRMDataCollator:
     """TRL's collator plus what smollm_trm.sft_data's rows may carry beside it: the distillation teacher's tokens
-    (`teacher_input_ids`, `teacher_attention_mask`, `teacher_labels`, padded by the same collator) and the step probe's
-    `thought_labels`, padded with -100 to [B, most <think> in a row, K]."""
+    (`teacher_input_ids`, `teacher_attention_mask`, `teacher_labels`, padded by the same collator), the step probe's
+    `thought_labels`, padded with -100 to [B, most <think> in a row, K], and the curriculum's spare latent steps
+    (`spare_latent_steps`), whose `<think>` tokens it leaves unscored."""
 
-    def __init__(self, collator, num_latents: int):
-        self.collator, self.num_latents = collator, num_latents
+    def __init__(self, collator, num_latents: int, think_id: int):
+        self.collator, self.num_latents, self.think_id = collator, num_latents, think_id
 
     def __call__(self, examples: list[dict]) -> dict:
         batch = self.collator([{k: v for k, v in example.items() if k not in ROW_EXTRAS} for example in examples])
@@ -412,7 +414,17 @@ class TRMDataCollator:
                          teacher_labels=taught["labels"])
         if THOUGHT_LABELS_COLUMN in examples[0]:
             batch[THOUGHT_LABELS_COLUMN] = self._thought_labels([e[THOUGHT_LABELS_COLUMN] for e in examples])
+        if SPARE_COLUMN in examples[0]:
+            self._unscore_spare_thinks(batch, [e[SPARE_COLUMN] for e in examples])
         return batch
+
+    def _unscore_spare_thinks(self, batch: dict, spares: list[int]) -> None:
+        """A row's spare `<think>` (its last `spare`) are not labels: the model learns to close after the row's last
+        step from the rows without spares, and what a spare step holds from the rows with them."""
+        for row, spare in enumerate(spares):
+            if spare:
+                thinks = (batch["input_ids"][row] == self.think_id).nonzero().flatten()
+                batch["labels"][row, thinks[-spare:]] = IGNORE_INDEX
 
     def _thought_labels(self, rows: list[list[list[int]]]) -> torch.Tensor:
         labels = torch.full((len(rows), max(map(len, rows)), self.num_latents), IGNORE_INDEX, dtype=torch.long)

@@ -11,8 +11,8 @@ from test_train_sft import backbone, cli, trainer_for  # noqa: F401  (backbone i
 
 from conftest import THINK
 from smollm_trm.callbacks import CurriculumStages
-from smollm_trm.curriculum import (STAGE_COLUMN, CurriculumArguments, CurriculumSampler, latent_steps, stage_at,
-                                   staged_completion, staged_thought_labels)
+from smollm_trm.curriculum import (SPARE_COLUMN, STAGE_COLUMN, CurriculumArguments, CurriculumSampler, latent_steps,
+                                   spare_latent_steps, stage_at, staged_completion, staged_thought_labels)
 from smollm_trm.trainer import hidden_state_distillation, last_position
 
 STEPS, ANSWER = ["7+5=12", "12*3=36"], "36"
@@ -270,6 +270,74 @@ def test_each_latent_step_is_labelled_with_the_tokens_of_the_step_it_replaces(st
     filled = staged_thought_labels(step_ids, stage, pad, empty_step=[3, 3, 3])
     padding = len(labels) - min(stage, len(step_ids)) if stage else 0
     assert filled == labels[: len(labels) - padding] + [[3, 3, 3]] * padding
+
+
+def test_spare_latent_steps_follow_a_fully_latent_rows_last_step_as_empty_ones():
+    assert staged_completion(STEPS, ANSWER, 2, False, spare=2) == "<think>" * 4 + "</think>36"
+    assert staged_thought_labels([[7, 5], [9]], 2, False, empty_step=[3, 3], spare=2) == [[7, 5], [9], [3, 3], [3, 3]]
+    with pytest.raises(ValueError, match="at stage 1, 1 of the row's steps are still written"):
+        staged_completion(STEPS, ANSWER, 1, False, spare=1)
+    # Drawn from the row's text by a checksum: the same rows in every process (pinned here), every count from 0 to
+    # `most` among rows from the stage where the last step turns latent, and none where a step is still written or
+    # none is asked for.
+    drawn = [spare_latent_steps(2, 2, 2, f"question {i}") for i in range(60)]
+    assert drawn[:6] == [0, 0, 1, 2, 2, 2] and set(drawn) == {0, 1, 2}
+    assert [spare_latent_steps(2, 3, 2, f"question {i}") for i in range(60)] == drawn
+    assert spare_latent_steps(2, 1, 2, "question 3") == 0 and spare_latent_steps(2, 2, 0, "question 3") == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"curriculum_spare_latent_steps": -1}, "curriculum_spare_latent_steps must be >= 0"),
+    ({"curriculum_spare_latent_steps": 1, "curriculum_pad_latent_steps": True}, "set one of them"),
+])
+def test_spare_latent_step_settings_are_checked(extra, message):
+    with pytest.raises(ValueError, match=message):
+        CurriculumArguments(**extra)
+
+
+def test_spare_thinks_are_empty_steps_that_are_not_scored(backbone, tmp_path):
+    """`--curriculum_spare_latent_steps`: the last stage's train rows end with 0-2 spare <think> (earlier stages'
+    fully latent rows and eval rows with none), their probe labels are the fill, and the collator takes their <think>
+    tokens out of the labels, the rest of TRL's labels unchanged; the model's loss then differs from scoring them,
+    and training runs."""
+    one_step = [{"question": f"w{60 + i} w66", "reasoning": "w52 w53", "answer": "w44"} for i in range(6)]
+    trainer, data = trainer_for(cli(backbone, write_rows(tmp_path, reasoning_rows(24) + one_step), tmp_path / "out",
+                                    "--reasoning", "curriculum", "--curriculum_stages", "2", "--probe_loss_weight",
+                                    "1.0", "--curriculum_step_fill", "w3", "--curriculum_spare_latent_steps", "2",
+                                    "--max_steps", "2"))
+    rows = data.train.to_list()
+    last = [row for row in rows if row[STAGE_COLUMN] == 2]
+    for steps in (1, 2):  # rows with fewer steps than stages, and as many
+        spares = {row[SPARE_COLUMN] for row in last if len(row["thought_labels"]) - row[SPARE_COLUMN] == steps}
+        assert spares == {0, 1, 2}
+    assert all(row[SPARE_COLUMN] == 0 for row in rows if row[STAGE_COLUMN] < 2)
+    assert any(len(row["thought_labels"]) == 1 for row in rows if row[STAGE_COLUMN] == 1)  # fully latent, not last
+    for row in last:
+        steps = 1 if row["prompt"][0]["content"].endswith("w66") else 2
+        assert row["completion"][0]["content"].count("<think>") == steps + row[SPARE_COLUMN]
+        spare = row["thought_labels"][steps:]
+        assert len(spare) == row[SPARE_COLUMN] and all(labels == [3] * 4 for labels in spare)
+    assert all(row["completion"][0]["content"].count("<think>") in (1, 2) for row in data.eval.to_list())
+    assert SPARE_COLUMN not in data.eval.column_names
+    examples = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    # Collated as the Trainer's dataloader does, after it drops the columns the model does not take.
+    kept = trainer._remove_unused_columns(trainer.train_dataset, "training")
+    batch = trainer._get_collator_with_removed_columns(trainer.data_collator, "training")(list(kept))
+    plain = trainer.data_collator.collator([{k: v for k, v in e.items() if k not in ("thought_labels", SPARE_COLUMN)}
+                                            for e in examples])
+    think = trainer.processing_class.convert_tokens_to_ids("<think>")
+    unscored = batch["labels"] != plain["labels"]
+    expected = torch.zeros_like(unscored)
+    for row, example in enumerate(examples):
+        thinks = (batch["input_ids"][row] == think).nonzero().flatten()
+        expected[row, thinks[len(thinks) - example[SPARE_COLUMN]:]] = True
+    assert expected.any() and torch.equal(unscored, expected)
+    assert (batch["labels"][unscored] == -100).all() and (plain["labels"][unscored] == think).all()
+    model = trainer.model.eval()
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "thought_labels")}
+    with torch.no_grad():
+        assert model(**inputs, labels=batch["labels"]).loss != model(**inputs, labels=plain["labels"]).loss
+    trainer.train()
 
 
 def test_the_step_probe_decodes_each_labelled_thought_and_trains_the_trm(backbone, tmp_path):
