@@ -24,6 +24,11 @@ from modeling_smollm_trm import SmolLMTRMForCausalLM  # noqa: E402
 import os
 
 THINK_ID = 128002  # `<think>` in SmolLM3's vocabulary
+# The depth task's from-scratch backbone (experiments/configs/depth.yaml): SmolLM2's vocabulary and the two think tags
+# the wrapper adds to it
+DEPTH_VOCAB, DEPTH_THINK, DEPTH_END_THINK, DEPTH_EOS = 49154, 49152, 49153, 2
+DEPTH_TRM_SETTINGS = ("num_latents", "trm_hidden_size", "trm_num_layers", "trm_num_heads", "n_latent_steps",
+                      "n_cycles", "trm_qk_norm")
 HBM_BYTES_PER_S = 4.8e12  # H200 datasheet bandwidth, for the decode bound
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # BENCH_TINY=1 shrinks the model so that the scripts can be smoke-tested on a CPU (the numbers then mean nothing).
@@ -45,6 +50,24 @@ def build_model(thought_mode: str = "trm", num_latents: int = 256, dtype=torch.b
     with torch.device(DEVICE):
         model = SmolLMTRMForCausalLM(config)
     return model.to(dtype)
+
+
+def depth_config() -> tuple[dict, dict]:
+    """The depth task's backbone shape and the TRM settings its arms share (experiments/configs/depth.yaml)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "experiments" / "configs" / "depth.yaml").read_text())
+    return config["experiment"]["backbone"], {k: config["train"][k] for k in DEPTH_TRM_SETTINGS}
+
+
+def build_depth_model(arm: dict, shape: dict, trm: dict) -> SmolLMTRMForCausalLM:
+    """A randomly initialised model of the depth task's shape with an arm's thought settings, float32 on the GPU."""
+    text = SmolLM3Config(**shape, vocab_size=DEPTH_VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=DEPTH_EOS)
+    config = SmolLMTRMConfig(text_config=text, think_token_id=DEPTH_THINK, **{**trm, **arm})  # the arm's own win
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(DEVICE):
+        return SmolLMTRMForCausalLM(config)
 
 
 def plain_backbone(model):

@@ -24,19 +24,15 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
-from common import DEVICE, ROOT, autocast, cuda_time, log, markdown_table, median, peak_memory_gib, release_memory, \
-    reset_peak_memory, training_step, write_results
-from transformers import SmolLM3Config
+from common import DEPTH_END_THINK as END_THINK
+from common import DEPTH_THINK as THINK
+from common import DEVICE, autocast, build_depth_model, cuda_time, depth_config, log, markdown_table, median, \
+    peak_memory_gib, release_memory, reset_peak_memory, training_step, write_results
 
-from configuration_smollm_trm import SmolLMTRMConfig
-from modeling_smollm_trm import LatentAttentionCompressor, SmolLMTRMForCausalLM, TinyRecursiveNetwork
+from modeling_smollm_trm import LatentAttentionCompressor, TinyRecursiveNetwork
 
-VOCAB, THINK, END_THINK = 49154, 49152, 49153  # SmolLM2's vocabulary and the two think tags the wrapper adds
 QUESTION, STEP_TOKENS, THINKS, ANSWER = 24, 9, 4, 4  # a depth-4 row: "12*3=36" lines of up to ~9 tokens
-TRM_SETTINGS = ("num_latents", "trm_hidden_size", "trm_num_layers", "trm_num_heads", "n_latent_steps", "n_cycles",
-                "trm_qk_norm")
 ARMS = {
     "none": dict(thought_mode="none"),
     "pause_tokens": dict(thought_mode="pause", thought_output="token_mixture", probe_loss_weight=1.0),
@@ -46,20 +42,6 @@ ARMS = {
 COMPILED = {"trm_tokens_feedback3 compiled": "default", "trm_tokens_feedback3 compiled (cudagraphs)": "reduce-overhead"}
 WITHOUT_CUDNN = {"none (no cuDNN)": ("none", None),
                  "trm_tokens_feedback3 compiled (no cuDNN)": ("trm_tokens_feedback3", "default")}
-
-
-def depth_config() -> tuple[dict, dict]:
-    config = yaml.safe_load((ROOT / "experiments" / "configs" / "depth.yaml").read_text())
-    return config["experiment"]["backbone"], {k: config["train"][k] for k in TRM_SETTINGS}
-
-
-def build(arm: dict, shape: dict, trm: dict) -> SmolLMTRMForCausalLM:
-    text = SmolLM3Config(**shape, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    config = SmolLMTRMConfig(text_config=text, think_token_id=THINK, **trm, **arm)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device(DEVICE):
-        return SmolLMTRMForCausalLM(config).train()
 
 
 def make_batch(batch: int, thoughts: bool, K: int) -> dict:
@@ -134,7 +116,7 @@ def run_arm(name: str, settings: dict, compile_mode: str | None, cudnn: bool, ar
     # sdpa's kernel is chosen when a graph is traced, and a new model would reuse the last arm's compiled graph
     torch._dynamo.reset()
     torch.backends.cuda.enable_cudnn_sdp(cudnn)
-    model = build(settings, shape, trm)
+    model = build_depth_model(settings, shape, trm).train()
     if compile_mode is not None:
         model.compile_thoughts(mode=compile_mode)
     batch = make_batch(args.batch, settings["thought_mode"] != "none", trm["num_latents"])

@@ -32,6 +32,23 @@ def test_depth_step_counts_where_the_depth_recipes_operations_run(tmp_path):
     assert "| trm_tokens_feedback3 | eager |" in out
 
 
+def test_depth_answer_counts_the_sequential_passes_of_each_recipes_answer(tmp_path):
+    """Exact counts (depth.yaml's TRM: n 4, T 3): written reasoning is one backbone pass per token; a latent step of
+    the recipe is 5 supervision steps read by the backbone, of 3 x (4 + 1) network calls each; one of the cycles arm
+    is 3 x 2 rounds, each read by the backbone, of 4 + 1 calls each. An emitted <think> adds its decoding step."""
+    out = run_bench("depth_answer.py", "--batch_sizes", "1", "--repeats", "1", "--warmup", "0", "--out",
+                    str(tmp_path))
+    rows = {(row["arm"], row["latent_steps"]): row for row in
+            json.loads((tmp_path / "depth_answer.json").read_text())["rows"]}
+    counts = {key: (row["new_tokens"], row["backbone_passes"], row["trm_network_calls"]) for key, row in rows.items()}
+    assert counts[("cot", "-")] == (34, 34, 0)
+    assert counts[("trm recipe", "given")] == (4, 4 * 5 + 4, 4 * 5 * 3 * 5)
+    assert counts[("trm cycles", "given")] == (4, 4 * 3 * 2 + 4, 4 * 3 * 2 * 5)
+    assert counts[("trm cycles", "emitted")] == (7, 4 * 3 * 2 + 7, 4 * 3 * 2 * 5)
+    assert counts[("pause", "given")][1] < counts[("pause", "emitted")][1] < 34
+    assert rows[("cot", "-")]["speedup_b1"] == 1 and "| trm cycles | given | 4 | 28 |" in out
+
+
 def test_decode_overhead_times_every_arm_beside_transformers_own(tmp_path):
     out = run_bench("decode_overhead.py", "--num_latents", "4", "--new_tokens", "2", "--repeats", "1",
                     "--out", str(tmp_path))

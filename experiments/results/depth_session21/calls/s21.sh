@@ -4,12 +4,13 @@
 #
 # The groups (PLAN, below) train side by side, each in its own harness process and output folder (/tmp/<arm>); each
 # finished model is evaluated by the harness, one process per model; evals.tgz brings every evaluation back. Then
-# each timed arm's time to answer, one model at a time (TIMING=0: not). A stage-4 TRM of the recipe holds about 31 GB,
-# the cycles arm about 24, a pause run about 12; EXTRAS=1 adds a plan's extra runs (for a GPU of more than 100 GB).
+# bench/depth_answer.py times the answers on the idle GPU (TIMING=0: not). A stage-4 TRM of the recipe holds about
+# 31 GB, the cycles arm about 24, a pause run about 12; EXTRAS=1 adds a plan's extra runs (for a GPU of more than
+# 100 GB).
 # Sizes for a smoke run on a CPU: CONFIG, CONFIG_COT, STEPS, PILOT_STEPS, TOKENIZER, LAST_TEST, LAST_TEST_COT.
 # Session 21 sent PLAN=seeds, then pilot, then pause, as failed machine starts shrank its device time; session 22
-# sent PLAN=cycles (experiments/results/depth_session2{1,2}/README.md); session 23's plan is spare. COT=0 leaves the
-# written-reasoning run out of plans seeds and spare.
+# sent PLAN=cycles (experiments/results/depth_session2{1,2}/README.md); session 23's plan is spare. COT=0 leaves
+# plan seeds' written-reasoning run out.
 set -u
 end=$(( $(date +%s) + $1 ))
 config=${CONFIG:-experiments/configs/depth_800.yaml} config_cot=${CONFIG_COT:-experiments/configs/depth.yaml}
@@ -19,7 +20,6 @@ extras=${EXTRAS:-0}
 # given-steps tests)
 last=${LAST_TEST:-depth6-given6}
 pause="pause_forced_lm_own_snap_decay 1,2 $config $last $steps"
-timed_runs=("trm_jacobi_own_snap_decay 2 16 -" "pause_forced_lm_own_snap_decay 2 16 -" "cot_partial 0 128 -")
 case "${PLAN:-spare}" in
   cycles)  # session 22's plan: the recipe's third seed, feedback_every_cycle from scratch beside it, the pause seeds
     groups=("trm_jacobi_own_snap_decay 2 $config $last $steps" "trm_jacobi_own_snap_decay_cycles 0 $config $last $steps"
@@ -31,14 +31,10 @@ case "${PLAN:-spare}" in
     groups=("trm_jacobi_own_snap_decay 2 $config $last $steps" "$pause")
     [ "${COT:-1}" = 1 ] && groups+=("cot_partial 0 $config_cot ${LAST_TEST_COT:-depth6} $steps") ;;
   spare)  # session 23's plan: two pilots on the cycles arm, spare latent steps and partial questions (seed 0
-    # each), and written reasoning to time the answers against; EXTRAS=1: the cycles arm's seeds 1-2
+    # each); EXTRAS=1: the cycles arm's seeds 1-2
     groups=("trm_jacobi_own_snap_decay_cycles_spare 0 $config $last $steps"
             "trm_jacobi_own_snap_decay_cycles_partial 0 $config $last $steps")
-    [ "$extras" = 1 ] && groups+=("trm_jacobi_own_snap_decay_cycles 1,2 $config $last $steps")
-    [ "${COT:-1}" = 1 ] && groups+=("cot 0 $config_cot ${LAST_TEST_COT:-depth6} $steps")
-    # ARM SEED MAX_NEW_TOKENS LATENT_STEPS ("-": the model emits its <think> itself)
-    timed_runs=("trm_jacobi_own_snap_decay_cycles_spare 0 16 -" "trm_jacobi_own_snap_decay_cycles_spare 0 16 4"
-                "cot 0 128 -") ;;
+    [ "$extras" = 1 ] && groups+=("trm_jacobi_own_snap_decay_cycles 1,2 $config $last $steps") ;;
   *) echo "PLAN must be spare, cycles, pilot, pause or seeds, got $PLAN"; exit 1 ;;
 esac
 if [ "$extras" = 1 ] && [ "${PLAN:-spare}" != spare ]; then
@@ -92,28 +88,11 @@ done
 echo "models evaluated: $done_count of $wanted (extras: $extras)"
 [ $done_count = $wanted ] || exit 0
 [ "${TIMING:-1}" = 1 ] || { echo "all done"; exit 0; }
-# Time to answer, one model at a time once every model is evaluated (issue 14's time target): depth 4, the test
-# set's first 50 problems one by one, then its 300 in one batch, as the harness answers them.
-# With LATENT_STEPS, the prompt holds that many <think> (the model writes `</think>` and the answer).
-timed() { [ -f "/tmp/timing/$1/results.json" ]; }  # RUN_NAME
-expected=0
-for spec in "${timed_runs[@]}"; do
-  read -r arm seed tokens latent <<< "$spec"
-  finished "$arm" "$seed" || continue
-  expected=$((expected + 2))
-  given=() suffix=""
-  [ "$latent" = - ] || { given=(--latent_steps "$latent"); suffix="-given$latent"; }
-  for batch in 1 300; do
-    name="$arm$suffix-b$batch"
-    timed "$name" && continue
-    [ "$(left 20)" -gt 60 ] || break 2
-    timeout "$(left 20)" python3 -m eval --model "/tmp/$arm/models/$arm/seed$seed/final" --task arith --depth 4 \
-      --split test --seed 0 --limit $([ "$batch" = 1 ] && echo 50 || echo 300) --batch_size "$batch" \
-      --max_new_tokens "$tokens" --compile_thoughts default "${given[@]}" --output_dir "/tmp/timing/$name" \
-      >> "$OUT/timing.log" 2>&1
-  done
-done
-[ -d /tmp/timing ] && tar czf "$OUT/timing.tgz" -C /tmp timing
-timings=$(compgen -G "/tmp/timing/*/results.json" | wc -l)
-echo "timings: $timings of $expected"
-[ "$timings" = "$expected" ] && echo "all done"
+# Time to answer (issue 14's time target) once every model is evaluated, the GPU then idle: bench/depth_answer.py
+# times each recipe's answer at depth 4 against written reasoning, with the token counts of trained models forced on
+# random weights (the TRM's networks compiled, as the evaluation runs them).
+if [ ! -f "$OUT/bench/depth_answer.json" ] && [ "$(left 20)" -gt 60 ]; then
+  (cd bench && timeout "$(left 20)" python3 depth_answer.py --compile_thoughts default --out "$OUT/bench") \
+    >> "$OUT/timing.log" 2>&1
+fi
+[ -f "$OUT/bench/depth_answer.json" ] && tail -12 "$OUT/timing.log" && echo "all done"
