@@ -151,7 +151,8 @@ def test_arms_with_partial_questions_train_on_their_own_file_of_the_seeds_proble
     assert all(q.endswith("What is the result?") for q in questions["complete"])
     assert any("after the first" in q for q in questions["partial"])
     assert {arm.name for arm in ARMS["depth"] if arm.questions == "partial"} == {
-        "cot_partial", "trm_jacobi_own_snap_decay_partial", "pause_forced_lm_own_snap_decay_partial"}
+        "cot_partial", "trm_jacobi_own_snap_decay_partial", "pause_forced_lm_own_snap_decay_partial",
+        "trm_jacobi_own_snap_decay_cycles_partial"}
     with pytest.raises(ValueError, match="arith's"):
         train_data("gsm8k", settings, tmp_path, 0, "worked", "partial")
 
