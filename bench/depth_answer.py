@@ -82,9 +82,13 @@ class CallCounter:
             handle.remove()
 
 
-def generate(model, batch: int, thinks: int, tokens: list[int]) -> torch.Tensor:
+def prompt_ids(batch: int, thinks: int) -> torch.Tensor:
+    """The same random question for every arm, ending in `thinks` `<think>`, on the device."""
     question = torch.randint(100, 40_000, (batch, QUESTION), generator=torch.Generator().manual_seed(0))
-    prompt = torch.cat([question, torch.full((batch, thinks), DEPTH_THINK)], dim=1).to(DEVICE)
+    return torch.cat([question, torch.full((batch, thinks), DEPTH_THINK)], dim=1).to(DEVICE)
+
+
+def generate(model, prompt: torch.Tensor, tokens: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=len(tokens),
                               do_sample=False, pad_token_id=0, eos_token_id=DEPTH_EOS,
@@ -94,12 +98,13 @@ def generate(model, batch: int, thinks: int, tokens: list[int]) -> torch.Tensor:
 def run_arm(arm: str, latent: str, model, args) -> dict:
     thinks, tokens = answer_plan(arm, latent)
     with CallCounter(model) as calls:
-        written = generate(model, 1, thinks, tokens)[0, QUESTION + thinks:].tolist()
+        written = generate(model, prompt_ids(1, thinks), tokens)[0, QUESTION + thinks:].tolist()
     if written != tokens:
         raise RuntimeError(f"{arm}: generate() wrote {written}, not the forced {tokens}")
     row = {"arm": arm, "latent_steps": "-" if arm == "cot" else latent, "new_tokens": len(tokens), **calls}
     for batch in args.batch_sizes:
-        times = [cuda_time(lambda: generate(model, batch, thinks, tokens), warmup=args.warmup if i == 0 else 0)
+        prompt = prompt_ids(batch, thinks)  # built once: only generate() is timed
+        times = [cuda_time(lambda: generate(model, prompt, tokens), warmup=args.warmup if i == 0 else 0)
                  for i in range(args.repeats)]
         row[f"s_per_answer_b{batch}"] = median(times) / batch
     log(f"{arm} ({row['latent_steps']}): {calls}")
