@@ -363,3 +363,65 @@ def test_prefix_overlap_counts_the_questions_a_rows_written_lines_answer():
     assert written_results([complete, partial]) == {
         "Start with 7. Add 5. What is the result?", "Start with 7. Add 5. Multiply by 3. What is the result?",
         "Start with 2. Add 1. What is the result?"}
+
+
+class OracleSteps(torch.nn.Module):
+    """Stands in for `StepsAlone` in `evaluate`: decodes each question's written steps, its last result replaced
+    where `wrong_last` is set, as one-hot logits."""
+
+    def __init__(self, chars, problems, wrong_last: bool):
+        super().__init__()
+        self.head = torch.nn.Linear(1, 1)
+        self.chars, self.lines = chars, {}
+        for problem in problems:
+            lines = problem["reasoning"].split("\n")
+            if wrong_last:
+                left, result = lines[-1].rsplit("=", 1)
+                lines[-1] = f"{left}={int(result) + 1}"
+            self.lines[problem["question"]] = lines
+
+    def forward(self, questions, mask, steps, n_cycles):
+        from experiments.trm_alone import PAD, encode_problems
+        texts = ["".join(self.chars.chars[i] for i in row).rstrip(PAD) for row in questions.tolist()]
+        fake = [{"question": text, "reasoning": "\n".join(self.lines[text])} for text in texts]
+        _, _, targets, _ = encode_problems(fake, self.chars, steps, 16)
+        return torch.nn.functional.one_hot(targets, len(self.chars.chars)).float()
+
+
+@pytest.mark.parametrize("wrong_last", [False, True])
+def test_trm_alone_scores_each_step_result_and_the_answer(wrong_last):
+    from experiments.trm_alone import Characters, evaluate
+    from smollm_trm.arith import make_arith
+    tests = {depth: make_arith(12, depth, seed=0, split="test") for depth in (1, 3)}
+    problems = [p for rows in tests.values() for p in rows]
+    chars = Characters([p["question"] + p["reasoning"] for p in problems])
+    report = evaluate(OracleSteps(chars, problems, wrong_last), chars, tests, num_latents=16, n_cycles=1)
+    assert report["depth3"]["step_results"][:2] == [100.0, 100.0]
+    expected = 0.0 if wrong_last else 100.0
+    assert report["depth3"]["step_results"][2] == report["depth3"]["answer"] == expected
+    assert report["depth1"]["all_steps"] == report["depth1"]["answer"] == expected
+
+
+def test_trm_alone_targets_fill_the_steps_past_a_problems_depth():
+    from experiments.trm_alone import FILL, Characters, encode_problems
+    from smollm_trm.arith import make_arith
+    problems = make_arith(2, 1, seed=0, split="train") + make_arith(2, 3, seed=0, split="train")
+    chars = Characters([p["question"] + p["reasoning"] for p in problems])
+    _, mask, targets, depths = encode_problems(problems, chars, steps=4, num_latents=16)
+    assert depths.tolist() == [1, 1, 3, 3] and mask.sum(dim=1).tolist() == [len(p["question"]) for p in problems]
+    for row, problem in enumerate(problems):
+        for step, line in enumerate(problem["reasoning"].split("\n") + [""] * (4 - depths[row])):
+            assert chars.decode(targets[row, step].tolist()) == line
+            assert (targets[row, step, len(line):] == chars.index[FILL]).all()
+
+
+def test_trm_alone_trains_at_smoke_size():
+    import argparse
+    from experiments.trm_alone import markdown, train
+    args = argparse.Namespace(steps=2, batch_size=4, learning_rate=1e-3, train_size=40, test_size=3, width=32,
+                              trm_width=32, num_latents=16, n_latent_steps=1, n_cycles=2, seed=0, log_every=1,
+                              time_limit_s=math.inf, device="cpu")
+    result = train(args)
+    assert [entry["step"] for entry in result["history"]] == [1, 2]
+    assert all(len(result["test"][f"depth{d}"]["step_results"]) == d for d in range(1, 7))
+    assert markdown(result).count("\n") == 7

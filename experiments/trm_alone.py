@@ -1,0 +1,199 @@
+"""Can the TRM's own recursion carry out the depth task's steps, with no pass of the language model between them?
+
+The time target (issue 14: an answer 5x shorter than written reasoning's) needs the four latent steps of a depth-4
+answer to cost under about three backbone passes in all (docs/RESULTS.md, Experiment 1r), so the steps would have to
+run in the TRM's supervision steps, each one's carry the next one's start, with no feedback round of the language
+model to compute a step's result for it. This probe asks whether the TRM's network can do that at all: a small
+character-level SmolLM3 reads the question, the model's own `HiddenStateTRM` compresses its hidden states into K
+latents and runs N_sup supervision steps of T cycles, and supervision step s must decode written step s
+("12*3=36"), character i from latent i, through a linear head. Steps past a problem's depth decode the fill (an
+empty step). Nothing else reads the thoughts, so whatever is right, the recursion computed.
+
+    python -m experiments.trm_alone --steps 3000 --output experiments/results/trm_alone/seed0.json
+
+Reported per test depth (1-6, each with N_sup = its depth): the share of problems whose every step decodes right,
+whose last step's result (the answer) is right, and each step's share of right results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import SmolLM3Config, SmolLM3Model
+
+from configuration_smollm_trm import SmolLMTRMConfig
+from modeling_smollm_trm import Depth, HiddenStateTRM
+from smollm_trm.arith import make_arith
+
+FILL = "_"  # the character of an empty position: after a step's line, and every position of a step past the depth
+PAD = " "  # not a character of any step line, so it can pad questions without meaning a step's text
+TEST_DEPTHS = (1, 2, 3, 4, 5, 6)
+TRAIN_DEPTH = 4
+
+
+class Characters:
+    """The character vocabulary of the questions and the step lines."""
+
+    def __init__(self, texts: list[str]):
+        self.chars = sorted(set("".join(texts)) | {FILL, PAD} | set("0123456789+-*/="))
+        self.index = {char: i for i, char in enumerate(self.chars)}
+
+    def encode(self, text: str, width: int, pad: str) -> list[int]:
+        if len(text) > width:
+            raise ValueError(f"{text!r} is longer than its width {width}")
+        return [self.index[char] for char in text.ljust(width, pad)]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] for i in ids).rstrip(FILL)
+
+
+def encode_problems(problems: list[dict], chars: Characters, steps: int, num_latents: int):
+    """(question ids (N, L) right-padded, their mask, step targets (N, steps, K), depths (N,))."""
+    width = max(len(problem["question"]) for problem in problems)
+    questions = torch.tensor([chars.encode(p["question"], width, PAD) for p in problems])
+    mask = torch.tensor([[i < len(p["question"]) for i in range(width)] for p in problems])
+    targets, depths = [], []
+    for problem in problems:
+        lines = problem["reasoning"].split("\n")
+        lines = lines + [""] * (steps - len(lines))
+        targets.append([chars.encode(line, num_latents, FILL) for line in lines[:steps]])
+        depths.append(len(problem["reasoning"].split("\n")))
+    return questions, mask, torch.tensor(targets), torch.tensor(depths)
+
+
+class StepsAlone(nn.Module):
+    """Reader (a small SmolLM3 over the question's characters), the model's TRM, a head from thoughts to characters."""
+
+    def __init__(self, vocab: int, width: int, trm_width: int, num_latents: int, n_latent_steps: int, n_cycles: int):
+        super().__init__()
+        reader = SmolLM3Config(vocab_size=vocab, hidden_size=width, intermediate_size=3 * width, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                               pad_token_id=None, bos_token_id=None, eos_token_id=None)
+        self.reader = SmolLM3Model(reader)
+        config = SmolLMTRMConfig(text_config=reader.to_dict(), num_latents=num_latents, trm_hidden_size=trm_width,
+                                 trm_num_layers=2, trm_num_heads=4, n_latent_steps=n_latent_steps, n_cycles=n_cycles,
+                                 trm_qk_norm=True, think_token_id=0)  # no <think> is read: any id
+        self.trm = HiddenStateTRM(config)
+        for buffer in (self.trm.y_init, self.trm.z_init, self.trm.compressor.latents):
+            nn.init.trunc_normal_(buffer, std=1.0)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, questions: torch.Tensor, mask: torch.Tensor, steps: int, n_cycles: int) -> torch.Tensor:
+        """(B, steps, K, vocab) logits: each supervision step's thoughts read as characters."""
+        context = self.reader(input_ids=questions, attention_mask=mask.long()).last_hidden_state
+        thinking = self.trm(context, mask, Depth(n_cycles, steps))
+        return torch.stack([self.head(step.readout) for step in thinking.steps], dim=1)
+
+
+def step_results(lines: list[str]) -> list[str]:
+    return [line.rsplit("=", 1)[-1] if "=" in line else "" for line in lines]
+
+
+@torch.no_grad()
+def evaluate(model: StepsAlone, chars: Characters, problems_by_depth: dict[int, list[dict]], num_latents: int,
+             n_cycles: int) -> dict:
+    model.eval()
+    device = model.head.weight.device
+    report = {}
+    for depth, problems in problems_by_depth.items():
+        questions, mask, targets, _ = encode_problems(problems, chars, depth, num_latents)
+        decoded = model(questions.to(device), mask.to(device), depth, n_cycles).argmax(dim=-1).cpu()  # (N, depth, K)
+        steps_right = torch.zeros(depth)
+        all_right = answer_right = 0
+        for row, problem in enumerate(problems):
+            lines = [chars.decode(step.tolist()) for step in decoded[row]]
+            written = problem["reasoning"].split("\n")
+            right = [got == want for got, want in zip(step_results(lines), step_results(written))]
+            steps_right += torch.tensor(right, dtype=torch.float)
+            all_right += lines == written
+            answer_right += step_results(lines)[-1] == problem["answer"]
+        report[f"depth{depth}"] = {"problems": len(problems), "all_steps": 100 * all_right / len(problems),
+                                   "answer": 100 * answer_right / len(problems),
+                                   "step_results": [round(100 * v / len(problems), 1) for v in steps_right.tolist()]}
+    model.train()
+    return report
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    torch.set_float32_matmul_precision("high")
+    train_rows = make_arith(args.train_size, (1, TRAIN_DEPTH), seed=args.seed, split="train")
+    tests = {depth: make_arith(args.test_size, depth, seed=0, split="test") for depth in TEST_DEPTHS}
+    chars = Characters([row["question"] + row["reasoning"] for rows in [train_rows, *tests.values()] for row in rows])
+    device = torch.device(args.device)
+    questions, mask, targets, _ = (t.to(device) for t in encode_problems(train_rows, chars, TRAIN_DEPTH,
+                                                                         args.num_latents))
+    model = StepsAlone(len(chars.chars), args.width, args.trm_width, args.num_latents, args.n_latent_steps,
+                       args.n_cycles).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.1)
+    warmup = max(1, args.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, step / args.steps))))
+    history, start = [], time.time()
+    for step in range(1, args.steps + 1):
+        if time.time() - start > args.time_limit_s:  # evaluated where it stands: the report says at which step
+            print(f"time limit: stopped before step {step}", flush=True)
+            break
+        rows = torch.randint(len(train_rows), (args.batch_size,), device=device)
+        logits = model(questions[rows], mask[rows], TRAIN_DEPTH, args.n_cycles)
+        loss = F.cross_entropy(logits.flatten(0, 2).float(), targets[rows].flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % args.log_every == 0 or step == args.steps or time.time() - start > args.time_limit_s:
+            accuracy = (logits.argmax(-1) == targets[rows]).float().mean().item()
+            history.append({"step": step, "loss": round(loss.item(), 4), "char_accuracy": round(accuracy, 4),
+                            "seconds": round(time.time() - start, 1)})
+            print(json.dumps(history[-1]), flush=True)
+    report = evaluate(model, chars, tests, args.num_latents, args.n_cycles)
+    return {"args": vars(args), "history": history, "test": report,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| depth | problems | every step right | answer right | each step's result right |",
+             "|---|---|---|---|---|"]
+    for name, row in result["test"].items():
+        steps = " / ".join(f"{v:.1f}" for v in row["step_results"])
+        lines.append(f"| {name[5:]} | {row['problems']} | {row['all_steps']:.1f} | {row['answer']:.1f} | {steps} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--train_size", type=int, default=50000)
+    parser.add_argument("--test_size", type=int, default=300)
+    parser.add_argument("--width", type=int, default=128, help="the reader's width (and the thoughts')")
+    parser.add_argument("--trm_width", type=int, default=128)
+    parser.add_argument("--num_latents", type=int, default=16)
+    parser.add_argument("--n_latent_steps", type=int, default=4)
+    parser.add_argument("--n_cycles", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--log_every", type=int, default=100)
+    parser.add_argument("--time_limit_s", type=float, default=math.inf, help="stop training then, and evaluate")
+    parser.add_argument("--output", type=Path, default=None, help="JSON of the run; a Markdown table beside it")
+    args = parser.parse_args()
+    result = train(args)
+    table = markdown(result)
+    print(table)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        args.output.with_suffix(".md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
