@@ -29,6 +29,7 @@ from torch import nn
 from transformers import SmolLM3Config, SmolLM3Model
 
 from configuration_smollm_trm import SmolLMTRMConfig
+from experiments.run import arith_test_size
 from modeling_smollm_trm import Depth, HiddenStateTRM
 from smollm_trm.arith import make_arith
 
@@ -125,7 +126,8 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     torch.set_float32_matmul_precision("high")
     train_rows = make_arith(args.train_size, (1, TRAIN_DEPTH), seed=args.seed, split="train")
-    tests = {depth: make_arith(args.test_size, depth, seed=0, split="test") for depth in TEST_DEPTHS}
+    tests = {depth: make_arith(arith_test_size(depth, 0, args.test_size), depth, seed=0, split="test")
+             for depth in TEST_DEPTHS}  # the harness's test problems (depth 1 has 162)
     chars = Characters([row["question"] + row["reasoning"] for rows in [train_rows, *tests.values()] for row in rows])
     device = torch.device(args.device)
     questions, mask, targets, _ = (t.to(device) for t in encode_problems(train_rows, chars, TRAIN_DEPTH,
