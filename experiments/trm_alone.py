@@ -30,7 +30,7 @@ from transformers import SmolLM3Config, SmolLM3Model
 
 from configuration_smollm_trm import SmolLMTRMConfig
 from experiments.run import arith_test_size
-from modeling_smollm_trm import Depth, HiddenStateTRM
+from modeling_smollm_trm import HiddenStateTRM
 from smollm_trm.arith import make_arith
 
 FILL = "_"  # the character of an empty position: after a step's line, and every position of a step past the depth
@@ -86,11 +86,24 @@ class StepsAlone(nn.Module):
             nn.init.trunc_normal_(buffer, std=1.0)
         self.head = nn.Linear(width, vocab)
 
-    def forward(self, questions: torch.Tensor, mask: torch.Tensor, steps: int, n_cycles: int) -> torch.Tensor:
-        """(B, steps, K, vocab) logits: each supervision step's thoughts read as characters."""
+    def forward(self, questions: torch.Tensor, mask: torch.Tensor, steps: int, n_cycles: int,
+                carry_gradient: bool = False) -> torch.Tensor:
+        """(B, steps, K, vocab) logits: each supervision step's thoughts read as characters. The steps run as
+        `HiddenStateTRM.forward` runs them (its halting and feedback aside: neither is used here); `carry_gradient`
+        instead backpropagates through every cycle of every step, so that a step learns what to leave in the carry
+        for the next one."""
         context = self.reader(input_ids=questions, attention_mask=mask.long()).last_hidden_state
-        thinking = self.trm(context, mask, Depth(n_cycles, steps))
-        return torch.stack([self.head(step.readout) for step in thinking.steps], dim=1)
+        x = self.trm.compressor(context, mask)
+        carry = self.trm.initial_carry(x)
+        logits = []
+        for _ in range(steps):
+            if carry_gradient:
+                for _ in range(n_cycles):
+                    carry = self.trm.latent_recursion(x, carry)
+            else:
+                carry = self.trm.deep_recursion(x, carry.detach(), n_cycles)
+            logits.append(self.head(self.trm.thoughts(carry.y)))
+        return torch.stack(logits, dim=1)
 
 
 def step_results(lines: list[str]) -> list[str]:
@@ -144,7 +157,7 @@ def train(args: argparse.Namespace) -> dict:
             print(f"time limit: stopped before step {step}", flush=True)
             break
         rows = torch.randint(len(train_rows), (args.batch_size,), device=device)
-        logits = model(questions[rows], mask[rows], TRAIN_DEPTH, args.n_cycles)
+        logits = model(questions[rows], mask[rows], TRAIN_DEPTH, args.n_cycles, args.carry_gradient)
         loss = F.cross_entropy(logits.flatten(0, 2).float(), targets[rows].flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -183,6 +196,8 @@ def main() -> None:
     parser.add_argument("--n_latent_steps", type=int, default=4)
     parser.add_argument("--n_cycles", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--carry_gradient", action="store_true",
+                        help="backpropagate through every cycle and from each step into the last (not detached)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--log_every", type=int, default=100)
     parser.add_argument("--time_limit_s", type=float, default=math.inf, help="stop training then, and evaluate")

@@ -420,8 +420,31 @@ def test_trm_alone_trains_at_smoke_size():
     from experiments.trm_alone import markdown, train
     args = argparse.Namespace(steps=2, batch_size=4, learning_rate=1e-3, train_size=40, test_size=3, width=32,
                               trm_width=32, num_latents=16, n_latent_steps=1, n_cycles=2, seed=0, log_every=1,
-                              time_limit_s=math.inf, device="cpu")
+                              time_limit_s=math.inf, device="cpu", carry_gradient=True)
     result = train(args)
     assert [entry["step"] for entry in result["history"]] == [1, 2]
     assert all(len(result["test"][f"depth{d}"]["step_results"]) == d for d in range(1, 7))
     assert markdown(result).count("\n") == 7
+
+
+def test_trm_alone_runs_the_supervision_steps_as_the_model_does_and_carry_gradient_reaches_earlier_steps():
+    from experiments.trm_alone import StepsAlone
+    from modeling_smollm_trm import Depth
+    torch.manual_seed(0)
+    model = StepsAlone(vocab=20, width=32, trm_width=32, num_latents=4, n_latent_steps=2, n_cycles=2)
+    questions, mask = torch.randint(20, (3, 9)), torch.ones(3, 9, dtype=torch.bool)
+    logits = model(questions, mask, steps=3, n_cycles=2)
+    context = model.reader(input_ids=questions, attention_mask=mask.long()).last_hidden_state
+    thinking = model.trm(context, mask, Depth(2, 3))
+    reference = torch.stack([model.head(step.readout) for step in thinking.steps], dim=1)
+    torch.testing.assert_close(logits, reference)
+
+    def grads(carry_gradient: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(questions, mask, steps=3, n_cycles=2, carry_gradient=carry_gradient)
+        out[:, 2].square().sum().backward()  # the last step's loss alone
+        return out.detach(), [p.grad.clone() for p in model.trm.net.parameters()]
+
+    detached, through = grads(False), grads(True)
+    torch.testing.assert_close(detached[0], through[0])  # the same values
+    assert any(not torch.allclose(a, b) for a, b in zip(detached[1], through[1]))  # more paths for the gradient
