@@ -7,7 +7,10 @@ model to compute a step's result for it. This probe asks whether the TRM's netwo
 character-level SmolLM3 reads the question, the model's own `HiddenStateTRM` compresses its hidden states into K
 latents and runs N_sup supervision steps of T cycles, and supervision step s must decode written step s
 ("12*3=36"), character i from latent i, through a linear head. Steps past a problem's depth decode the fill (an
-empty step). Nothing else reads the thoughts, so whatever is right, the recursion computed.
+empty step). Nothing reads the thoughts back: whatever is right, the reader, the compressor and the recursion
+computed from the question alone (the reader and the compressor run once, before the first step, so every later step
+is the recursion's). The TRM is built and initialised as `SmolLMTRMForCausalLM` builds it (session 23's CPU runs,
+commits 1e4aeae and 1ddb8d5, started its linear layers at PyTorch's defaults instead).
 
     python -m experiments.trm_alone --steps 3000 --output experiments/results/trm_alone/seed0.json
 
@@ -30,7 +33,7 @@ from transformers import SmolLM3Config, SmolLM3Model
 
 from configuration_smollm_trm import SmolLMTRMConfig
 from experiments.run import arith_test_size
-from modeling_smollm_trm import HiddenStateTRM
+from modeling_smollm_trm import SmolLMTRMForCausalLM
 from smollm_trm.arith import make_arith
 
 FILL = "_"  # the character of an empty position: after a step's line, and every position of a step past the depth
@@ -56,17 +59,16 @@ class Characters:
 
 
 def encode_problems(problems: list[dict], chars: Characters, steps: int, num_latents: int):
-    """(question ids (N, L) right-padded, their mask, step targets (N, steps, K), depths (N,))."""
+    """(question ids (N, L) right-padded, their mask, step targets (N, steps, K))."""
     width = max(len(problem["question"]) for problem in problems)
     questions = torch.tensor([chars.encode(p["question"], width, PAD) for p in problems])
     mask = torch.tensor([[i < len(p["question"]) for i in range(width)] for p in problems])
-    targets, depths = [], []
+    targets = []
     for problem in problems:
         lines = problem["reasoning"].split("\n")
         lines = lines + [""] * (steps - len(lines))
         targets.append([chars.encode(line, num_latents, FILL) for line in lines[:steps]])
-        depths.append(len(problem["reasoning"].split("\n")))
-    return questions, mask, torch.tensor(targets), torch.tensor(depths)
+    return questions, mask, torch.tensor(targets)
 
 
 class StepsAlone(nn.Module):
@@ -81,9 +83,7 @@ class StepsAlone(nn.Module):
         config = SmolLMTRMConfig(text_config=reader.to_dict(), num_latents=num_latents, trm_hidden_size=trm_width,
                                  trm_num_layers=2, trm_num_heads=4, n_latent_steps=n_latent_steps, n_cycles=n_cycles,
                                  trm_qk_norm=True, think_token_id=0)  # no <think> is read: any id
-        self.trm = HiddenStateTRM(config)
-        for buffer in (self.trm.y_init, self.trm.z_init, self.trm.compressor.latents):
-            nn.init.trunc_normal_(buffer, std=1.0)
+        self.trm = SmolLMTRMForCausalLM(config).model.thoughts  # initialised as the model initialises it
         self.head = nn.Linear(width, vocab)
 
     def forward(self, questions: torch.Tensor, mask: torch.Tensor, steps: int, n_cycles: int,
@@ -117,7 +117,7 @@ def evaluate(model: StepsAlone, chars: Characters, problems_by_depth: dict[int, 
     device = model.head.weight.device
     report = {}
     for depth, problems in problems_by_depth.items():
-        questions, mask, targets, _ = encode_problems(problems, chars, depth, num_latents)
+        questions, mask, _ = encode_problems(problems, chars, depth, num_latents)
         decoded = model(questions.to(device), mask.to(device), depth, n_cycles).argmax(dim=-1).cpu()  # (N, depth, K)
         steps_right = torch.zeros(depth)
         all_right = answer_right = 0
@@ -135,18 +135,23 @@ def evaluate(model: StepsAlone, chars: Characters, problems_by_depth: dict[int, 
     return report
 
 
+def test_problems(size: int) -> dict[int, list[dict]]:
+    """The harness's test problems of each depth (`python -m experiments depth`; depth 1 has only 162)."""
+    return {depth: make_arith(arith_test_size(depth, 0, size), depth, seed=0, split="test") for depth in TEST_DEPTHS}
+
+
 def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     torch.set_float32_matmul_precision("high")
     train_rows = make_arith(args.train_size, (1, TRAIN_DEPTH), seed=args.seed, split="train")
-    tests = {depth: make_arith(arith_test_size(depth, 0, args.test_size), depth, seed=0, split="test")
-             for depth in TEST_DEPTHS}  # the harness's test problems (depth 1 has 162)
+    tests = test_problems(args.test_size)
     chars = Characters([row["question"] + row["reasoning"] for rows in [train_rows, *tests.values()] for row in rows])
     device = torch.device(args.device)
-    questions, mask, targets, _ = (t.to(device) for t in encode_problems(train_rows, chars, TRAIN_DEPTH,
+    questions, mask, targets = (t.to(device) for t in encode_problems(train_rows, chars, TRAIN_DEPTH,
                                                                          args.num_latents))
     model = StepsAlone(len(chars.chars), args.width, args.trm_width, args.num_latents, args.n_latent_steps,
                        args.n_cycles).to(device)
+    model_fill = chars.index[FILL]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.1)
     warmup = max(1, args.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
@@ -165,8 +170,10 @@ def train(args: argparse.Namespace) -> dict:
         optimizer.step()
         schedule.step()
         if step % args.log_every == 0 or step == args.steps or time.time() - start > args.time_limit_s:
-            accuracy = (logits.argmax(-1) == targets[rows]).float().mean().item()
-            history.append({"step": step, "loss": round(loss.item(), 4), "char_accuracy": round(accuracy, 4),
+            # over the step lines' characters: the fill, most of the targets, is learned first and says little
+            written = targets[rows] != model_fill
+            accuracy = (logits.argmax(-1) == targets[rows])[written].float().mean().item()
+            history.append({"step": step, "loss": round(loss.item(), 4), "line_accuracy": round(accuracy, 4),
                             "seconds": round(time.time() - start, 1)})
             print(json.dumps(history[-1]), flush=True)
     report = evaluate(model, chars, tests, args.num_latents, args.n_cycles)

@@ -366,40 +366,53 @@ def test_prefix_overlap_counts_the_questions_a_rows_written_lines_answer():
 
 
 class OracleSteps(torch.nn.Module):
-    """Stands in for `StepsAlone` in `evaluate`: decodes each question's written steps, its last result replaced
-    where `wrong_last` is set, as one-hot logits."""
+    """Stands in for `StepsAlone` in `evaluate`: decodes each question's written steps as one-hot logits, with the
+    last step's result wrong (`wrong="last_result"`) or the first step's operand (`wrong="first_operand"`)."""
 
-    def __init__(self, chars, problems, wrong_last: bool):
+    def __init__(self, chars, problems, wrong: str | None):
         super().__init__()
         self.head = torch.nn.Linear(1, 1)
         self.chars, self.lines = chars, {}
         for problem in problems:
             lines = problem["reasoning"].split("\n")
-            if wrong_last:
+            if wrong == "last_result":
                 left, result = lines[-1].rsplit("=", 1)
                 lines[-1] = f"{left}={int(result) + 1}"
+            elif wrong == "first_operand":
+                left, result = lines[0].rsplit("=", 1)
+                lines[0] = f"{left}0={result}"
             self.lines[problem["question"]] = lines
 
     def forward(self, questions, mask, steps, n_cycles):
         from experiments.trm_alone import PAD, encode_problems
         texts = ["".join(self.chars.chars[i] for i in row).rstrip(PAD) for row in questions.tolist()]
         fake = [{"question": text, "reasoning": "\n".join(self.lines[text])} for text in texts]
-        _, _, targets, _ = encode_problems(fake, self.chars, steps, 16)
+        _, _, targets = encode_problems(fake, self.chars, steps, 16)
         return torch.nn.functional.one_hot(targets, len(self.chars.chars)).float()
 
 
-@pytest.mark.parametrize("wrong_last", [False, True])
-def test_trm_alone_scores_each_step_result_and_the_answer(wrong_last):
+@pytest.mark.parametrize("wrong", [None, "last_result", "first_operand"])
+def test_trm_alone_scores_each_step_result_and_the_answer(wrong):
     from experiments.trm_alone import Characters, evaluate
     from smollm_trm.arith import make_arith
     tests = {depth: make_arith(12, depth, seed=0, split="test") for depth in (1, 3)}
     problems = [p for rows in tests.values() for p in rows]
     chars = Characters([p["question"] + p["reasoning"] for p in problems])
-    report = evaluate(OracleSteps(chars, problems, wrong_last), chars, tests, num_latents=16, n_cycles=1)
-    assert report["depth3"]["step_results"][:2] == [100.0, 100.0]
-    expected = 0.0 if wrong_last else 100.0
-    assert report["depth3"]["step_results"][2] == report["depth3"]["answer"] == expected
-    assert report["depth1"]["all_steps"] == report["depth1"]["answer"] == expected
+    report = evaluate(OracleSteps(chars, problems, wrong), chars, tests, num_latents=16, n_cycles=1)
+    last_right = 0.0 if wrong == "last_result" else 100.0
+    for depth in ("depth1", "depth3"):
+        assert report[depth]["step_results"][:-1] == [100.0] * (len(report[depth]["step_results"]) - 1)
+        assert report[depth]["step_results"][-1] == report[depth]["answer"] == last_right
+        assert report[depth]["all_steps"] == (100.0 if wrong is None else 0.0)
+
+
+def test_trm_alone_tests_on_the_harness_held_out_problems():
+    from experiments.trm_alone import test_problems
+    from smollm_trm.arith import make_arith, split_of
+    tests = test_problems(5)
+    assert [len(rows) for rows in tests.values()] == [5] * 6
+    assert all(split_of(p["question"]) == "test" for rows in tests.values() for p in rows)
+    assert tests[4] == make_arith(5, 4, seed=0, split="test")  # the harness's test seed
 
 
 def test_trm_alone_targets_fill_the_steps_past_a_problems_depth():
@@ -407,10 +420,12 @@ def test_trm_alone_targets_fill_the_steps_past_a_problems_depth():
     from smollm_trm.arith import make_arith
     problems = make_arith(2, 1, seed=0, split="train") + make_arith(2, 3, seed=0, split="train")
     chars = Characters([p["question"] + p["reasoning"] for p in problems])
-    _, mask, targets, depths = encode_problems(problems, chars, steps=4, num_latents=16)
-    assert depths.tolist() == [1, 1, 3, 3] and mask.sum(dim=1).tolist() == [len(p["question"]) for p in problems]
+    _, mask, targets = encode_problems(problems, chars, steps=4, num_latents=16)
+    assert mask.sum(dim=1).tolist() == [len(p["question"]) for p in problems]
     for row, problem in enumerate(problems):
-        for step, line in enumerate(problem["reasoning"].split("\n") + [""] * (4 - depths[row])):
+        lines = problem["reasoning"].split("\n")
+        assert len(lines) == (1 if row < 2 else 3)
+        for step, line in enumerate(lines + [""] * (4 - len(lines))):
             assert chars.decode(targets[row, step].tolist()) == line
             assert (targets[row, step, len(line):] == chars.index[FILL]).all()
 
@@ -440,8 +455,8 @@ def test_trm_alone_runs_the_supervision_steps_as_the_model_does_and_carry_gradie
     torch.testing.assert_close(logits, reference)
 
     def grads(carry_gradient: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        model.zero_grad()
-        out = model(questions, mask, steps=3, n_cycles=2, carry_gradient=carry_gradient)
+        model.zero_grad()  # one cycle per step: the carry between steps is the only path that differs
+        out = model(questions, mask, steps=3, n_cycles=1, carry_gradient=carry_gradient)
         out[:, 2].square().sum().backward()  # the last step's loss alone
         return out.detach(), [p.grad.clone() for p in model.trm.net.parameters()]
 

@@ -31,11 +31,13 @@ case "${PLAN:-spare}" in
     groups=("trm_jacobi_own_snap_decay 2 $config $last $steps" "$pause")
     [ "${COT:-1}" = 1 ] && groups+=("cot_partial 0 $config_cot ${LAST_TEST_COT:-depth6} $steps") ;;
   spare)  # session 23's plan: two pilots on the cycles arm, spare latent steps and partial questions (seed 0
-    # each); EXTRAS=1: the cycles arm's seeds 1-2
+    # each); EXTRAS=1: the cycles arm's EXTRA_SEEDS beside them (seed 1: four TRMs would outrun three calls)
     groups=("trm_jacobi_own_snap_decay_cycles_spare 0 $config $last $steps"
             "trm_jacobi_own_snap_decay_cycles_partial 0 $config $last $steps")
-    [ "$extras" = 1 ] && groups+=("trm_jacobi_own_snap_decay_cycles 1,2 $config $last $steps") ;;
-  *) echo "PLAN must be spare, cycles, pilot, pause or seeds, got $PLAN"; exit 1 ;;
+    [ "$extras" = 1 ] && groups+=("trm_jacobi_own_snap_decay_cycles ${EXTRA_SEEDS:-1} $config $last $steps") ;;
+  spare_alone)  # session 23 after two failed starts (1,349 s left): the spare pilot alone, two calls
+    groups=("trm_jacobi_own_snap_decay_cycles_spare 0 $config $last $steps") ;;
+  *) echo "PLAN must be spare, spare_alone, cycles, pilot, pause or seeds, got $PLAN"; exit 1 ;;
 esac
 if [ "$extras" = 1 ] && [ "${PLAN:-spare}" != spare ]; then
   groups+=("trm_jacobi_own_snap_decay_partial 0 $config $last $steps"
