@@ -12,7 +12,7 @@ computed from the question alone (the reader and the compressor run once, before
 is the recursion's). The TRM is built and initialised as `SmolLMTRMForCausalLM` builds it (session 23's CPU runs,
 commits 1e4aeae and 1ddb8d5, started its linear layers at PyTorch's defaults instead).
 
-    python -m experiments.trm_alone --steps 3000 --output experiments/results/trm_alone/seed0.json
+    python -m experiments.trm_alone --steps 3000 --output experiments/results/trm_alone/run.json   # and run.md
 
 Reported per test depth (1-6, each with N_sup = its depth): the share of problems whose every step decodes right,
 whose last step's result (the answer) is right, and each step's share of right results.
@@ -124,10 +124,11 @@ def evaluate(model: StepsAlone, chars: Characters, problems_by_depth: dict[int, 
         for row, problem in enumerate(problems):
             lines = [chars.decode(step.tolist()) for step in decoded[row]]
             written = problem["reasoning"].split("\n")
-            right = [got == want for got, want in zip(step_results(lines), step_results(written))]
+            results = step_results(lines)
+            right = [got == want for got, want in zip(results, step_results(written))]
             steps_right += torch.tensor(right, dtype=torch.float)
             all_right += lines == written
-            answer_right += step_results(lines)[-1] == problem["answer"]
+            answer_right += results[-1] == problem["answer"]
         report[f"depth{depth}"] = {"problems": len(problems), "all_steps": 100 * all_right / len(problems),
                                    "answer": 100 * answer_right / len(problems),
                                    "step_results": [round(100 * v / len(problems), 1) for v in steps_right.tolist()]}
@@ -151,7 +152,7 @@ def train(args: argparse.Namespace) -> dict:
                                                                          args.num_latents))
     model = StepsAlone(len(chars.chars), args.width, args.trm_width, args.num_latents, args.n_latent_steps,
                        args.n_cycles).to(device)
-    model_fill = chars.index[FILL]
+    fill_id = chars.index[FILL]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.1)
     warmup = max(1, args.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
@@ -171,7 +172,7 @@ def train(args: argparse.Namespace) -> dict:
         schedule.step()
         if step % args.log_every == 0 or step == args.steps or time.time() - start > args.time_limit_s:
             # over the step lines' characters: the fill, most of the targets, is learned first and says little
-            written = targets[rows] != model_fill
+            written = targets[rows] != fill_id
             accuracy = (logits.argmax(-1) == targets[rows])[written].float().mean().item()
             history.append({"step": step, "loss": round(loss.item(), 4), "line_accuracy": round(accuracy, 4),
                             "seconds": round(time.time() - start, 1)})
