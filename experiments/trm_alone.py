@@ -74,7 +74,8 @@ def encode_problems(problems: list[dict], chars: Characters, steps: int, num_lat
 class StepsAlone(nn.Module):
     """Reader (a small SmolLM3 over the question's characters), the model's TRM, a head from thoughts to characters."""
 
-    def __init__(self, vocab: int, width: int, trm_width: int, num_latents: int, n_latent_steps: int, n_cycles: int):
+    def __init__(self, vocab: int, width: int, trm_width: int, num_latents: int, n_latent_steps: int, n_cycles: int,
+                 step_embedding: bool = False):
         super().__init__()
         reader = SmolLM3Config(vocab_size=vocab, hidden_size=width, intermediate_size=3 * width, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -85,6 +86,9 @@ class StepsAlone(nn.Module):
                                  trm_qk_norm=True, think_token_id=0)  # no <think> is read: any id
         self.trm = SmolLMTRMForCausalLM(config).model.thoughts  # initialised as the model initialises it
         self.head = nn.Linear(width, vocab)
+        # Which step the recursion is at, added to its input: the carry alone must otherwise tell step s which
+        # instruction is next. Zeros at first, so the steps past the trained depth add nothing untrained.
+        self.step_embedding = nn.Parameter(torch.zeros(max(TEST_DEPTHS), trm_width)) if step_embedding else None
 
     def forward(self, questions: torch.Tensor, mask: torch.Tensor, steps: int, n_cycles: int,
                 carry_gradient: bool = False) -> torch.Tensor:
@@ -96,12 +100,13 @@ class StepsAlone(nn.Module):
         x = self.trm.compressor(context, mask)
         carry = self.trm.initial_carry(x)
         logits = []
-        for _ in range(steps):
+        for step in range(steps):
+            x_step = x if self.step_embedding is None else x + self.step_embedding[step]
             if carry_gradient:
                 for _ in range(n_cycles):
-                    carry = self.trm.latent_recursion(x, carry)
+                    carry = self.trm.latent_recursion(x_step, carry)
             else:
-                carry = self.trm.deep_recursion(x, carry.detach(), n_cycles)
+                carry = self.trm.deep_recursion(x_step, carry.detach(), n_cycles)
             logits.append(self.head(self.trm.thoughts(carry.y)))
         return torch.stack(logits, dim=1)
 
@@ -151,7 +156,7 @@ def train(args: argparse.Namespace) -> dict:
     questions, mask, targets = (t.to(device) for t in encode_problems(train_rows, chars, TRAIN_DEPTH,
                                                                          args.num_latents))
     model = StepsAlone(len(chars.chars), args.width, args.trm_width, args.num_latents, args.n_latent_steps,
-                       args.n_cycles).to(device)
+                       args.n_cycles, args.step_embedding).to(device)
     fill_id = chars.index[FILL]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.1)
     warmup = max(1, args.steps // 20)
@@ -206,6 +211,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--carry_gradient", action="store_true",
                         help="backpropagate through every cycle and from each step into the last (not detached)")
+    parser.add_argument("--step_embedding", action="store_true",
+                        help="add a learned embedding of the step's index to the recursion's input")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--log_every", type=int, default=100)
     parser.add_argument("--time_limit_s", type=float, default=math.inf, help="stop training then, and evaluate")

@@ -435,7 +435,8 @@ def test_trm_alone_trains_at_smoke_size():
     from experiments.trm_alone import markdown, train
     args = argparse.Namespace(steps=2, batch_size=4, learning_rate=1e-3, train_size=40, test_size=3, width=32,
                               trm_width=32, num_latents=16, n_latent_steps=1, n_cycles=2, seed=0, log_every=1,
-                              time_limit_s=math.inf, device="cpu", carry_gradient=True)
+                              time_limit_s=math.inf, device="cpu", carry_gradient=True,
+                              step_embedding=True)
     result = train(args)
     assert [entry["step"] for entry in result["history"]] == [1, 2]
     assert all(len(result["test"][f"depth{d}"]["step_results"]) == d for d in range(1, 7))
@@ -463,3 +464,22 @@ def test_trm_alone_runs_the_supervision_steps_as_the_model_does_and_carry_gradie
     detached, through = grads(False), grads(True)
     torch.testing.assert_close(detached[0], through[0])  # the same values
     assert any(not torch.allclose(a, b) for a, b in zip(detached[1], through[1]))  # more paths for the gradient
+
+
+def test_trm_alone_step_embedding_tells_each_step_its_index_and_starts_as_none():
+    from experiments.trm_alone import StepsAlone
+    torch.manual_seed(0)
+    plain = StepsAlone(vocab=20, width=32, trm_width=32, num_latents=4, n_latent_steps=2, n_cycles=2)
+    torch.manual_seed(0)
+    indexed = StepsAlone(vocab=20, width=32, trm_width=32, num_latents=4, n_latent_steps=2, n_cycles=2,
+                         step_embedding=True)
+    questions, mask = torch.randint(20, (3, 9)), torch.ones(3, 9, dtype=torch.bool)
+    before = plain(questions, mask, steps=3, n_cycles=2)
+    torch.testing.assert_close(indexed(questions, mask, steps=3, n_cycles=2), before)  # zeros: no change at first
+    with torch.no_grad():
+        indexed.step_embedding[1] = 1.0
+    after = indexed(questions, mask, steps=3, n_cycles=2)
+    torch.testing.assert_close(after[:, 0], before[:, 0])  # step 0 reads its own row only
+    assert not torch.allclose(after[:, 1], before[:, 1])
+    after[:, 1].square().sum().backward()
+    assert indexed.step_embedding.grad[1].abs().sum() > 0 and indexed.step_embedding.grad[2].abs().sum() == 0
