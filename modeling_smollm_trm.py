@@ -204,11 +204,15 @@ class LatentAttentionCompressor(nn.Module):
         self.o_proj = nn.Linear(width, width, bias=False)
         self.mlp = SwiGLU(width, config.trm_expansion)
 
-    def forward(self, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, context: torch.Tensor, context_mask: torch.Tensor,
+                state: torch.Tensor | None = None) -> torch.Tensor:
+        """x from the context; a `state` [B, K, d] (the recursion's y so far) joins the queries, so that what is read
+        can depend on what has been worked out (a re-read of the context, not part of x itself)."""
         batch = context.shape[0]
         # A row with no visible column (all padding) would give NaN; its thoughts are never used, so let it see all.
         context_mask = context_mask | ~context_mask.any(dim=-1, keepdim=True)
-        queries = self.q_proj(self.latents).expand(batch, -1, -1)  # (B, K, d)
+        asking = self.latents if state is None else self.latents + state
+        queries = self.q_proj(asking).expand(batch, -1, -1)  # (B, K, d)
         keys, values = self.kv_proj(self.context_norm(context)).chunk(2, dim=-1)  # (B, L, d) each
         queries, keys = self.qk_norm(split_heads(queries, self.num_heads), split_heads(keys, self.num_heads))
         attended = F.scaled_dot_product_attention(

@@ -75,7 +75,7 @@ class StepsAlone(nn.Module):
     """Reader (a small SmolLM3 over the question's characters), the model's TRM, a head from thoughts to characters."""
 
     def __init__(self, vocab: int, width: int, trm_width: int, num_latents: int, n_latent_steps: int, n_cycles: int,
-                 step_embedding: bool = False):
+                 step_embedding: bool = False, reread: bool = False):
         super().__init__()
         reader = SmolLM3Config(vocab_size=vocab, hidden_size=width, intermediate_size=3 * width, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -89,6 +89,7 @@ class StepsAlone(nn.Module):
         # Which step the recursion is at, added to its input: the carry alone must otherwise tell step s which
         # instruction is next. Zeros at first, so the steps past the trained depth add nothing untrained.
         self.step_embedding = nn.Parameter(torch.zeros(max(TEST_DEPTHS), trm_width)) if step_embedding else None
+        self.reread = reread  # each step after the first reads the question again, asking with the last step's y
 
     def forward(self, questions: torch.Tensor, mask: torch.Tensor, steps: int, n_cycles: int,
                 carry_gradient: bool = False) -> torch.Tensor:
@@ -101,6 +102,8 @@ class StepsAlone(nn.Module):
         carry = self.trm.initial_carry(x)
         logits = []
         for step in range(steps):
+            if self.reread and step:  # a cross-attention into the reader's states: no pass of the reader
+                x = self.trm.compressor(context, mask, state=carry.y if carry_gradient else carry.y.detach())
             x_step = x if self.step_embedding is None else x + self.step_embedding[step]
             if carry_gradient:
                 for _ in range(n_cycles):
@@ -156,7 +159,7 @@ def train(args: argparse.Namespace) -> dict:
     questions, mask, targets = (t.to(device) for t in encode_problems(train_rows, chars, TRAIN_DEPTH,
                                                                          args.num_latents))
     model = StepsAlone(len(chars.chars), args.width, args.trm_width, args.num_latents, args.n_latent_steps,
-                       args.n_cycles, args.step_embedding).to(device)
+                       args.n_cycles, args.step_embedding, args.reread).to(device)
     fill_id = chars.index[FILL]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.1)
     warmup = max(1, args.steps // 20)
@@ -213,6 +216,9 @@ def main() -> None:
                         help="backpropagate through every cycle and from each step into the last (not detached)")
     parser.add_argument("--step_embedding", action="store_true",
                         help="add a learned embedding of the step's index to the recursion's input")
+    parser.add_argument("--reread", action="store_true",
+                        help="each step after the first: the compressor reads the question again, its queries "
+                             "shifted by the last step's y")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--log_every", type=int, default=100)
     parser.add_argument("--time_limit_s", type=float, default=math.inf, help="stop training then, and evaluate")

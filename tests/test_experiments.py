@@ -436,7 +436,7 @@ def test_trm_alone_trains_at_smoke_size():
     args = argparse.Namespace(steps=2, batch_size=4, learning_rate=1e-3, train_size=40, test_size=3, width=32,
                               trm_width=32, num_latents=16, n_latent_steps=1, n_cycles=2, seed=0, log_every=1,
                               time_limit_s=math.inf, device="cpu", carry_gradient=True,
-                              step_embedding=True)
+                              step_embedding=True, reread=True)
     result = train(args)
     assert [entry["step"] for entry in result["history"]] == [1, 2]
     assert all(len(result["test"][f"depth{d}"]["step_results"]) == d for d in range(1, 7))
@@ -483,3 +483,20 @@ def test_trm_alone_step_embedding_tells_each_step_its_index_and_starts_as_none()
     assert not torch.allclose(after[:, 1], before[:, 1])
     after[:, 1].square().sum().backward()
     assert indexed.step_embedding.grad[1].abs().sum() > 0 and indexed.step_embedding.grad[2].abs().sum() == 0
+
+
+def test_trm_alone_reread_asks_the_compressor_with_the_last_steps_y():
+    from experiments.trm_alone import StepsAlone
+    torch.manual_seed(0)
+    model = StepsAlone(vocab=20, width=32, trm_width=32, num_latents=4, n_latent_steps=2, n_cycles=2, reread=True)
+    questions, mask = torch.randint(20, (3, 9)), torch.ones(3, 9, dtype=torch.bool)
+    context = model.reader(input_ids=questions, attention_mask=mask.long()).last_hidden_state
+    x = model.trm.compressor(context, mask)
+    carry = model.trm.deep_recursion(x, model.trm.initial_carry(x), 2)
+    first = model.head(model.trm.thoughts(carry.y))
+    x = model.trm.compressor(context, mask, state=carry.y)  # the reference: the second step's x, asked by y
+    second = model.head(model.trm.thoughts(model.trm.deep_recursion(x, carry.detach(), 2).y))
+    logits = model(questions, mask, steps=2, n_cycles=2)
+    torch.testing.assert_close(logits, torch.stack([first, second], dim=1))
+    model.reread = False
+    assert not torch.allclose(model(questions, mask, steps=2, n_cycles=2)[:, 1], second)

@@ -842,6 +842,25 @@ def test_thought_feedback_reads_the_backbone_over_the_last_steps_thoughts():
     torch.testing.assert_close(fed_context[0, -1], hidden[0, -1], atol=1e-5, rtol=0)
 
 
+def test_compressor_state_shifts_each_rows_queries_and_none_is_a_zero_state():
+    from modeling_smollm_trm import LatentAttentionCompressor
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    compressor = LatentAttentionCompressor(config)
+    torch.nn.init.normal_(compressor.latents)
+    context = torch.randn(2, 5, config.text_config.hidden_size)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    state = torch.randn(2, config.num_latents, config.trm_hidden_size)
+    plain = compressor(context, mask)
+    torch.testing.assert_close(compressor(context, mask, state=torch.zeros_like(state)), plain)
+    shifted = compressor(context, mask, state=state)
+    assert not torch.allclose(shifted, plain)
+    for row in range(2):  # a row's read depends on its own state only
+        alone = compressor(context[row:row + 1], mask[row:row + 1], state=state[row:row + 1])
+        torch.testing.assert_close(shifted[row:row + 1], alone)
+
+
 def test_qk_norm_makes_the_thoughts_blind_to_the_scale_of_queries_and_keys():
     """With the norm, attention logits depend on the directions of q and k only: scaling their projections by 100
     (what a few large updates can do) leaves the thoughts as they were; without it, they change."""
