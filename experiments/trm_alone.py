@@ -10,7 +10,9 @@ latents and runs N_sup supervision steps of T cycles, and supervision step s mus
 empty step). Nothing reads the thoughts back: whatever is right, the reader, the compressor and the recursion
 computed from the question alone (the reader and the compressor run once, before the first step, so every later step
 is the recursion's). The TRM is built and initialised as `SmolLMTRMForCausalLM` builds it (session 23's CPU runs,
-commits 1e4aeae and 1ddb8d5, started its linear layers at PyTorch's defaults instead).
+commits 1e4aeae and 1ddb8d5, started its linear layers at PyTorch's defaults instead), except that its thoughts come
+out at scale 1, not at the token embeddings' scale, since a linear head reads them (session 24's runs before
+commit "trm_alone: thoughts at scale 1" had the embeddings' scale, 0.02, and learned far more slowly).
 
     python -m experiments.trm_alone --steps 3000 --output experiments/results/trm_alone/run.json   # and run.md
 
@@ -85,6 +87,10 @@ class StepsAlone(nn.Module):
                                  trm_num_layers=2, trm_num_heads=4, n_latent_steps=n_latent_steps, n_cycles=n_cycles,
                                  trm_qk_norm=True, think_token_id=0)  # no <think> is read: any id
         self.trm = SmolLMTRMForCausalLM(config).model.thoughts  # initialised as the model initialises it
+        # except the thoughts' scale: the model sets it to its token embeddings' (0.02 here), which a linear head
+        # reads as near-zero logits (session 24, CPU, reduced size: the loss at step 300 was 0.89 at that scale,
+        # 0.66 at 1)
+        nn.init.ones_(self.trm.out_norm.weight)
         self.head = nn.Linear(width, vocab)
         # Which step the recursion is at, added to its input: the carry alone must otherwise tell step s which
         # instruction is next. Zeros at first, so the steps past the trained depth add nothing untrained.

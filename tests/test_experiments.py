@@ -449,6 +449,9 @@ def test_trm_alone_runs_the_supervision_steps_as_the_model_does_and_carry_gradie
     torch.manual_seed(0)
     model = StepsAlone(vocab=20, width=32, trm_width=32, num_latents=4, n_latent_steps=2, n_cycles=2)
     questions, mask = torch.randint(20, (3, 9)), torch.ones(3, 9, dtype=torch.bool)
+    # the model's initialisation, but thoughts of RMS 1 for the linear head, not the token embeddings' 0.02
+    assert torch.equal(model.trm.out_norm.weight, torch.ones(32))
+    assert model.trm.out_proj.weight.std() < 0.03  # the model's std 0.02, not PyTorch's default (about 0.1 here)
     logits = model(questions, mask, steps=3, n_cycles=2)
     context = model.reader(input_ids=questions, attention_mask=mask.long()).last_hidden_state
     thinking = model.trm(context, mask, Depth(2, 3))
