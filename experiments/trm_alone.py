@@ -166,6 +166,8 @@ def train(args: argparse.Namespace) -> dict:
                                                                          args.num_latents))
     model = StepsAlone(len(chars.chars), args.width, args.trm_width, args.num_latents, args.n_latent_steps,
                        args.n_cycles, args.step_embedding, args.reread).to(device)
+    if args.compile_thoughts is not None:  # the step is launch-bound on a GPU, as the depth task's training is
+        model.trm.net.compile_layers(None if args.compile_thoughts == "default" else args.compile_thoughts)
     fill_id = chars.index[FILL]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.1)
     warmup = max(1, args.steps // 20)
@@ -225,6 +227,8 @@ def main() -> None:
     parser.add_argument("--reread", action="store_true",
                         help="each step after the first: the compressor reads the question again, its queries "
                              "shifted by the last step's y")
+    parser.add_argument("--compile_thoughts", choices=["default", "reduce-overhead"], default=None,
+                        help="torch.compile the TRM's network in this mode, as the model's compile_thoughts does")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--log_every", type=int, default=100)
     parser.add_argument("--time_limit_s", type=float, default=math.inf, help="stop training then, and evaluate")
