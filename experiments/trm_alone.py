@@ -158,7 +158,7 @@ def test_problems(size: int) -> dict[int, list[dict]]:
 def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     torch.set_float32_matmul_precision("high")
-    train_rows = make_arith(args.train_size, (1, TRAIN_DEPTH), seed=args.seed, split="train")
+    train_rows = make_arith(args.train_size, (1, TRAIN_DEPTH), seed=args.seed, split="train", questions=args.questions)
     tests = test_problems(args.test_size)
     chars = Characters([row["question"] + row["reasoning"] for rows in [train_rows, *tests.values()] for row in rows])
     device = torch.device(args.device)
@@ -222,6 +222,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--carry_gradient", action="store_true",
                         help="backpropagate through every cycle and from each step into the last (not detached)")
+    parser.add_argument("--questions", choices=["complete", "partial"], default="complete",
+                        help="the training questions' form (smollm_trm.arith): partial asks about half of them for an "
+                             "earlier result, so that a step past the trained depth need not be the last instruction")
     parser.add_argument("--step_embedding", action="store_true",
                         help="add a learned embedding of the step's index to the recursion's input")
     parser.add_argument("--reread", action="store_true",

@@ -436,7 +436,8 @@ def test_trm_alone_trains_at_smoke_size():
     args = argparse.Namespace(steps=2, batch_size=4, learning_rate=1e-3, train_size=40, test_size=3, width=32,
                               trm_width=32, num_latents=16, n_latent_steps=1, n_cycles=2, seed=0, log_every=1,
                               time_limit_s=math.inf, device="cpu", carry_gradient=True,
-                              step_embedding=True, reread=True, compile_thoughts=None)
+                              step_embedding=True, reread=True, compile_thoughts=None,
+                              questions="partial")
     result = train(args)
     assert [entry["step"] for entry in result["history"]] == [1, 2]
     assert all(len(result["test"][f"depth{d}"]["step_results"]) == d for d in range(1, 7))
