@@ -1,18 +1,18 @@
 """Can the TRM's own recursion carry out the depth task's steps, with no pass of the language model between them?
 
 The time target (issue 14: an answer 5x shorter than written reasoning's) needs the four latent steps of a depth-4
-answer to cost under about three backbone passes in all (docs/RESULTS.md, Experiment 1r), so the steps would have to
-run in the TRM's supervision steps, each one's carry the next one's start, with no feedback round of the language
-model to compute a step's result for it. This probe asks whether the TRM's network can do that at all: a small
-character-level SmolLM3 reads the question, the model's own `HiddenStateTRM` compresses its hidden states into K
-latents and runs N_sup supervision steps of T cycles, and supervision step s must decode written step s
-("12*3=36"), character i from latent i, through a linear head. Steps past a problem's depth decode the fill (an
-empty step). Nothing reads the thoughts back: whatever is right, the reader, the compressor and the recursion
-computed from the question alone (the reader and the compressor run once, before the first step, so every later step
-is the recursion's). The TRM is built and initialised as `SmolLMTRMForCausalLM` builds it (session 23's CPU runs,
-commits 1e4aeae and 1ddb8d5, started its linear layers at PyTorch's defaults instead), except that its thoughts come
-out at scale 1, not at the token embeddings' scale, since a linear head reads them (session 24's runs before
-commit "trm_alone: thoughts at scale 1" had the embeddings' scale, 0.02, and learned far more slowly).
+answer to cost under about three backbone passes in all (docs/RESULTS.md, Experiment 1r), so the steps would have to run
+in the TRM's supervision steps, each one's carry the next one's start, with no feedback round of the language model to
+compute a step's result for it. This probe asks whether the TRM's network can do that at all: a small character-level
+SmolLM3 reads the question, the model's own `HiddenStateTRM` compresses its hidden states into K latents and runs N_sup
+supervision steps of T cycles, and supervision step s must decode written step s ("12*3=36"), character i from latent i,
+through a linear head. Steps past a problem's depth decode the fill (an empty step). Nothing reads the thoughts back:
+whatever is right, the reader, the compressor and the recursion computed from the question alone (the reader and the
+compressor run once, before the first step, so every later step is the recursion's; with `--reread` the compressor also
+reads the reader's states again at each later step). The TRM is built and initialised as `SmolLMTRMForCausalLM` builds
+it (session 23's CPU runs, commits 1e4aeae and 1ddb8d5, started its linear layers at PyTorch's defaults instead), except
+that its thoughts come out at scale 1, not at the token embeddings' scale, since a linear head reads them (session 24's
+runs before commit "trm_alone: thoughts at scale 1" had the embeddings' scale, 0.02, and learned more slowly in a short CPU check).
 
     python -m experiments.trm_alone --steps 3000 --output experiments/results/trm_alone/run.json   # and run.md
 
@@ -229,7 +229,7 @@ def main() -> None:
                         help="add a learned embedding of the step's index to the recursion's input")
     parser.add_argument("--reread", action="store_true",
                         help="each step after the first: the compressor reads the question again, its queries "
-                             "shifted by the last step's y")
+                             "shifted by the last step's y (detached unless --carry_gradient)")
     parser.add_argument("--compile_thoughts", choices=["default", "reduce-overhead"], default=None,
                         help="torch.compile the TRM's network in this mode, as the model's compile_thoughts does")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

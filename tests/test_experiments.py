@@ -430,15 +430,20 @@ def test_trm_alone_targets_fill_the_steps_past_a_problems_depth():
             assert (targets[row, step, len(line):] == chars.index[FILL]).all()
 
 
-def test_trm_alone_trains_at_smoke_size():
+def test_trm_alone_trains_at_smoke_size(monkeypatch):
     import argparse
+    import experiments.trm_alone as trm_alone
     from experiments.trm_alone import markdown, train
+    asked = []
+    make_arith = trm_alone.make_arith
+    monkeypatch.setattr(trm_alone, "make_arith", lambda *a, **kw: asked.append(kw) or make_arith(*a, **kw))
     args = argparse.Namespace(steps=2, batch_size=4, learning_rate=1e-3, train_size=40, test_size=3, width=32,
                               trm_width=32, num_latents=16, n_latent_steps=1, n_cycles=2, seed=0, log_every=1,
                               time_limit_s=math.inf, device="cpu", carry_gradient=True,
                               step_embedding=True, reread=True, compile_thoughts=None,
                               questions="partial")
     result = train(args)
+    assert asked[0] == {"seed": 0, "split": "train", "questions": "partial"}  # the training rows, in the asked form
     assert [entry["step"] for entry in result["history"]] == [1, 2]
     assert all(len(result["test"][f"depth{d}"]["step_results"]) == d for d in range(1, 7))
     assert markdown(result).count("\n") == 7
@@ -470,7 +475,8 @@ def test_trm_alone_runs_the_supervision_steps_as_the_model_does_and_carry_gradie
     assert any(not torch.allclose(a, b) for a, b in zip(detached[1], through[1]))  # more paths for the gradient
 
 
-def test_trm_alone_step_embedding_tells_each_step_its_index_and_starts_as_none():
+@pytest.mark.parametrize("carry_gradient", [False, True])
+def test_trm_alone_step_embedding_tells_each_step_its_index_and_starts_as_none(carry_gradient):
     from experiments.trm_alone import StepsAlone
     torch.manual_seed(0)
     plain = StepsAlone(vocab=20, width=32, trm_width=32, num_latents=4, n_latent_steps=2, n_cycles=2)
@@ -478,15 +484,17 @@ def test_trm_alone_step_embedding_tells_each_step_its_index_and_starts_as_none()
     indexed = StepsAlone(vocab=20, width=32, trm_width=32, num_latents=4, n_latent_steps=2, n_cycles=2,
                          step_embedding=True)
     questions, mask = torch.randint(20, (3, 9)), torch.ones(3, 9, dtype=torch.bool)
-    before = plain(questions, mask, steps=3, n_cycles=2)
-    torch.testing.assert_close(indexed(questions, mask, steps=3, n_cycles=2), before)  # zeros: no change at first
+    before = plain(questions, mask, steps=4, n_cycles=2, carry_gradient=carry_gradient)
+    torch.testing.assert_close(indexed(questions, mask, steps=4, n_cycles=2, carry_gradient=carry_gradient),
+                               before)  # zeros: no change at first
     with torch.no_grad():
-        indexed.step_embedding[1] = 1.0
-    after = indexed(questions, mask, steps=3, n_cycles=2)
-    torch.testing.assert_close(after[:, 0], before[:, 0])  # step 0 reads its own row only
-    assert not torch.allclose(after[:, 1], before[:, 1])
-    after[:, 1].square().sum().backward()
-    assert indexed.step_embedding.grad[1].abs().sum() > 0 and indexed.step_embedding.grad[2].abs().sum() == 0
+        indexed.step_embedding[2] = 1.0
+    after = indexed(questions, mask, steps=4, n_cycles=2, carry_gradient=carry_gradient)
+    torch.testing.assert_close(after[:, :2], before[:, :2])  # the steps before read their own rows
+    assert not torch.allclose(after[:, 2], before[:, 2])
+    after.square().sum().backward()
+    grad = indexed.step_embedding.grad.abs().sum(dim=1)
+    assert (grad[:4] > 0).all() and (grad[4:] == 0).all()  # every step run learns its row; the others stay 0
 
 
 def test_trm_alone_reread_asks_the_compressor_with_the_last_steps_y():
@@ -504,3 +512,18 @@ def test_trm_alone_reread_asks_the_compressor_with_the_last_steps_y():
     torch.testing.assert_close(logits, torch.stack([first, second], dim=1))
     model.reread = False
     assert not torch.allclose(model(questions, mask, steps=2, n_cycles=2)[:, 1], second)
+
+
+@pytest.mark.parametrize("carry_gradient", [False, True])
+def test_trm_alone_reread_asks_at_every_later_step_with_y_detached_unless_the_gradient_is_carried(carry_gradient):
+    from experiments.trm_alone import StepsAlone
+    torch.manual_seed(0)
+    model = StepsAlone(vocab=20, width=32, trm_width=32, num_latents=4, n_latent_steps=2, n_cycles=2, reread=True)
+    questions, mask = torch.randint(20, (3, 9)), torch.ones(3, 9, dtype=torch.bool)
+    states, compress = [], model.trm.compressor.forward
+    model.trm.compressor.forward = lambda context, mask, state=None: states.append(state) or compress(context, mask,
+                                                                                                        state)
+    model(questions, mask, steps=3, n_cycles=2, carry_gradient=carry_gradient)
+    assert states[0] is None and len(states) == 3
+    assert all(state is not None and state.requires_grad == carry_gradient for state in states[1:])
+

@@ -861,6 +861,20 @@ def test_compressor_state_shifts_each_rows_queries_and_none_is_a_zero_state():
         torch.testing.assert_close(shifted[row:row + 1], alone)
 
 
+def test_compressor_state_asks_but_is_not_added_to_x():
+    """With the query projection zeroed every query is 0 whatever the state, so the read is the same: x may then
+    differ only if the state itself were added to the latents."""
+    from modeling_smollm_trm import LatentAttentionCompressor
+    torch.manual_seed(0)
+    config = tiny_config()
+    compressor = LatentAttentionCompressor(config)
+    torch.nn.init.normal_(compressor.latents)
+    torch.nn.init.zeros_(compressor.q_proj.weight)
+    context, mask = torch.randn(2, 5, config.text_config.hidden_size), torch.ones(2, 5, dtype=torch.bool)
+    state = torch.randn(2, config.num_latents, config.trm_hidden_size)
+    torch.testing.assert_close(compressor(context, mask, state=state), compressor(context, mask))
+
+
 def test_qk_norm_makes_the_thoughts_blind_to_the_scale_of_queries_and_keys():
     """With the norm, attention logits depend on the directions of q and k only: scaling their projections by 100
     (what a few large updates can do) leaves the thoughts as they were; without it, they change."""

@@ -1,9 +1,10 @@
 # The trm_alone probes at the TRM's real size (docs/RESULTS.md, Experiments 1s-1t), side by side, compiled, thoughts
 # at scale 1 (since session 24): bash .gpu/probes.sh SECONDS [BENCH_SECONDS] after `source tools/device/setup.sh`.
 # Each arm trains 3,000 steps or SECONDS, then is tested; alone.tgz brings the logs and tables back. BENCH_SECONDS > 0
-# then times bench/depth_answer.py on the idle GPU. Run beside s21.sh: `bash .gpu/probes.sh 480 & bash .gpu/s21.sh
+# then times bench/depth_answer.py on the idle GPU. Run beside s21.sh: `bash .gpu/probes.sh 420 & bash .gpu/s21.sh
 # 550; wait` (setup.sh sourced first, not in the background).
 set -u
+export OMP_NUM_THREADS=1 TORCHINDUCTOR_COMPILE_THREADS=1  # beside the pilots' host-bound trainings
 probe_s=$1 bench_s=${2:-0}
 mkdir -p "$OUT/alone"
 for arm in "t3 --n_cycles 3" "t3grad --n_cycles 3 --carry_gradient" "t3_reread --n_cycles 3 --reread" \
