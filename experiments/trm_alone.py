@@ -12,7 +12,8 @@ compressor run once, before the first step, so every later step is the recursion
 reads the reader's states again at each later step). The TRM is built and initialised as `SmolLMTRMForCausalLM` builds
 it (session 23's CPU runs, commits 1e4aeae and 1ddb8d5, started its linear layers at PyTorch's defaults instead), except
 that its thoughts come out at scale 1, not at the token embeddings' scale, since a linear head reads them (session 24's
-runs before commit "trm_alone: thoughts at scale 1" had the embeddings' scale, 0.02, and learned more slowly in a short CPU check).
+runs before commit "trm_alone: thoughts at scale 1" had the embeddings' scale, 0.02, and learned more slowly in a short
+CPU check).
 
     python -m experiments.trm_alone --steps 3000 --output experiments/results/trm_alone/run.json   # and run.md
 
@@ -35,7 +36,7 @@ from transformers import SmolLM3Config, SmolLM3Model
 
 from configuration_smollm_trm import SmolLMTRMConfig
 from experiments.run import arith_test_size
-from modeling_smollm_trm import SmolLMTRMForCausalLM
+from modeling_smollm_trm import COMPILE_MODES, SmolLMTRMForCausalLM
 from smollm_trm.arith import make_arith
 
 FILL = "_"  # the character of an empty position: after a step's line, and every position of a step past the depth
@@ -230,7 +231,7 @@ def main() -> None:
     parser.add_argument("--reread", action="store_true",
                         help="each step after the first: the compressor reads the question again, its queries "
                              "shifted by the last step's y (detached unless --carry_gradient)")
-    parser.add_argument("--compile_thoughts", choices=["default", "reduce-overhead"], default=None,
+    parser.add_argument("--compile_thoughts", choices=COMPILE_MODES, default=None,
                         help="torch.compile the TRM's network in this mode, as the model's compile_thoughts does")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--log_every", type=int, default=100)
