@@ -18,7 +18,9 @@ CPU check).
     python -m experiments.trm_alone --steps 3000 --output experiments/results/trm_alone/run.json   # and run.md
 
 Reported per test depth (1-6, each with N_sup = its depth): the share of problems whose every step decodes right,
-whose last step's result (the answer) is right, and each step's share of right results.
+whose last step's result (the answer) is right, and each step's share of right results. Each problem's decoded steps
+and answer go to `run/depth<D>/generations.jsonl`, the harness's layout, so that two runs compare question by question
+(`python -m experiments.paired_evals A/depth4/generations.jsonl:B/depth4/generations.jsonl --names a,b --output F`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from configuration_smollm_trm import SmolLMTRMConfig
 from experiments.run import arith_test_size
 from modeling_smollm_trm import COMPILE_MODES, SmolLMTRMForCausalLM
 from smollm_trm.arith import make_arith
+from smollm_trm.rows import write_jsonl
 
 FILL = "_"  # the character of an empty position: after a step's line, and every position of a step past the depth
 PAD = " "  # not a character of any step line, so it can pad questions without meaning a step's text
@@ -127,15 +130,17 @@ def step_results(lines: list[str]) -> list[str]:
 
 @torch.no_grad()
 def evaluate(model: StepsAlone, chars: Characters, problems_by_depth: dict[int, list[dict]], num_latents: int,
-             n_cycles: int) -> dict:
+             n_cycles: int) -> tuple[dict, dict[str, list[dict]]]:
+    """(the report of each test depth, each depth's problems with their decoded steps and answer)."""
     model.eval()
     device = model.head.weight.device
-    report = {}
+    report, generations = {}, {}
     for depth, problems in problems_by_depth.items():
         questions, mask, _ = encode_problems(problems, chars, depth, num_latents)
         decoded = model(questions.to(device), mask.to(device), depth, n_cycles).argmax(dim=-1).cpu()  # (N, depth, K)
         steps_right = torch.zeros(depth)
         all_right = answer_right = 0
+        records = []
         for row, problem in enumerate(problems):
             lines = [chars.decode(step.tolist()) for step in decoded[row]]
             written = problem["reasoning"].split("\n")
@@ -144,11 +149,14 @@ def evaluate(model: StepsAlone, chars: Characters, problems_by_depth: dict[int, 
             steps_right += torch.tensor(right, dtype=torch.float)
             all_right += lines == written
             answer_right += results[-1] == problem["answer"]
+            records.append({"question": problem["question"], "answer": problem["answer"], "steps": lines,
+                            "predicted": results[-1], "correct": results[-1] == problem["answer"]})
         report[f"depth{depth}"] = {"problems": len(problems), "all_steps": 100 * all_right / len(problems),
                                    "answer": 100 * answer_right / len(problems),
                                    "step_results": [round(100 * v / len(problems), 1) for v in steps_right.tolist()]}
+        generations[f"depth{depth}"] = records
     model.train()
-    return report
+    return report, generations
 
 
 def test_problems(size: int) -> dict[int, list[dict]]:
@@ -194,9 +202,20 @@ def train(args: argparse.Namespace) -> dict:
             history.append({"step": step, "loss": round(loss.item(), 4), "line_accuracy": round(accuracy, 4),
                             "seconds": round(time.time() - start, 1)})
             print(json.dumps(history[-1]), flush=True)
-    report = evaluate(model, chars, tests, args.num_latents, args.n_cycles)
-    return {"args": vars(args), "history": history, "test": report,
+    report, generations = evaluate(model, chars, tests, args.num_latents, args.n_cycles)
+    return {"args": vars(args), "history": history, "test": report, "generations": generations,
             "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def write_run(result: dict, output: Path) -> None:
+    """output (JSON: all but the generations), its Markdown table beside it, and each test depth's generations in
+    the folder of its name: output.json, output.md, output/depth<D>/generations.jsonl."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    summary = {key: value for key, value in result.items() if key != "generations"}
+    output.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    output.with_suffix(".md").write_text(markdown(result) + "\n")
+    for depth, records in result["generations"].items():
+        write_jsonl(output.with_suffix("") / depth / "generations.jsonl", records)
 
 
 def markdown(result: dict) -> str:
@@ -236,15 +255,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--log_every", type=int, default=100)
     parser.add_argument("--time_limit_s", type=float, default=math.inf, help="stop training then, and evaluate")
-    parser.add_argument("--output", type=Path, default=None, help="JSON of the run; a Markdown table beside it")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON of the run; a Markdown table beside it, each depth's generations in a folder")
     args = parser.parse_args()
     result = train(args)
-    table = markdown(result)
-    print(table)
+    print(markdown(result))
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=1, default=str) + "\n")
-        args.output.with_suffix(".md").write_text(table + "\n")
+        write_run(result, args.output)
 
 
 if __name__ == "__main__":

@@ -398,12 +398,18 @@ def test_trm_alone_scores_each_step_result_and_the_answer(wrong):
     tests = {depth: make_arith(12, depth, seed=0, split="test") for depth in (1, 3)}
     problems = [p for rows in tests.values() for p in rows]
     chars = Characters([p["question"] + p["reasoning"] for p in problems])
-    report = evaluate(OracleSteps(chars, problems, wrong), chars, tests, num_latents=16, n_cycles=1)
+    report, generations = evaluate(OracleSteps(chars, problems, wrong), chars, tests, num_latents=16, n_cycles=1)
     last_right = 0.0 if wrong == "last_result" else 100.0
     for depth in ("depth1", "depth3"):
         assert report[depth]["step_results"][:-1] == [100.0] * (len(report[depth]["step_results"]) - 1)
         assert report[depth]["step_results"][-1] == report[depth]["answer"] == last_right
         assert report[depth]["all_steps"] == (100.0 if wrong is None else 0.0)
+        records = generations[depth]  # each problem in order, with what was decoded for it
+        assert [r["question"] for r in records] == [p["question"] for p in tests[int(depth[5:])]]
+        assert [r["correct"] for r in records] == [wrong != "last_result"] * len(records)
+        for record, problem in zip(records, tests[int(depth[5:])]):
+            assert (record["steps"] == problem["reasoning"].split("\n")) == (wrong is None)
+            assert (record["predicted"] == problem["answer"]) == record["correct"]
 
 
 def test_trm_alone_tests_on_the_harness_held_out_problems():
@@ -430,10 +436,11 @@ def test_trm_alone_targets_fill_the_steps_past_a_problems_depth():
             assert (targets[row, step, len(line):] == chars.index[FILL]).all()
 
 
-def test_trm_alone_trains_at_smoke_size(monkeypatch):
+def test_trm_alone_trains_at_smoke_size(monkeypatch, tmp_path):
     import argparse
     import experiments.trm_alone as trm_alone
-    from experiments.trm_alone import markdown, train
+    from experiments.paired_evals import correctness
+    from experiments.trm_alone import markdown, train, write_run
     asked = []
     make_arith = trm_alone.make_arith
     monkeypatch.setattr(trm_alone, "make_arith", lambda *a, **kw: asked.append(kw) or make_arith(*a, **kw))
@@ -447,6 +454,13 @@ def test_trm_alone_trains_at_smoke_size(monkeypatch):
     assert [entry["step"] for entry in result["history"]] == [1, 2]
     assert all(len(result["test"][f"depth{d}"]["step_results"]) == d for d in range(1, 7))
     assert markdown(result).count("\n") == 7
+    write_run(result, tmp_path / "run.json")
+    assert "generations" not in json.loads((tmp_path / "run.json").read_text())
+    assert (tmp_path / "run.md").read_text() == markdown(result) + "\n"
+    for depth in range(1, 7):  # what paired_evals reads, question by question, as the report counted them
+        questions, correct = correctness(tmp_path / "run" / f"depth{depth}" / "generations.jsonl")
+        assert len(questions) == result["test"][f"depth{depth}"]["problems"] == 3
+        assert 100 * sum(correct) / 3 == result["test"][f"depth{depth}"]["answer"]
 
 
 def test_trm_alone_runs_the_supervision_steps_as_the_model_does_and_carry_gradient_reaches_earlier_steps():
