@@ -39,13 +39,14 @@ from transformers import SmolLM3Config, SmolLM3Model
 from configuration_smollm_trm import SmolLMTRMConfig
 from experiments.run import arith_test_size
 from modeling_smollm_trm import COMPILE_MODES, SmolLMTRMForCausalLM
-from smollm_trm.arith import make_arith
+from smollm_trm.arith import QUESTION_FORMS, make_arith
 from smollm_trm.rows import write_jsonl
 
 FILL = "_"  # the character of an empty position: after a step's line, and every position of a step past the depth
 PAD = " "  # not a character of any step line, so it can pad questions without meaning a step's text
 TEST_DEPTHS = (1, 2, 3, 4, 5, 6)
-TRAIN_DEPTH = 4
+TRAIN_DEPTH = 4  # operations per training problem, at most (a packed row holds two problems)
+MAX_STEPS = 2 * TRAIN_DEPTH  # latent steps of a training row or a test problem, at most
 
 
 class Characters:
@@ -98,7 +99,7 @@ class StepsAlone(nn.Module):
         self.head = nn.Linear(width, vocab)
         # Which step the recursion is at, added to its input: the carry alone must otherwise tell step s which
         # instruction is next. Zeros at first, so the steps past the trained depth add nothing untrained.
-        self.step_embedding = nn.Parameter(torch.zeros(max(TEST_DEPTHS), trm_width)) if step_embedding else None
+        self.step_embedding = nn.Parameter(torch.zeros(MAX_STEPS, trm_width)) if step_embedding else None
         self.reread = reread  # each step after the first reads the question again, asking with the last step's y
 
     def forward(self, questions: torch.Tensor, mask: torch.Tensor, steps: int, n_cycles: int,
@@ -171,7 +172,8 @@ def train(args: argparse.Namespace) -> dict:
     tests = test_problems(args.test_size)
     chars = Characters([row["question"] + row["reasoning"] for rows in [train_rows, *tests.values()] for row in rows])
     device = torch.device(args.device)
-    questions, mask, targets = (t.to(device) for t in encode_problems(train_rows, chars, TRAIN_DEPTH,
+    train_steps = max(len(row["reasoning"].split("\n")) for row in train_rows)  # every row runs as many, filled
+    questions, mask, targets = (t.to(device) for t in encode_problems(train_rows, chars, train_steps,
                                                                          args.num_latents))
     model = StepsAlone(len(chars.chars), args.width, args.trm_width, args.num_latents, args.n_latent_steps,
                        args.n_cycles, args.step_embedding, args.reread).to(device)
@@ -188,7 +190,7 @@ def train(args: argparse.Namespace) -> dict:
             print(f"time limit: stopped before step {step}", flush=True)
             break
         rows = torch.randint(len(train_rows), (args.batch_size,), device=device)
-        logits = model(questions[rows], mask[rows], TRAIN_DEPTH, args.n_cycles, args.carry_gradient)
+        logits = model(questions[rows], mask[rows], train_steps, args.n_cycles, args.carry_gradient)
         loss = F.cross_entropy(logits.flatten(0, 2).float(), targets[rows].flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -242,9 +244,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--carry_gradient", action="store_true",
                         help="backpropagate through every cycle and from each step into the last (not detached)")
-    parser.add_argument("--questions", choices=["complete", "partial"], default="complete",
+    parser.add_argument("--questions", choices=QUESTION_FORMS, default="complete",
                         help="the training questions' form (smollm_trm.arith): partial asks about half of them for an "
-                             "earlier result, so that a step past the trained depth need not be the last instruction")
+                             "earlier result, so that a step past the trained depth need not be the last instruction; "
+                             "packed makes about half of the rows two problems, the second starting anew, so that a "
+                             "row takes up to eight steps while no problem has more than four operations")
     parser.add_argument("--step_embedding", action="store_true",
                         help="add a learned embedding of the step's index to the recursion's input")
     parser.add_argument("--reread", action="store_true",

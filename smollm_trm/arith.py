@@ -17,6 +17,13 @@ stopped). A partial question is asked only where its complete form and the compl
 instructions (which asks for the same result) both belong to its split, and a problem is asked once, so no test
 problem is asked in training (a test problem's result can still be a line of a longer problem's written reasoning,
 in either form: docs/RESULTS.md, Experiment 1p).
+
+With `questions="packed"` about half the examples are two problems of the split one after the other, the second
+starting anew ("Start with 7. Add 5. Start with 3. Multiply by 2. What is the result?"), the worked lines of both as
+reasoning and the second's result as the answer. A row then takes up to twice the depth's steps while no problem has
+more operations than the depth, so that a fifth step, carrying out the next instruction after the fourth, is not new
+(on complete questions alone the model and the TRM's own recursion stop after four: Experiments 1o and 1u); only a
+chain of five operations is.
 """
 
 from __future__ import annotations
@@ -37,8 +44,11 @@ OPERATIONS = {"Add": "+", "Subtract": "-", "Multiply by": "*", "Divide by": "/"}
 INSTRUCTION = re.compile(rf"({'|'.join(OPERATIONS)}) (\d+)\.")  # one operation of a question: its words, operand
 TRIES_PER_EXAMPLE = 100  # before giving up on finding n distinct questions
 STEP_STYLES = ("worked", "named")  # a reasoning line: "7+5=12", or the instruction first: "Add 5. 7+5=12"
-QUESTION_FORMS = ("complete", "partial")  # every question asks for the result, or about half for an earlier one
+# every question asks for the result; about half ask for an earlier one; about half are two problems in one
+QUESTION_FORMS = ("complete", "partial", "packed")
 PARTIAL_SHARE = 0.5  # of the problems of depth >= 2, with questions="partial"
+PACKED_SHARE = 0.5  # of the examples, with questions="packed"
+RESULT_QUESTION = " What is the result?"  # how a complete question ends
 
 
 def parse_depth(depth: int | tuple[int, int] | str) -> tuple[int, int]:
@@ -103,6 +113,12 @@ def _partial(problem: dict, operations: int) -> dict:
             "answer": lines[-1].rsplit("=", 1)[1], "reasoning": "\n".join(lines)}
 
 
+def _packed(first: dict, second: dict) -> dict:
+    """The two problems one after the other, the second starting anew: the result after both."""
+    return {"question": first["question"].removesuffix(RESULT_QUESTION) + " " + second["question"],
+            "answer": second["answer"], "reasoning": first["reasoning"] + "\n" + second["reasoning"]}
+
+
 def split_of(question: str) -> str:
     """The split a question belongs to, from a hash of its text: the same for every seed and depth, so never both."""
     bucket = int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big") % 100
@@ -113,7 +129,7 @@ def make_arith(n: int, depth: int | tuple[int, int], seed: int, split: str, step
                questions: str = "complete") -> list[dict]:
     """`n` distinct multi-step arithmetic problems of `split`, each `depth` operations long (or a range of depths),
     their reasoning lines in the style `steps` (`STEP_STYLES`), their questions of the form `questions`
-    (`QUESTION_FORMS`; a partial question's depth is its complete form's)."""
+    (`QUESTION_FORMS`; a partial question's depth is its complete form's; each part of a packed row is of `depth`)."""
     if split not in SPLITS:
         raise ValueError(f"arith split must be one of {SPLITS}, got {split!r}")
     if steps not in STEP_STYLES:
@@ -137,6 +153,12 @@ def make_arith(n: int, depth: int | tuple[int, int], seed: int, split: str, step
             shorter = [k for k in range(1, operations) if split_of(prefix_question(complete, k)) == split]
             if shorter:
                 problem = _partial(problem, rng.choice(shorter))
+        if questions == "packed" and rng.random() < PACKED_SHARE:
+            # Only with a second problem of the split not asked before: no test problem is part of a training row.
+            second = _problem(rng, rng.randint(low, high), steps)
+            if split_of(second["question"]) == split and second["question"] not in seen:
+                seen.add(second["question"])
+                problem = _packed(problem, second)
         examples.append({"id": f"arith-{split}-{seed}-{len(examples)}", **problem})
         if len(examples) == n:
             return examples

@@ -198,6 +198,35 @@ def test_arith_partial_questions_ask_for_an_earlier_result_of_a_problem_of_the_s
         make_arith(5, 2, seed=0, split="train", questions="some")
 
 
+def test_arith_packed_rows_are_two_problems_of_the_split_the_second_starting_anew():
+    """`questions="packed"`: about half the rows are two problems of the split, each of the asked depth, one after the
+    other: the question is the first without its "What is the result?" and then the second, the reasoning both
+    problems' worked lines, the answer the second's result; no problem is asked twice."""
+    rows = make_arith(600, (1, 4), seed=0, split="train", questions="packed")
+    packed, problems = 0, []
+    for ex in rows:
+        parts = re.split(r" (?=Start with)", ex["question"])
+        assert len(parts) in (1, 2), ex
+        if len(parts) == 1:
+            assert ex["answer"] == str(solve_arith(ex["question"])[0]), ex
+            problems.append(ex["question"])
+            continue
+        packed += 1
+        first, second = parts[0] + " What is the result?", parts[1]
+        assert parts[0].endswith(".") and "What" not in parts[0], ex
+        lines = ex["reasoning"].split("\n")
+        (first_result, first_depth), (second_result, second_depth) = solve_arith(first), solve_arith(second)
+        assert 1 <= first_depth <= 4 and 1 <= second_depth <= 4 and len(lines) == first_depth + second_depth, ex
+        assert lines[first_depth - 1].endswith(f"={first_result}") and lines[-1].endswith(f"={second_result}"), ex
+        assert lines[first_depth].startswith(re.match(r"Start with (\d+)", second).group(1)), ex  # starts anew
+        assert ex["answer"] == str(second_result), ex
+        assert arith_split_of(first) == arith_split_of(second) == "train", ex
+        problems += [first, second]
+    assert 0.35 * len(rows) < packed < 0.65 * len(rows)
+    assert len(problems) == len(set(problems))
+    assert max(len(ex["reasoning"].split("\n")) for ex in rows) == 8
+
+
 def test_arith_complete_questions_are_those_every_earlier_experiment_trained_on():
     """The generator's complete problems are pinned: a change to its random stream would change every experiment's
     training data (the partial form draws its extra numbers only when asked for)."""

@@ -436,21 +436,33 @@ def test_trm_alone_targets_fill_the_steps_past_a_problems_depth():
             assert (targets[row, step, len(line):] == chars.index[FILL]).all()
 
 
-def test_trm_alone_trains_at_smoke_size(monkeypatch, tmp_path):
+@pytest.mark.parametrize("questions", ["partial", "packed"])
+def test_trm_alone_trains_at_smoke_size(monkeypatch, tmp_path, questions):
     import argparse
     import experiments.trm_alone as trm_alone
     from experiments.paired_evals import correctness
-    from experiments.trm_alone import markdown, train, write_run
-    asked = []
+    from experiments.trm_alone import StepsAlone, markdown, train, write_run
+    asked, trained_steps = [], []
     make_arith = trm_alone.make_arith
     monkeypatch.setattr(trm_alone, "make_arith", lambda *a, **kw: asked.append(kw) or make_arith(*a, **kw))
+    forward = StepsAlone.forward
+
+    def recorded(self, questions, mask, steps, *args, **kwargs):
+        if self.training:
+            trained_steps.append(steps)
+        return forward(self, questions, mask, steps, *args, **kwargs)
+
+    monkeypatch.setattr(StepsAlone, "forward", recorded)
     args = argparse.Namespace(steps=2, batch_size=4, learning_rate=1e-3, train_size=40, test_size=3, width=32,
                               trm_width=32, num_latents=16, n_latent_steps=1, n_cycles=2, seed=0, log_every=1,
                               time_limit_s=math.inf, device="cpu", carry_gradient=True,
                               step_embedding=True, reread=True, compile_thoughts=None,
-                              questions="partial")
+                              questions=questions)
     result = train(args)
-    assert asked[0] == {"seed": 0, "split": "train", "questions": "partial"}  # the training rows, in the asked form
+    assert asked[0] == {"seed": 0, "split": "train", "questions": questions}  # the training rows, in the asked form
+    # every training row runs as many steps as the longest has lines: a packed row's two problems, up to eight
+    longest = max(len(row["reasoning"].split("\n")) for row in make_arith(40, (1, 4), 0, "train", questions=questions))
+    assert trained_steps == [longest, longest] and (longest > 4) == (questions == "packed")
     assert [entry["step"] for entry in result["history"]] == [1, 2]
     assert all(len(result["test"][f"depth{d}"]["step_results"]) == d for d in range(1, 7))
     assert markdown(result).count("\n") == 7

@@ -3,7 +3,7 @@
 # Each arm trains STEPS (default 3,000) or SECONDS, then is tested; alone.tgz brings the logs and tables back. Session
 # 25's ran about 3.4 steps a second beside a training run, so 420 s stopped them near step 1,450 with the learning rate
 # still high: STEPS=1500 lets the schedule end within SECONDS=460. BENCH_SECONDS > 0 then times
-# bench/depth_answer.py on the idle GPU. PROBES names the arms (default: all five below). Session 24's
+# bench/depth_answer.py on the idle GPU. PROBES names the arms (default: all six below). Session 24's
 # probes held 11-13 GB each (uncompiled), so beside the pilots (about 56 GB) an 80 GB H100 holds two of them:
 # `PROBES="t3grad t3grad_reread" bash .gpu/probes.sh 420 & bash .gpu/s21.sh 550; wait` (setup.sh sourced first,
 # not in the background).
@@ -16,9 +16,10 @@ declare -A flags=(
   [t3_reread]="--n_cycles 3 --reread"
   [t3grad_reread]="--n_cycles 3 --carry_gradient --reread"
   [t3grad_reread_partial]="--n_cycles 3 --carry_gradient --reread --questions partial"
+  [t3grad_reread_packed]="--n_cycles 3 --carry_gradient --reread --questions packed"  # since session 25
 )
 mkdir -p "$OUT/alone"
-for name in ${PROBES:-t3 t3grad t3_reread t3grad_reread t3grad_reread_partial}; do
+for name in ${PROBES:-t3 t3grad t3_reread t3grad_reread t3grad_reread_partial t3grad_reread_packed}; do
   [ -n "${flags[$name]:-}" ] || { echo "unknown probe $name (one of: ${!flags[*]})"; exit 1; }
   # shellcheck disable=SC2086  # the flags split into words
   python3 -m experiments.trm_alone --width 256 --trm_width 256 --batch_size 256 --steps "${STEPS:-3000}" \
