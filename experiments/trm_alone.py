@@ -140,7 +140,7 @@ def evaluate(model: StepsAlone, chars: Characters, problems_by_depth: dict[int, 
         questions, mask, _ = encode_problems(problems, chars, depth, num_latents)
         decoded = model(questions.to(device), mask.to(device), depth, n_cycles).argmax(dim=-1).cpu()  # (N, depth, K)
         steps_right = torch.zeros(depth)
-        all_right = answer_right = 0
+        all_right = 0
         records = []
         for row, problem in enumerate(problems):
             lines = [chars.decode(step.tolist()) for step in decoded[row]]
@@ -149,11 +149,10 @@ def evaluate(model: StepsAlone, chars: Characters, problems_by_depth: dict[int, 
             right = [got == want for got, want in zip(results, step_results(written))]
             steps_right += torch.tensor(right, dtype=torch.float)
             all_right += lines == written
-            answer_right += results[-1] == problem["answer"]
             records.append({"question": problem["question"], "answer": problem["answer"], "steps": lines,
                             "predicted": results[-1], "correct": results[-1] == problem["answer"]})
         report[f"depth{depth}"] = {"problems": len(problems), "all_steps": 100 * all_right / len(problems),
-                                   "answer": 100 * answer_right / len(problems),
+                                   "answer": 100 * sum(r["correct"] for r in records) / len(problems),
                                    "step_results": [round(100 * v / len(problems), 1) for v in steps_right.tolist()]}
         generations[f"depth{depth}"] = records
     model.train()

@@ -93,7 +93,7 @@ def _problem(rng: random.Random, depth: int, steps: str) -> dict:
         instruction, line, value = _step(rng, value)
         instructions.append(instruction)
         lines.append(f"{instruction} {line}" if steps == "named" else line)
-    question = " ".join(instructions + ["What is the result?"])
+    question = " ".join(instructions) + RESULT_QUESTION
     return {"question": question, "answer": str(value), "reasoning": "\n".join(lines)}
 
 
@@ -102,14 +102,14 @@ def prefix_question(question: str, operations: int) -> str:
     reasoning's line `operations` answers, and what the partial form "after the first `operations`" asks."""
     head = re.sub(r" What is the result[^?]*\?$", "", question)
     sentences = [sentence.strip() for sentence in re.findall(r"[^.]+\.", head)]
-    return " ".join(sentences[: operations + 1] + ["What is the result?"])
+    return " ".join(sentences[: operations + 1]) + RESULT_QUESTION
 
 
 def _partial(problem: dict, operations: int) -> dict:
     """The problem asking for its result after its first `operations` operations: the first worked lines."""
     lines = problem["reasoning"].split("\n")[:operations]
-    asked = f"What is the result after the first {f'{operations} operations' if operations > 1 else 'operation'}?"
-    return {"question": problem["question"].replace("What is the result?", asked),
+    asked = f" What is the result after the first {f'{operations} operations' if operations > 1 else 'operation'}?"
+    return {"question": problem["question"].removesuffix(RESULT_QUESTION) + asked,
             "answer": lines[-1].rsplit("=", 1)[1], "reasoning": "\n".join(lines)}
 
 
